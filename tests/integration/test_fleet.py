@@ -1,0 +1,191 @@
+"""playbooks/site.yml end to end: three local sites on loopback, real TLS, real bytes.
+
+north -> west -> east: north's flows cross two links. Runs the playbook the
+way a user does, then checks convergence, byte-exact traffic, idempotence,
+check mode, bad inventories that must not disturb the running fleet, and teardown.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from fleet_harness import (
+    EchoServer,
+    echo_through,
+    free_ports,
+    router_pids,
+    run_playbook,
+    write_inventory,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    base_dir = root / "sites"
+    (admin_e, admin_w, admin_n, link_e, link_w, lis_w, lis_n, backend, spare) = free_ports(9)
+    hosts = {
+        "east": {
+            "skiff_admin_port": admin_e,
+            "skiff_link_access": True,
+            "skiff_link_endpoint": {"host": "127.0.0.1", "port": link_e},
+            "skiff_connectors": [
+                {"name": "echo", "routing_key": "echo", "host": "127.0.0.1", "port": backend}
+            ],
+        },
+        "west": {
+            "skiff_admin_port": admin_w,
+            "skiff_link_access": True,
+            "skiff_link_endpoint": {"host": "127.0.0.1", "port": link_w},
+            "skiff_links": [{"to": "east", "cost": 1}],
+            "skiff_listeners": [{"name": "echo", "routing_key": "echo", "port": lis_w}],
+        },
+        "north": {
+            "skiff_admin_port": admin_n,
+            "skiff_links": [{"to": "west", "cost": 2}],
+            "skiff_listeners": [{"name": "echo", "routing_key": "echo", "port": lis_n}],
+        },
+    }
+    echo = EchoServer(backend)
+    inventory = write_inventory(root / "hosts.yml", hosts, base_dir)
+    state = {
+        "root": root,
+        "base_dir": base_dir,
+        "hosts": hosts,
+        "inventory": inventory,
+        "ports": {"west": lis_w, "north": lis_n, "spare": spare},
+        "first": run_playbook(inventory, "site.yml"),
+    }
+    try:
+        yield state
+    finally:
+        run_playbook(inventory, "teardown.yml")
+        for pid in router_pids(base_dir):  # only if teardown itself failed
+            os.kill(pid, signal.SIGTERM)
+        echo.close()
+
+
+def test_first_run_converges(fleet) -> None:
+    first = fleet["first"]
+    assert first.returncode == 0, first.output[-4000:]
+    assert set(first.changed()) == {"east", "west", "north"}
+    assert all(count > 0 for count in first.changed().values())
+
+
+def test_bytes_cross_one_and_two_links_intact(fleet) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    for site in ("west", "north"):
+        answer = echo_through(fleet["ports"][site], payload)
+        assert hashlib.sha256(answer).hexdigest() == hashlib.sha256(payload).hexdigest(), site
+
+
+def test_every_site_sees_every_other(fleet) -> None:
+    import urllib.request
+
+    for site, site_vars in fleet["hosts"].items():
+        url = f"http://127.0.0.1:{site_vars['skiff_admin_port']}/v1/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.load(response)
+        assert status["site"] == site
+        reachable = {r["id"] for r in status["routers"] if r["reachable"]}
+        assert reachable == {"east", "west", "north"}
+        assert status["routing_keys"]["echo"]["connectors"] == ["east"]
+
+
+def test_second_run_changes_nothing(fleet) -> None:
+    again = run_playbook(fleet["inventory"], "site.yml")
+    assert again.returncode == 0, again.output[-4000:]
+    assert again.changed() == {"east": 0, "west": 0, "north": 0}
+
+
+def test_check_mode_on_converged_fleet_predicts_nothing(fleet) -> None:
+    check = run_playbook(fleet["inventory"], "site.yml", "--check", "--diff")
+    assert check.returncode == 0, check.output[-4000:]
+    assert check.changed() == {"east": 0, "west": 0, "north": 0}
+
+
+def test_check_mode_predicts_a_new_listener_and_changes_nothing(fleet) -> None:
+    hosts = copy.deepcopy(fleet["hosts"])
+    hosts["north"]["skiff_listeners"].append(
+        {"name": "echo-too", "routing_key": "echo", "port": fleet["ports"]["spare"]}
+    )
+    inventory = write_inventory(fleet["root"] / "more.yml", hosts, fleet["base_dir"])
+    config = fleet["base_dir"] / "north" / "router.json"
+    before = config.read_bytes()
+    check = run_playbook(inventory, "site.yml", "--check", "--diff")
+    assert check.returncode == 0, check.output[-4000:]
+    assert check.changed() == {"east": 0, "west": 0, "north": 1}
+    assert "echo-too" in check.output  # the diff shows what would be added
+    assert config.read_bytes() == before
+
+
+def _assert_fleet_still_serves(fleet) -> None:
+    payload = os.urandom(64 * 1024)
+    assert echo_through(fleet["ports"]["north"], payload) == payload
+
+
+@pytest.mark.parametrize(
+    ("host", "change", "message"),
+    [
+        (
+            "north",
+            lambda h: h["north"].update(skiff_links=[{"to": "nowhere"}]),
+            "host 'north': skiff_links[0].to: 'nowhere' is not a host in the skiff_sites group",
+        ),
+        (
+            "west",
+            lambda h: h["west"]["skiff_listeners"][0].update(port=70000),
+            "host 'west': skiff_listeners[0].port: must be an integer 1-65535, got 70000",
+        ),
+        (
+            "north",
+            lambda h: h["north"].update(skiff_admin_port=h["east"]["skiff_admin_port"]),
+            "host 'north': skiff_admin_port: port",
+        ),
+        (
+            "east",
+            lambda h: h["east"].update(skiff_platform="mainframe"),
+            "skiff_platform",
+        ),
+    ],
+    ids=["link-to-non-site", "port-out-of-range", "duplicated-port", "unknown-platform"],
+)
+def test_bad_inventory_fails_clearly_and_leaves_the_fleet_running(
+    fleet, host, change, message
+) -> None:
+    hosts = copy.deepcopy(fleet["hosts"])
+    change(hosts)
+    inventory = write_inventory(fleet["root"] / "bad.yml", hosts, fleet["base_dir"])
+    configs = {site: (fleet["base_dir"] / site / "router.json").read_bytes() for site in hosts}
+    pids = sorted(router_pids(fleet["base_dir"]))
+    run = run_playbook(inventory, "site.yml")
+    assert run.returncode != 0
+    assert message in run.output, run.output[-4000:]
+    assert run.recap()[host]["failed"] == 1
+    assert {
+        site: (fleet["base_dir"] / site / "router.json").read_bytes() for site in hosts
+    } == configs
+    assert sorted(router_pids(fleet["base_dir"])) == pids
+    _assert_fleet_still_serves(fleet)
+
+
+def test_teardown_removes_everything(fleet) -> None:
+    # Runs last in this module (pytest keeps file order).
+    down = run_playbook(fleet["inventory"], "teardown.yml")
+    assert down.returncode == 0, down.output[-4000:]
+    deadline = time.monotonic() + 10
+    while router_pids(fleet["base_dir"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert router_pids(fleet["base_dir"]) == []
+    assert list(Path(fleet["base_dir"]).glob("*/router.json")) == []
+    again = run_playbook(fleet["inventory"], "teardown.yml")
+    assert again.returncode == 0 and again.changed() == {"east": 0, "west": 0, "north": 0}

@@ -1,0 +1,149 @@
+"""Fleet inventory checks: every problem names the host and the field."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
+    dialers,
+    fleet_problems,
+    network_of,
+)
+
+LOCAL = {"ansible_connection": "local"}
+GOOD = {
+    "east": {
+        **LOCAL,
+        "skiff_admin_port": 9191,
+        "skiff_link_access": True,
+        "skiff_link_endpoint": {"host": "127.0.0.1", "port": 55671},
+        "skiff_connectors": [{"name": "backend", "host": "127.0.0.1", "port": 8080}],
+    },
+    "west": {
+        **LOCAL,
+        "skiff_admin_port": 9192,
+        "skiff_link_access": True,
+        "skiff_link_endpoint": {"host": "127.0.0.1", "port": 55672},
+        "skiff_links": [{"to": "east", "cost": 1}],
+        "skiff_listeners": [{"name": "backend", "port": 18080}],
+    },
+    "north": {
+        **LOCAL,
+        "skiff_admin_port": 9193,
+        "skiff_links": [{"to": "west"}],
+        "skiff_listeners": [{"name": "backend", "port": 18081}],
+    },
+}
+
+
+def problems_after(change) -> list[str]:
+    fleet = copy.deepcopy(GOOD)
+    change(fleet)
+    return fleet_problems(fleet, list(fleet))
+
+
+def test_good_fleet_has_no_problem() -> None:
+    assert fleet_problems(GOOD, list(GOOD)) == []
+
+
+def test_link_to_a_host_that_is_not_a_site() -> None:
+    found = problems_after(lambda f: f["north"].update(skiff_links=[{"to": "south"}]))
+    assert found == [
+        "host 'north': skiff_links[0].to: 'south' is not a host in the skiff_sites group; "
+        "name one of: east, north, west"
+    ]
+
+
+def test_link_to_a_site_without_link_access() -> None:
+    found = problems_after(lambda f: f["east"].update(skiff_links=[{"to": "north"}]))
+    assert len(found) == 1
+    assert found[0].startswith("host 'east': skiff_links[0].to: site 'north' does not accept links")
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "http", True])
+def test_listener_port_outside_range(port) -> None:
+    found = problems_after(lambda f: f["west"]["skiff_listeners"][0].update(port=port))
+    assert any(
+        p.startswith("host 'west': skiff_listeners[0].port: must be an integer 1-65535")
+        for p in found
+    )
+
+
+def test_link_endpoint_port_outside_range() -> None:
+    found = problems_after(lambda f: f["east"]["skiff_link_endpoint"].update(port=70000))
+    assert found == ["host 'east': skiff_link_endpoint.port: must be an integer 1-65535, got 70000"]
+
+
+def test_duplicated_port_on_one_machine_names_both_hosts() -> None:
+    found = problems_after(lambda f: f["north"].update(skiff_admin_port=9191))
+    assert found == [
+        "host 'north': skiff_admin_port: port 9191 on localhost is already taken by host "
+        "'east' (skiff_admin_port); give each site on one machine its own ports"
+    ]
+
+
+def test_same_port_on_different_machines_is_fine() -> None:
+    def move(fleet):
+        for host, name in (("east", "10.0.0.1"), ("west", "10.0.0.2"), ("north", "10.0.0.3")):
+            fleet[host].pop("ansible_connection")
+            fleet[host]["ansible_host"] = name
+            fleet[host]["skiff_admin_port"] = 9191
+
+    assert problems_after(move) == []
+
+
+def test_listener_port_clashing_with_link_port() -> None:
+    found = problems_after(lambda f: f["north"]["skiff_listeners"][0].update(port=55671))
+    assert found == [
+        "host 'north': skiff_listeners[0].port: port 55671 on localhost is already taken by "
+        "host 'east' (skiff_link_endpoint.port); give each site on one machine its own ports"
+    ]
+
+
+def test_unknown_platform() -> None:
+    found = problems_after(lambda f: f["west"].update(skiff_platform="mainframe"))
+    assert found == ["host 'west': skiff_platform: unknown platform 'mainframe'; use one of: local"]
+
+
+def test_link_access_without_endpoint() -> None:
+    found = problems_after(lambda f: f["east"].pop("skiff_link_endpoint"))
+    assert found[0].startswith("host 'east': skiff_link_endpoint: required when skiff_link_access")
+
+
+def test_duplicate_service_names_and_bad_cost() -> None:
+    def change(fleet):
+        fleet["west"]["skiff_listeners"].append({"name": "backend", "port": 18090})
+        fleet["west"]["skiff_links"][0]["cost"] = 0
+
+    found = problems_after(change)
+    assert "host 'west': skiff_links[0].cost: must be an integer >= 1, got 0" in found
+    assert (
+        "host 'west': skiff_listeners[1].name: 'backend' is used twice in skiff_listeners; "
+        "names must be unique" in found
+    )
+
+
+def test_invalid_and_duplicate_site_names() -> None:
+    found = problems_after(lambda f: f["north"].update(skiff_site_name="West"))
+    assert found[0].startswith("host 'north': skiff_site_name: 'West' is not a valid site name")
+    found = problems_after(lambda f: f["north"].update(skiff_site_name="west"))
+    assert found == [
+        "host 'north': skiff_site_name: site name 'west' is already used by host 'west'"
+    ]
+
+
+def test_dialers_and_network() -> None:
+    sites = list(GOOD)
+    assert dialers(GOOD, sites, "east") == ["west"]
+    assert dialers(GOOD, sites, "west") == ["north"]
+    assert dialers(GOOD, sites, "north") == []
+    assert network_of(GOOD, sites, "north") == ["east", "north", "west"]
+
+
+def test_network_keeps_separate_networks_apart() -> None:
+    fleet = copy.deepcopy(GOOD)
+    fleet["lonely"] = {**LOCAL, "skiff_admin_port": 9194, "skiff_site_name": "island"}
+    assert network_of(fleet, list(fleet), "lonely") == ["island"]
+    assert network_of(fleet, list(fleet), "east") == ["east", "north", "west"]
