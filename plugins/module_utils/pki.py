@@ -1,0 +1,305 @@
+"""Site PKI: CA, server and client certificates (private to skiff.fleet; not a public API).
+
+Each site has its own CA. It signs the router's server certificate (SANs = the
+link endpoint hosts, so a dialing router can verify the host it dialed) and
+the client certificates carried in tokens (CN = token name). The question the
+modules ask is `reissue_reason()`: None when a certificate can stay, otherwise
+why it must be issued again. Nothing here writes a key that others could read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    KEY_MODE,
+    PUBLIC_MODE,
+    atomic_write,
+)
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR: str | None = None
+except ImportError as _exc:  # reported by the module edge with missing_required_lib
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = str(_exc)
+
+CA_VALID_DAYS = 3650
+SERVER_VALID_DAYS = 3650 - 1
+CLIENT_VALID_DAYS = 365
+RENEW_BEFORE = datetime.timedelta(days=30)
+ORGANIZATION = "skiff"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its key, as PEM bytes ready to be written."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+    @property
+    def key(self):
+        return serialization.load_pem_private_key(self.key_pem, password=None)
+
+
+def generate_key(kind: str = "ec"):
+    if kind == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise ValueError(f"unknown key kind {kind!r} (expected 'ec' or 'rsa')")
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def san_for_host(host: str) -> x509.GeneralName:
+    """An IP SAN for an IP literal, a DNS SAN otherwise (TLS host checks need the right kind)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key, valid_days: int, now=None):
+    now = now or _now()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        # A little back-dating tolerates clock skew between hosts.
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=valid_days))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def create_ca(site: str, *, key_kind: str = "ec", valid_days: int = CA_VALID_DAYS) -> Issued:
+    key = generate_key(key_kind)
+    name = _name(f"skiff site CA {site}")
+    cert = (
+        _builder(name, name, key.public_key(), valid_days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(_cert_pem(cert), _key_pem(key))
+
+
+def _issue_leaf(
+    ca: Issued,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+    valid_days: int,
+    key_kind: str,
+) -> Issued:
+    ca_cert, ca_key = ca.cert, ca.key
+    key = generate_key(key_kind)
+    builder = (
+        _builder(_name(common_name), ca_cert.subject, key.public_key(), valid_days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=key_kind == "rsa",
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return Issued(_cert_pem(builder.sign(ca_key, hashes.SHA256())), _key_pem(key))
+
+
+def issue_server_cert(
+    ca: Issued,
+    site: str,
+    hosts: Iterable[str],
+    *,
+    valid_days: int = SERVER_VALID_DAYS,
+    key_kind: str = "ec",
+) -> Issued:
+    sans = [san_for_host(h) for h in dict.fromkeys(hosts)]
+    return _issue_leaf(ca, site, ExtendedKeyUsageOID.SERVER_AUTH, sans, valid_days, key_kind)
+
+
+def issue_client_cert(
+    ca: Issued, name: str, *, valid_days: int = CLIENT_VALID_DAYS, key_kind: str = "ec"
+) -> Issued:
+    return _issue_leaf(ca, name, ExtendedKeyUsageOID.CLIENT_AUTH, [], valid_days, key_kind)
+
+
+def cert_sans(cert: x509.Certificate) -> set[str]:
+    """The SANs as plain strings (IPs normalized), for comparing with endpoint hosts."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(v) for v in ext.get_values_for_type(x509.IPAddress)} | set(
+        ext.get_values_for_type(x509.DNSName)
+    )
+
+
+def wanted_sans(hosts: Iterable[str]) -> set[str]:
+    out = set()
+    for host in hosts:
+        try:
+            out.add(str(ipaddress.ip_address(host)))
+        except ValueError:
+            out.add(host)
+    return out
+
+
+def is_signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def key_matches(cert: x509.Certificate, key) -> bool:
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return cert.public_key().public_bytes(enc, pub) == key.public_key().public_bytes(enc, pub)
+
+
+def reissue_reason(
+    cert_pem: bytes | None,
+    key_pem: bytes | None,
+    *,
+    ca_cert_pem: bytes | None = None,
+    hosts: Iterable[str] | None = None,
+    now: datetime.datetime | None = None,
+    renew_before: datetime.timedelta = RENEW_BEFORE,
+) -> str | None:
+    """Why this certificate must be issued again, or None when it can stay.
+
+    Checked in order: present and readable, key matches, signed by the current
+    CA, SANs equal the wanted hosts (when given), not expiring within
+    `renew_before`.
+    """
+    if not cert_pem or not key_pem:
+        return "missing"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return "unreadable"
+    if not key_matches(cert, key):
+        return "key does not match the certificate"
+    if ca_cert_pem is not None:
+        try:
+            ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        except ValueError:
+            return "CA certificate unreadable"
+        if not is_signed_by(cert, ca_cert):
+            return "not signed by the current CA"
+    if hosts is not None and cert_sans(cert) != wanted_sans(hosts):
+        return "SANs differ from the link endpoints"
+    if cert.not_valid_after_utc - (now or _now()) < renew_before:
+        return f"expires within {renew_before.days} days"
+    return None
+
+
+def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs) -> str | None:
+    reason = reissue_reason(cert_pem, key_pem, **kwargs)
+    if reason:
+        return reason
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "not a CA certificate"
+    except x509.ExtensionNotFound:
+        return "not a CA certificate"
+    return None
+
+
+def read_optional(path: Path) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def write_pair(cert_path: Path, key_path: Path, issued: Issued) -> None:
+    """Key first (0600), then the certificate: a reader never sees a cert without its key."""
+    atomic_write(key_path, issued.key_pem, KEY_MODE)
+    atomic_write(cert_path, issued.cert_pem, PUBLIC_MODE)
+
+
+def describe(cert_pem: bytes) -> dict[str, object]:
+    """Public facts about a certificate, safe to return from a module."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256_fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
+    }

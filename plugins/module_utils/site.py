@@ -1,0 +1,335 @@
+"""Logic of skiff.fleet.site (private to skiff.fleet; not a public API).
+
+A site is a directory (docs/design.md), a CA, a server certificate when the
+site accepts links, the router config sections this module owns (`site`,
+`log_level`, `admin`, `link_access`; the lists belong to other modules and are
+kept), `site.json`, and a running router.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
+from ansible_collections.skiff.fleet.plugins.module_utils.apply import ConfigApplier, Result
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
+    PLATFORMS,
+    Platform,
+    get_platform,
+    wait_for_config,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    DEFAULT_BASE_DIR,
+    DIR_MODE,
+    SITE_SECTIONS,
+    SiteMetadata,
+    SitePaths,
+    SiteStore,
+    canonical_order,
+    dump_json,
+    ensure_dir,
+    sha256_bytes,
+)
+
+DEFAULT_LINK_PORT = 55671
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    name: str
+    state: str = "present"
+    platform: str = "local"
+    base_dir: str = DEFAULT_BASE_DIR
+    link_access: bool = False
+    link_endpoint: dict[str, Any] | None = None
+    link_bind_host: str = "0.0.0.0"
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9191
+    log_level: str = "info"
+    router_python: str = ""
+
+    @classmethod
+    def from_module(cls, params: dict[str, Any]) -> SiteParams:
+        return cls(
+            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
+        )
+
+
+@dataclass(frozen=True)
+class WantedSite:
+    """The normalized desired state: config sections and metadata."""
+
+    sections: dict[str, Any]
+    metadata: SiteMetadata
+
+
+def normalize(params: SiteParams, default_python: str) -> WantedSite:
+    if params.platform not in PLATFORMS:
+        raise SkiffError(
+            f"unknown platform {params.platform!r} (supported: {', '.join(PLATFORMS)})",
+            field="platform",
+        )
+    if params.log_level not in LOG_LEVELS:
+        raise SkiffError(f"must be one of {', '.join(LOG_LEVELS)}", field="log_level")
+    admin = {
+        "host": validation.host(params.admin_host, "admin_host"),
+        "port": validation.port(params.admin_port, "admin_port"),
+    }
+    link_access = None
+    endpoints: list[dict[str, Any]] = []
+    if params.link_access:
+        raw = dict(params.link_endpoint or {})
+        if not raw.get("host"):
+            raise SkiffError(
+                "host is required when link_access is true: the host name or "
+                "address other sites dial (it goes into tokens and the server certificate)",
+                field="link_endpoint",
+            )
+        raw.setdefault("port", DEFAULT_LINK_PORT)
+        if raw["port"] is None:
+            raw["port"] = DEFAULT_LINK_PORT
+        endpoint = validation.endpoint(raw, "link_endpoint")
+        endpoints = [endpoint]
+        link_access = {
+            "host": validation.host(params.link_bind_host, "link_bind_host"),
+            "port": endpoint["port"],
+            "ca": "ca/ca.crt",
+            "cert": "tls/server.crt",
+            "key": "tls/server.key",
+        }
+        if admin["port"] == endpoint["port"] and validation.addresses_overlap(
+            admin["host"], admin["port"], link_access["host"], link_access["port"]
+        ):
+            raise SkiffError(
+                f"admin_port {admin['port']} is also the link port; choose another",
+                field="admin_port",
+            )
+    sections = {"site": params.name, "log_level": params.log_level, "admin": admin}
+    sections["link_access"] = link_access
+    metadata = SiteMetadata(
+        name=params.name,
+        platform=params.platform,
+        link_endpoints=endpoints,
+        router_python=params.router_python or default_python,
+    )
+    return WantedSite(sections, metadata)
+
+
+def wanted_config(current: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """`current` with this module's sections replaced and every other section kept."""
+    config = dict(current)
+    for key in SITE_SECTIONS:
+        config.pop(key, None)
+    for key, value in sections.items():
+        if value is not None:
+            config[key] = value
+    return canonical_order(config)
+
+
+def owned_sections(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: config[key] for key in SITE_SECTIONS if key in config}
+
+
+def admin_url(admin: dict[str, Any]) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin["host"], admin["host"])
+    return f"http://[{host}]:{admin['port']}" if ":" in host else f"http://{host}:{admin['port']}"
+
+
+class SiteRunner:
+    def __init__(
+        self,
+        params: SiteParams,
+        *,
+        check_mode: bool,
+        platform_factory: PlatformFactory = get_platform,
+        wait: Callable[..., dict[str, Any]] = wait_for_config,
+        default_python: str = "",
+    ):
+        self.params = params
+        self.check_mode = check_mode
+        self.platform_factory = platform_factory
+        self.wait = wait
+        self.default_python = default_python
+        self.store = SiteStore.open(params.base_dir, params.name, field_name="name")
+        self.paths = self.store.paths
+        self.result = Result()
+
+    def run(self) -> Result:
+        if self.params.state == "absent":
+            self.absent()
+        else:
+            self.present()
+        return self.result
+
+    # -- present ---------------------------------------------------------
+
+    def present(self) -> None:
+        site = self.params.name
+        try:
+            wanted = normalize(self.params, self.default_python)
+        except SkiffError as exc:
+            raise exc.with_context(site=site) from None
+        paths, result = self.paths, self.result
+        platform = self.platform_factory(wanted.metadata.platform, paths, wanted.metadata)
+        current_meta = self.store.read_metadata() if paths.metadata.is_file() else None
+        current = self.store.read_config()
+        config = wanted_config(current, wanted.sections)
+        result.diff = {
+            "before": {
+                "config": owned_sections(current),
+                "metadata": current_meta.to_dict() if current_meta else {},
+            },
+            "after": {"config": owned_sections(config), "metadata": wanted.metadata.to_dict()},
+        }
+
+        if not paths.root.is_dir():
+            result.act(f"create site directory {paths.root}")
+        elif paths.root.stat().st_mode & 0o777 != DIR_MODE:
+            result.act(f"set mode 0700 on {paths.root}")
+
+        ca_cert_pem = pki.read_optional(paths.ca_cert)
+        ca_reason = pki.ca_reissue_reason(ca_cert_pem, pki.read_optional(paths.ca_key))
+        if ca_reason:
+            result.act(
+                "create the site CA"
+                if ca_reason == "missing"
+                else f"replace the site CA ({ca_reason})"
+            )
+        server_reason = None
+        if wanted.sections["link_access"] is not None:
+            hosts = [e["host"] for e in wanted.metadata.link_endpoints]
+            server_reason = (
+                "new CA"
+                if ca_reason
+                else pki.reissue_reason(
+                    pki.read_optional(paths.server_cert),
+                    pki.read_optional(paths.server_key),
+                    ca_cert_pem=ca_cert_pem,
+                    hosts=hosts,
+                )
+            )
+            if server_reason:
+                result.act(f"issue the server certificate for {', '.join(hosts)} ({server_reason})")
+
+        current_bytes = self.store.read_config_bytes()
+        config_bytes = dump_json(config)
+        config_changed = config_bytes != current_bytes
+        if config_changed:
+            changed = sorted(k for k in SITE_SECTIONS if current.get(k) != config.get(k)) or [
+                "file"
+            ]
+            result.act(f"write {paths.config} ({', '.join(changed)})")
+        if current_meta != wanted.metadata:
+            result.act(f"write {paths.metadata}")
+
+        running = platform.is_running()
+        status = platform.status() if running else None
+        restart_reason = None
+        # A router that already accepts links holds the old CA and server cert in memory;
+        # one that starts accepting links now loads them on the reload.
+        if running and (ca_reason or server_reason) and current.get("link_access"):
+            restart_reason = "load the new TLS material"
+        elif (
+            running and current_meta and current_meta.router_python != wanted.metadata.router_python
+        ):
+            restart_reason = "router_python changed"
+        drifted = (
+            running
+            and not config_changed
+            and ((status or {}).get("config") or {}).get("sha256") != sha256_bytes(config_bytes)
+        )
+        if not running:
+            result.act("start the router")
+        elif restart_reason:
+            result.act(f"restart the router ({restart_reason})")
+        elif config_changed:
+            result.act("reload the router")
+        elif drifted:
+            result.act("reload the router (it does not run the config on disk)")
+
+        result.values = {
+            "site_dir": str(paths.root),
+            "admin_url": admin_url(wanted.sections["admin"]),
+            "ca_certificate": ca_cert_pem.decode() if ca_cert_pem and not ca_reason else None,
+        }
+        if self.check_mode or not result.changed:
+            return
+
+        ensure_dir(paths.root)
+        ensure_dir(paths.ca_dir)
+        if ca_reason:
+            ca = pki.create_ca(site)
+            pki.write_pair(paths.ca_cert, paths.ca_key, ca)
+            result.values["ca_certificate"] = ca.cert_pem.decode()
+        if server_reason:
+            ensure_dir(paths.tls_dir)
+            ca = pki.Issued(paths.ca_cert.read_bytes(), paths.ca_key.read_bytes())
+            hosts = [e["host"] for e in wanted.metadata.link_endpoints]
+            pki.write_pair(
+                paths.server_cert, paths.server_key, pki.issue_server_cert(ca, site, hosts)
+            )
+
+        applier = ConfigApplier(self.store, platform, wait=self.wait)
+        previous_error = ((status or {}).get("config") or {}).get("error")
+        try:
+            previous, data = applier.write(config)
+        except SkiffError as exc:
+            raise exc.with_context(site=site) from None
+        self.store.write_metadata(wanted.metadata)
+
+        if not running:
+            self._start(platform, data)
+        elif restart_reason:
+            platform.stop()
+            self._start(platform, data)
+        elif config_changed or drifted:
+            applier.reload(data, previous if config_changed else None, previous_error)
+
+    def _start(self, platform: Platform, data: bytes) -> None:
+        platform.start()
+        try:
+            self.wait(platform, sha256_bytes(data), site=self.params.name)
+        except SkiffError:
+            # A router that never became ready must not stay behind crash-looping.
+            platform.stop()
+            raise
+
+    # -- absent ----------------------------------------------------------
+
+    def absent(self) -> None:
+        paths, result = self.paths, self.result
+        if not paths.root.exists():
+            return
+        current = self.store.read_config() if paths.config.is_file() else {}
+        metadata = (
+            self.store.read_metadata()
+            if paths.metadata.is_file()
+            else SiteMetadata(name=self.params.name, router_python=self.default_python)
+        )
+        result.diff = {
+            "before": {"config": owned_sections(current), "metadata": metadata.to_dict()},
+            "after": {},
+        }
+        platform = self.platform_factory(metadata.platform, paths, metadata)
+        if platform.is_running():
+            result.act("stop the router")
+        result.act(f"remove {paths.root}")
+        if self.check_mode:
+            return
+        platform.stop()
+        self.store.remove()
+
+
+def run_site(params: SiteParams, check_mode: bool, **services: Any) -> Result:
+    return SiteRunner(params, check_mode=check_mode, **services).run()
+
+
+def default_router_python() -> str:
+    """The interpreter running the module: the one Ansible was told has skiff_router."""
+    return sys.executable or "python3"

@@ -1,0 +1,119 @@
+"""Logic of skiff.fleet.wait (private to skiff.fleet; not a public API).
+
+Converged means: every router named in `routers` is reachable, every listener
+of the site is listening, and every listener's routing key has a reachable
+connector. `problems()` answers that for one `/v1/status` document, so it is
+tested with canned documents; `run_wait()` polls until it is empty.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
+    Platform,
+    get_platform,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    DEFAULT_BASE_DIR,
+    SiteMetadata,
+    SitePaths,
+    SiteStore,
+    validate_site_name,
+)
+
+PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class WaitParams:
+    site: str
+    base_dir: str = DEFAULT_BASE_DIR
+    routers: list[str] = field(default_factory=list)
+    timeout: float = 60.0
+
+    @classmethod
+    def from_module(cls, params: dict[str, Any]) -> WaitParams:
+        return cls(
+            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
+        )
+
+
+def problems(status: dict[str, Any] | None, routers: list[str]) -> dict[str, list[str]]:
+    """What keeps the site from being converged, by kind; {} when it is."""
+    if status is None:
+        return {"admin endpoint not answering": ["is the router running?"]}
+    found: dict[str, list[str]] = {}
+    reachable = {r.get("id") for r in status.get("routers") or [] if r.get("reachable")}
+    missing = [r for r in routers if r not in reachable]
+    if missing:
+        found["routers not reachable"] = missing
+    keys = status.get("routing_keys") or {}
+    for listener in status.get("listeners") or []:
+        name = listener.get("name")
+        state = listener.get("state")
+        if state == "error":
+            found.setdefault("listeners in error", []).append(
+                f"{name} ({listener.get('host')}:{listener.get('port')}: "
+                f"{listener.get('error') or 'unknown error'})"
+            )
+            continue
+        if state != "listening":
+            found.setdefault("listeners not listening yet", []).append(f"{name} ({state})")
+        key = listener.get("routing_key")
+        if not (keys.get(key) or {}).get("reachable"):
+            found.setdefault("listeners with no reachable connector", []).append(
+                f"{name} (routing key '{key}')"
+            )
+    error = (status.get("config") or {}).get("error")
+    if error:
+        found["config error"] = [error]
+    return found
+
+
+def describe(found: dict[str, list[str]]) -> str:
+    return "; ".join(f"{kind}: {', '.join(items)}" for kind, items in found.items())
+
+
+def run_wait(
+    params: WaitParams,
+    check_mode: bool,
+    *,
+    platform_factory: PlatformFactory = get_platform,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Result:
+    # check_mode changes nothing here: waiting only reads, so it runs the same.
+    site = params.site
+    if params.timeout < 0:
+        raise SkiffError(f"{params.timeout} must be >= 0", site=site, field="timeout")
+    for router in params.routers:
+        try:
+            validate_site_name(router, field_name="routers")
+        except SkiffError as exc:
+            raise exc.with_context(site=site) from None
+    store = SiteStore.open(params.base_dir, site)
+    metadata = store.require()
+    platform = platform_factory(metadata.platform, store.paths, metadata)
+    started = clock()
+    deadline = started + params.timeout
+    while True:
+        if not platform.is_running():
+            raise SkiffError("the router is not running; start it with skiff.fleet.site", site=site)
+        status = platform.status()
+        found = problems(status, params.routers)
+        if not found:
+            return Result(values={"status": status, "elapsed": round(clock() - started, 2)})
+        if clock() >= deadline:
+            raise SkiffError(
+                f"not converged after {params.timeout:g} s: {describe(found)}",
+                site=site,
+                details={"status": status, "problems": found},
+            )
+        sleep(min(POLL_SECONDS, max(0.0, deadline - clock())))

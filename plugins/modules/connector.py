@@ -1,0 +1,123 @@
+#!/usr/bin/python
+# Copyright: skiff developers
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: connector
+short_description: Bind a routing key to a real service host:port
+version_added: 0.1.0
+description:
+  - Manages one connector of a site. Connections that arrive for O(routing_key)
+    (from a listener on this or any reachable site) are opened to O(host):O(port).
+  - Several sites may have a connector for the same routing key; the router
+    picks the nearest reachable one.
+  - Edits only this connector's entry in the site's C(router.json); the new config
+    is checked with C(skiff-router check-config) and a running router is reloaded
+    (SIGHUP) and awaited until it runs the new config.
+author:
+  - skiff developers
+extends_documentation_fragment:
+  - skiff.fleet.site_dir
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+options:
+  name:
+    description:
+      - Name of the connector, unique among the connectors of the site.
+      - Letters, digits, C(.), C(_) and C(-), 1 to 63 characters.
+    type: str
+    required: true
+  routing_key:
+    description:
+      - The routing key that pairs listeners with connectors across the network.
+      - Defaults to O(name).
+    type: str
+  host:
+    description: Host name or address of the real service, as seen from the router. Required when O(state=present).
+    type: str
+  port:
+    description: Port of the real service (1..65535). Required when O(state=present).
+    type: int
+  state:
+    description: Whether the connector exists.
+    type: str
+    choices: [present, absent]
+    default: present
+requirements:
+  - cryptography
+seealso:
+  - module: skiff.fleet.listener
+  - module: skiff.fleet.wait
+"""
+
+EXAMPLES = r"""
+- name: Connections for "backend" go to the service on this host, port 8080
+  skiff.fleet.connector:
+    site: east
+    name: backend
+    host: 127.0.0.1
+    port: 8080
+
+- name: Remove a connector
+  skiff.fleet.connector:
+    site: east
+    name: backend
+    state: absent
+"""
+
+RETURN = r"""
+connector:
+  description: The connector entry as written to C(router.json); null when O(state=absent).
+  returned: always
+  type: dict
+  sample: {"name": "backend", "routing_key": "backend", "host": "127.0.0.1", "port": 8080}
+actions:
+  description: What was done, or in check mode what would be done.
+  returned: always
+  type: list
+  elements: str
+diff:
+  description: C(before) and C(after) of the site's C(connectors) list.
+  returned: when the site exists
+  type: dict
+"""
+
+from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
+    SITE_DIR_ARGUMENT_SPEC,
+    run_module,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.service import (
+    CONNECTOR,
+    ServiceParams,
+    run_service,
+)
+
+
+def argument_spec() -> dict:
+    return {
+        **SITE_DIR_ARGUMENT_SPEC,
+        "name": {"type": "str", "required": True},
+        "routing_key": {"type": "str", "no_log": False},
+        "host": {"type": "str"},
+        "port": {"type": "int"},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    }
+
+
+def main() -> None:
+    run_module(
+        argument_spec(),
+        lambda params, check_mode: run_service(
+            CONNECTOR, ServiceParams.from_module(params), check_mode
+        ),
+        required_if=[("state", "present", ("port",))],
+    )
+
+
+if __name__ == "__main__":
+    main()

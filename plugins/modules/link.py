@@ -1,0 +1,126 @@
+#!/usr/bin/python
+# Copyright: skiff developers
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: link
+short_description: Link a site to another site with a token
+version_added: 0.1.0
+description:
+  - Makes this site dial the site that issued O(token), over mutual TLS, and
+    keep the link up. The far site must accept links (see M(skiff.fleet.site)).
+  - Writes the token's CA, client certificate and key to
+    C(<site_dir>/links/<name>/) (key mode 0600) and the link's entry (paths
+    only, no secrets) to C(router.json), then reloads the router.
+  - The token is checked before anything is written. A damaged, expired or
+    foreign string fails with a message that never quotes it.
+  - When only the credentials change (a new token with the same endpoints),
+    the link is removed and added again so the router dials with the new certificate.
+author:
+  - skiff developers
+extends_documentation_fragment:
+  - skiff.fleet.site_dir
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+options:
+  name:
+    description:
+      - Name of the link, unique among the links of this site.
+      - Defaults to the name of the site that issued the token. Required when O(state=absent).
+    type: str
+  token:
+    description:
+      - Token issued by M(skiff.fleet.token) at the site to link to. Required when O(state=present).
+    type: str
+  cost:
+    description:
+      - Routing cost of the link, an integer >= 1; traffic prefers paths with
+        the lowest total cost.
+    type: int
+    default: 1
+  state:
+    description: Whether the link exists.
+    type: str
+    choices: [present, absent]
+    default: present
+requirements:
+  - cryptography
+seealso:
+  - module: skiff.fleet.token
+  - module: skiff.fleet.wait
+"""
+
+EXAMPLES = r"""
+- name: West links to east (token issued by skiff.fleet.token at east)
+  skiff.fleet.link:
+    site: west
+    token: "{{ east_token }}"
+    cost: 2
+
+- name: Remove the link to east
+  skiff.fleet.link:
+    site: west
+    name: east
+    state: absent
+"""
+
+RETURN = r"""
+link:
+  description: The link entry as written to C(router.json) (paths, no secrets); null when absent.
+  returned: always
+  type: dict
+  sample:
+    name: east
+    peer: east
+    cost: 1
+    endpoints: [{"host": "127.0.0.1", "port": 55671}]
+    ca: links/east/ca.crt
+    cert: links/east/tls.crt
+    key: links/east/tls.key
+link_status:
+  description: The link as C(/v1/status) reported it right after the reload (it may still be connecting).
+  returned: when the link changed and the router runs
+  type: dict
+actions:
+  description: What was done, or in check mode what would be done.
+  returned: always
+  type: list
+  elements: str
+diff:
+  description: C(before) and C(after) of the site's C(links) list.
+  returned: when the site exists
+  type: dict
+"""
+
+from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
+    SITE_DIR_ARGUMENT_SPEC,
+    run_module,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.link import LinkParams, run_link
+
+
+def argument_spec() -> dict:
+    return {
+        **SITE_DIR_ARGUMENT_SPEC,
+        "name": {"type": "str"},
+        "token": {"type": "str", "no_log": True},
+        "cost": {"type": "int", "default": 1},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    }
+
+
+def main() -> None:
+    run_module(
+        argument_spec(),
+        lambda params, check_mode: run_link(LinkParams.from_module(params), check_mode),
+        required_if=[("state", "present", ("token",)), ("state", "absent", ("name",))],
+    )
+
+
+if __name__ == "__main__":
+    main()

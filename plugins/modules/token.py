@@ -1,0 +1,136 @@
+#!/usr/bin/python
+# Copyright: skiff developers
+# Apache License 2.0 (see galaxy.yml)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: token
+short_description: Issue a link token at a site that accepts links
+version_added: 0.1.0
+description:
+  - Issues a token that lets another site link to this one. The token carries
+    this site's link endpoints, its CA certificate and a client certificate
+    (CN = O(name), signed by this site's CA) with its private key.
+  - Idempotent. The client certificate and C(token.json) are kept in
+    C(<site_dir>/tokens/<name>/) and a later run returns the same token with
+    C(changed=false) while the certificate is still valid for more than 30
+    days, is signed by the current site CA and the site's link endpoints are
+    unchanged. Otherwise a new client certificate is issued (C(changed=true)).
+  - Fails when the site does not exist or does not accept links.
+  - The returned RV(token) is a secret. Set C(no_log) on the task that calls
+    this module and on every task that handles the token.
+author:
+  - skiff developers
+extends_documentation_fragment:
+  - skiff.fleet.site_dir
+attributes:
+  check_mode:
+    support: full
+    details:
+      - In check mode a token that would be issued is not returned.
+  diff_mode:
+    support: full
+options:
+  name:
+    description:
+      - Name of the token, usually the name of the site that will dial with it.
+      - Becomes the CN of the client certificate.
+    type: str
+    required: true
+  state:
+    description:
+      - V(absent) removes the stored token. It does not revoke it; links made
+        with it keep working until the site CA changes.
+    type: str
+    choices: [present, absent]
+    default: present
+  valid_days:
+    description: Lifetime of a newly issued client certificate, in days.
+    type: int
+    default: 365
+requirements:
+  - cryptography
+seealso:
+  - module: skiff.fleet.link
+  - module: skiff.fleet.site
+"""
+
+EXAMPLES = r"""
+- name: Token for site west to link to site east
+  skiff.fleet.token:
+    site: east
+    name: west
+  register: east_token
+  no_log: true
+
+- name: West dials east with it
+  skiff.fleet.link:
+    site: west
+    token: "{{ hostvars['east-host'].east_token.token }}"
+  delegate_to: west-host
+"""
+
+RETURN = r"""
+token:
+  description:
+    - The token, a string starting with C(skiff1.). Secret (it holds a private key).
+    - Not returned in check mode when a new token would be issued.
+  returned: when state is present
+  type: str
+token_info:
+  description: Public facts about the token; never the key.
+  returned: when state is present
+  type: dict
+  contains:
+    name:
+      description: Token name.
+      type: str
+    site:
+      description: The issuing site.
+      type: str
+    endpoints:
+      description: Link endpoints the token points to.
+      type: list
+      elements: dict
+    serial:
+      description: Serial number of the client certificate (hex).
+      type: str
+    not_after:
+      description: Expiry of the client certificate (ISO 8601).
+      type: str
+    sha256_fingerprint:
+      description: SHA-256 fingerprint of the client certificate.
+      type: str
+actions:
+  description: What was done, or in check mode what would be done.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
+    SITE_DIR_ARGUMENT_SPEC,
+    run_module,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
+
+
+def argument_spec() -> dict:
+    return {
+        **SITE_DIR_ARGUMENT_SPEC,
+        "name": {"type": "str", "required": True},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        "valid_days": {"type": "int", "default": 365},
+    }
+
+
+def main() -> None:
+    run_module(
+        argument_spec(),
+        lambda params, check_mode: run_token(TokenParams.from_module(params), check_mode),
+    )
+
+
+if __name__ == "__main__":
+    main()

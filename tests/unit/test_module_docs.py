@@ -1,0 +1,54 @@
+"""Each module's documentation matches its argument spec (what ansible-test validate-modules checks)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import yaml
+
+from ansible_collections.skiff.fleet.plugins.doc_fragments.site_dir import ModuleDocFragment
+
+MODULES = ("site", "token", "link", "listener", "connector", "wait")
+FRAGMENTS = {
+    "skiff.fleet.site_dir": ModuleDocFragment.DOCUMENTATION,
+    "skiff.fleet.site_dir.base_dir": ModuleDocFragment.BASE_DIR,
+}
+
+
+def documented_options(module) -> dict:
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    options = {}
+    for fragment in doc.get("extends_documentation_fragment", []):
+        options.update(yaml.safe_load(FRAGMENTS[fragment])["options"])
+    options.update(doc.get("options") or {})
+    return options
+
+
+def compare(spec: dict, options: dict, where: str) -> None:
+    assert set(spec) == set(options), where
+    for name, arg in spec.items():
+        doc = options[name]
+        at = f"{where}.{name}"
+        assert arg.get("type", "str") == doc.get("type", "str"), at
+        assert arg.get("required", False) == doc.get("required", False), at
+        assert arg.get("default") == doc.get("default"), at
+        assert arg.get("choices") == doc.get("choices"), at
+        assert arg.get("elements") == doc.get("elements"), at
+        assert doc.get("description"), at
+        if "options" in arg:
+            compare(arg["options"], doc["suboptions"], at)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documentation_matches_argument_spec(name):
+    module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
+    compare(module.argument_spec(), documented_options(module), name)
+    yaml.safe_load(module.EXAMPLES)
+    assert yaml.safe_load(module.RETURN)
+
+
+def test_token_option_of_link_is_no_log():
+    from ansible_collections.skiff.fleet.plugins.modules import link
+
+    assert link.argument_spec()["token"]["no_log"] is True

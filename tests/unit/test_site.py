@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from cryptography import x509
+
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.store import SitePaths
+
+
+def params(tmp_path, **overrides) -> SiteParams:
+    values = dict(name="east", base_dir=str(tmp_path), router_python="/usr/bin/python3")
+    values.update(overrides)
+    return SiteParams(**values)
+
+
+ACCEPTING = dict(link_access=True, link_endpoint={"host": "127.0.0.1", "port": 55671})
+
+
+def test_check_mode_predicts_and_writes_nothing(tmp_path, services):
+    result = run_site(params(tmp_path, **ACCEPTING), True, **services)
+    assert result.changed
+    assert "create the site CA" in result.actions
+    assert "start the router" in result.actions
+    assert result.diff["before"] == {"config": {}, "metadata": {}}
+    assert result.diff["after"]["config"]["link_access"]["port"] == 55671
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_then_idempotent(tmp_path, services, fleet):
+    p = params(tmp_path, **ACCEPTING)
+    first = run_site(p, False, **services)
+    assert first.changed
+    paths = SitePaths(tmp_path / "east")
+    assert stat.S_IMODE(paths.root.stat().st_mode) == 0o700
+    for key in (paths.ca_key, paths.server_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    config = json.loads(paths.config.read_text())
+    assert config == {
+        "site": "east",
+        "log_level": "info",
+        "admin": {"host": "127.0.0.1", "port": 9191},
+        "link_access": {
+            "host": "0.0.0.0",
+            "port": 55671,
+            "ca": "ca/ca.crt",
+            "cert": "tls/server.crt",
+            "key": "tls/server.key",
+        },
+    }
+    meta = json.loads(paths.metadata.read_text())
+    assert meta["link_endpoints"] == [{"host": "127.0.0.1", "port": 55671}]
+    assert fleet[paths.root].calls == ["check_config", "start"]
+    assert first.values["ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
+    assert first.values["admin_url"] == "http://127.0.0.1:9191"
+
+    assert not run_site(p, True, **services).changed
+    again = run_site(p, False, **services)
+    assert not again.changed, again.actions
+    assert again.diff["before"] == again.diff["after"]
+    assert fleet[paths.root].calls == ["check_config", "start"]
+
+
+def test_keeps_sections_owned_by_other_modules(tmp_path, services):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    config = json.loads(paths.config.read_text())
+    config["listeners"] = [{"name": "b", "routing_key": "b", "host": "127.0.0.1", "port": 1}]
+    config["links"] = [{"name": "west", "peer": "west", "cost": 1, "endpoints": []}]
+    paths.config.write_text(json.dumps(config))
+    result = run_site(params(tmp_path, log_level="debug"), False, **services)
+    assert result.changed
+    after = json.loads(paths.config.read_text())
+    assert after["log_level"] == "debug"
+    assert after["listeners"] == config["listeners"]
+    assert after["links"] == config["links"]
+    assert "listeners" not in result.diff["after"]["config"]
+
+
+def test_config_change_reloads_running_router(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    result = run_site(params(tmp_path, log_level="warning"), False, **services)
+    assert "reload the router" in result.actions
+    assert fleet[tmp_path / "east"].calls[-1] == "reload"
+    assert result.diff["before"]["config"]["log_level"] == "info"
+    assert result.diff["after"]["config"]["log_level"] == "warning"
+
+
+def test_stopped_router_is_started(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    fleet[tmp_path / "east"].running = False
+    result = run_site(params(tmp_path), False, **services)
+    assert result.actions == ["start the router"]
+
+
+def test_drift_is_reloaded(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    fleet[tmp_path / "east"].in_force = b"{}"
+    result = run_site(params(tmp_path), False, **services)
+    assert result.actions == ["reload the router (it does not run the config on disk)"]
+
+
+def test_endpoint_change_reissues_server_cert_and_restarts(tmp_path, services, fleet):
+    run_site(params(tmp_path, **ACCEPTING), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    ca_before = paths.ca_cert.read_bytes()
+    moved = dict(link_access=True, link_endpoint={"host": "east.example", "port": 55671})
+    result = run_site(params(tmp_path, **moved), False, **services)
+    assert any("SANs differ" in a for a in result.actions)
+    assert "restart the router (load the new TLS material)" in result.actions
+    assert paths.ca_cert.read_bytes() == ca_before
+    cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["east.example"]
+    assert fleet[paths.root].calls[-2:] == ["stop", "start"]
+
+
+def test_rejected_config_is_not_written(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    before = paths.config.read_bytes()
+    fleet[paths.root].check_problems = ["admin.port: out of range"]
+    with pytest.raises(SkiffError) as err:
+        run_site(params(tmp_path, log_level="debug"), False, **services)
+    assert str(err.value).startswith("site 'east': router.json: the router rejects the new config")
+    assert paths.config.read_bytes() == before
+    assert not [p for p in paths.root.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_reload_restores_previous_config(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    before = paths.config.read_bytes()
+    fleet[paths.root].reject_reloads = True
+    with pytest.raises(SkiffError, match=r"rejected the new config.*previous config was restored"):
+        run_site(params(tmp_path, log_level="debug"), False, **services)
+    assert paths.config.read_bytes() == before
+
+
+def test_failed_start_stops_the_router(tmp_path, services, fleet):
+    def never_ready(platform, sha, **_kw):
+        raise SkiffError("router not ready", site="east")
+
+    services = dict(services, wait=never_ready)
+    with pytest.raises(SkiffError, match="not ready"):
+        run_site(params(tmp_path), False, **services)
+    assert fleet[tmp_path / "east"].calls[-2:] == ["start", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(name="East"), "name: 'East' is not a valid site name"),
+        (dict(admin_port=70000), "site 'east': admin_port: 70000 is out of range (1..65535)"),
+        (dict(link_access=True), "link_endpoint: host is required when link_access is true"),
+        (
+            dict(link_access=True, link_endpoint={"host": "h", "port": 0}),
+            "link_endpoint.port: 0 is out of range",
+        ),
+        (dict(log_level="loud"), "log_level: must be one of"),
+        (dict(platform="mars"), "platform: unknown platform 'mars'"),
+        (
+            dict(link_access=True, link_endpoint={"host": "h", "port": 9191}),
+            "admin_port 9191 is also the link port",
+        ),
+    ],
+)
+def test_bad_input_is_named(tmp_path, services, overrides, message):
+    with pytest.raises(SkiffError) as err:
+        run_site(params(tmp_path, **overrides), False, **services)
+    assert message in str(err.value)
+    assert not (tmp_path / "east").exists()
+
+
+def test_absent(tmp_path, services, fleet):
+    assert not run_site(params(tmp_path, state="absent"), False, **services).changed
+    run_site(params(tmp_path), False, **services)
+    check = run_site(params(tmp_path, state="absent"), True, **services)
+    assert check.changed and check.actions[0] == "stop the router"
+    assert (tmp_path / "east").exists()
+    result = run_site(params(tmp_path, state="absent"), False, **services)
+    assert result.changed
+    assert not (tmp_path / "east").exists()
+    assert fleet[tmp_path / "east"].calls[-1] == "stop"
+    assert result.diff["after"] == {}
+
+
+def test_starting_to_accept_links_reloads_without_restart(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    result = run_site(params(tmp_path, **ACCEPTING), False, **services)
+    assert "reload the router" in result.actions
+    assert fleet[tmp_path / "east"].calls[-1] == "reload"
+    assert "stop" not in fleet[tmp_path / "east"].calls

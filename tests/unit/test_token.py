@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import stat
+
+import pytest
+
+from ansible_collections.skiff.fleet.plugins.module_utils import pki
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.store import SitePaths
+from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
+from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import (
+    Token,
+    decode,
+)
+
+
+@pytest.fixture(scope="module")
+def material():
+    ca = pki.create_ca("east")
+    return ca, pki.issue_client_cert(ca, "west")
+
+
+def make_token(material, **overrides) -> Token:
+    ca, client = material
+    values = dict(
+        site="east",
+        name="west",
+        endpoints=[{"host": "127.0.0.1", "port": 55671}],
+        ca=ca.cert_pem.decode(),
+        cert=client.cert_pem.decode(),
+        key=client.key_pem.decode(),
+    )
+    values.update(overrides)
+    return Token(**values)
+
+
+def raw_token(payload: dict) -> str:
+    return "skiff1." + base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def test_round_trip(material):
+    token = make_token(material)
+    text = token.encode()
+    assert text.startswith("skiff1.") and "=" not in text
+    assert decode(text) == token
+    assert decode(f"  {text}\n") == token
+    assert "PRIVATE" not in repr(token) and "PRIVATE" not in str(token.public_info())
+
+
+def payload_of(material) -> dict:
+    text = make_token(material).encode()[len("skiff1.") :]
+    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: None, "not a skiff token (expected a string starting with 'skiff1.')"),
+        (lambda p: "hello", "not a skiff token"),
+        (lambda p: "skiff1.***", "damaged"),
+        (lambda p: "skiff1." + base64.urlsafe_b64encode(b"[1]").decode(), "not a JSON object"),
+        (lambda p: raw_token(dict(p, v=2)), "version 2 is not supported"),
+        (lambda p: raw_token({k: v for k, v in p.items() if k != "key"}), "field 'key' is missing"),
+        (lambda p: raw_token(dict(p, site="East!")), "site: 'East!' is not a valid site name"),
+        (lambda p: raw_token(dict(p, endpoints=[])), "lists no endpoints"),
+        (lambda p: raw_token(dict(p, endpoints=[{"host": "h", "port": 0}])), "port: 0 is out"),
+        (lambda p: raw_token(dict(p, cert="not pem")), "not valid PEM"),
+        (lambda p: raw_token(dict(p, ca="not pem")), "CA certificate in it is not valid PEM"),
+    ],
+)
+def test_malformed_tokens_fail_clearly_without_quoting(material, mutate, message):
+    text = mutate(payload_of(material))
+    with pytest.raises(SkiffError) as err:
+        decode(text)
+    assert err.value.field == "token"
+    assert message in err.value.message
+    assert "issue one with skiff.fleet.token at the site that accepts links" in err.value.message
+    assert "PRIVATE" not in str(err.value) and "skiff1.ey" not in str(err.value)
+
+
+def test_token_signed_by_another_ca_is_refused(material):
+    other = pki.create_ca("other")
+    token = make_token(material, ca=other.cert_pem.decode())
+    with pytest.raises(SkiffError, match="not signed by the CA in the token"):
+        decode(token.encode())
+
+
+def test_key_of_another_cert_is_refused(material):
+    ca, _ = material
+    stranger = pki.issue_client_cert(ca, "x")
+    with pytest.raises(SkiffError, match="key does not match"):
+        decode(make_token(material, key=stranger.key_pem.decode()).encode())
+
+
+# -- the token module's logic ------------------------------------------------
+
+
+@pytest.fixture
+def east(tmp_path, services):
+    site = SiteParams(
+        name="east",
+        base_dir=str(tmp_path),
+        router_python="py",
+        link_access=True,
+        link_endpoint={"host": "127.0.0.1", "port": 55671},
+    )
+    run_site(site, False, **services)
+    return site
+
+
+def tparams(east, **kw) -> TokenParams:
+    return TokenParams(**dict(dict(site="east", name="west", base_dir=east.base_dir), **kw))
+
+
+def test_issue_once_then_read_back(east):
+    check = run_token(tparams(east), True)
+    assert check.changed and "token" not in check.values
+    folder = SitePaths.for_site(east.base_dir, "east").token_dir("west")
+    assert not folder.exists()
+    first = run_token(tparams(east), False)
+    assert first.changed and first.actions == ["issue token 'west'"]
+    token = decode(first.values["token"])
+    assert token.site == "east" and token.name == "west"
+    assert token.endpoints == [{"host": "127.0.0.1", "port": 55671}]
+    for name in ("tls.key", "token.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    info = first.values["token_info"]
+    assert info["name"] == "west" and "key" not in info
+    assert "PRIVATE" not in json.dumps(first.diff) + json.dumps(info) + json.dumps(first.actions)
+    second = run_token(tparams(east), True)
+    assert not second.changed and second.values["token"] == first.values["token"]
+    assert not run_token(tparams(east), False).changed
+
+
+def test_reissued_when_endpoints_change(east, services):
+    first = run_token(tparams(east), False)
+    moved = SiteParams(**dict(vars(east), link_endpoint={"host": "east.example", "port": 55671}))
+    run_site(moved, False, **services)
+    again = run_token(tparams(east), False)
+    assert again.changed and "endpoints changed" in again.actions[0]
+    assert again.values["token"] != first.values["token"]
+    assert decode(again.values["token"]).endpoints[0]["host"] == "east.example"
+
+
+def test_reissued_when_expiring(east):
+    run_token(tparams(east, valid_days=20), False)
+    result = run_token(tparams(east), False)
+    assert result.changed and "expires within 30 days" in result.actions[0]
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=340)
+    assert run_token(tparams(east), False, now=later).changed
+
+
+def test_reissued_when_ca_replaced(east, services):
+    run_token(tparams(east), False)
+    paths = SitePaths.for_site(east.base_dir, "east")
+    paths.ca_key.unlink()
+    run_site(east, False, **services)
+    result = run_token(tparams(east), False)
+    assert "not signed by the current CA" in result.actions[0]
+
+
+def test_absent(east):
+    run_token(tparams(east), False)
+    assert run_token(tparams(east, state="absent"), True).changed
+    assert run_token(tparams(east, state="absent"), False).changed
+    assert not run_token(tparams(east, state="absent"), False).changed
+
+
+def test_site_that_accepts_no_links(tmp_path, services):
+    run_site(SiteParams(name="west", base_dir=str(tmp_path), router_python="py"), False, **services)
+    with pytest.raises(SkiffError) as err:
+        run_token(TokenParams(site="west", name="x", base_dir=str(tmp_path)), False)
+    assert str(err.value).startswith("site 'west': token 'x': this site does not accept links")
+
+
+def test_missing_site(tmp_path):
+    with pytest.raises(
+        SkiffError, match=r"site 'east': token 'west': no site at .*skiff.fleet.site"
+    ):
+        run_token(TokenParams(site="east", name="west", base_dir=str(tmp_path)), True)
+
+
+# -- properties ---------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+site_names = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+hosts = st.one_of(
+    st.ip_addresses().map(str), st.from_regex(r"[a-z][a-z0-9.-]{0,30}", fullmatch=True)
+)
+endpoints = st.lists(
+    st.fixed_dictionaries({"host": hosts, "port": st.integers(1, 65535)}), min_size=1, max_size=3
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(site=site_names, name=site_names, eps=endpoints)
+def test_round_trip_property(material, site, name, eps):
+    token = make_token(material, site=site, name=name, endpoints=eps)
+    assert decode(token.encode()) == token
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(),
+        st.text().map(lambda t: "skiff1." + t),
+        st.binary().map(lambda b: "skiff1." + base64.urlsafe_b64encode(b).decode()),
+    )
+)
+def test_garbage_fails_only_with_a_clear_error(text):
+    with pytest.raises(SkiffError) as err:
+        decode(text)
+    assert err.value.field == "token"
+    assert "issue one with skiff.fleet.token" in err.value.message
+    if len(text) > 12:
+        assert text not in str(err.value)
