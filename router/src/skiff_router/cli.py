@@ -1,0 +1,227 @@
+"""Command line: run, supervise, check-config, status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from skiff_router import __version__
+from skiff_router import log as logsetup
+from skiff_router.config import ConfigError, load
+
+log = logging.getLogger("router")
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    try:
+        import uvloop  # optional: faster event loop
+    except ImportError:
+        return asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main())
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # Failed TLS handshakes from strangers are routine, not tracebacks.
+    exc = context.get("exception")
+    msg = context.get("message", "")
+    if exc is not None and isinstance(exc, OSError):
+        logging.getLogger("asyncio").info("%s: %s", msg, exc)
+    else:
+        logging.getLogger("asyncio").error("%s", msg, exc_info=exc)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from skiff_router.runtime import Router
+
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return 2
+    logsetup.setup(loaded.config.log_level)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_loop_exception)
+        router = Router(loaded)
+        try:
+            await router.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc.strerror or exc)
+            await router.stop()
+            return 1
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: router.spawn(router.reload()))
+        await stop.wait()
+        log.info("stopping")
+        await router.stop()
+        return 0
+
+    return _run_loop(main)
+
+
+def cmd_supervise(args: argparse.Namespace) -> int:
+    from skiff_router.supervisor import Supervisor
+
+    logsetup.setup("info")
+
+    async def main() -> int:
+        return await Supervisor(args.config, args.pid_file).run()
+
+    return asyncio.run(main())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load(args.file)
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(f"{args.file}: {line}")
+        return 2
+    print(f"{args.file}: ok")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = args.admin.rstrip("/") + "/v1/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"cannot read {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    out = [
+        "  "
+        + "  ".join(str(h).upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
+    ]
+    for r in rows:
+        out.append(
+            "  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        )
+    return out
+
+
+def format_status(s: dict[str, Any]) -> str:
+    cfg = s.get("config", {})
+    lines = [
+        f"site {s.get('site')} (skiff-router {s.get('version')})",
+        f"config {cfg.get('path')} sha256 {str(cfg.get('sha256'))[:12]}",
+    ]
+    if cfg.get("error"):
+        lines.append(f"config error (old config in force): {cfg['error']}")
+    flows = s.get("flows", {})
+    lines.append(f"flows open {flows.get('open')} total {flows.get('total')}")
+
+    def section(title: str, header: list[str], rows: list[list[str]]) -> None:
+        lines.append("")
+        lines.append(f"{title}:")
+        lines.extend(_table(rows, header) if rows else ["  (none)"])
+
+    def dash(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    section(
+        "links",
+        ["name", "direction", "peer", "cost", "state", "endpoint", "error"],
+        [
+            [
+                lk["name"],
+                lk["direction"],
+                lk["peer"],
+                str(lk["cost"]),
+                lk["state"],
+                dash(lk["endpoint"]),
+                dash(lk["error"]),
+            ]
+            for lk in s.get("links", [])
+        ],
+    )
+    section(
+        "routers",
+        ["id", "reachable", "cost", "next hop"],
+        [
+            [r["id"], "yes" if r["reachable"] else "no", dash(r["cost"]), dash(r["next_hop"])]
+            for r in s.get("routers", [])
+        ],
+    )
+    section(
+        "listeners",
+        ["name", "key", "address", "state", "error"],
+        [
+            [x["name"], x["routing_key"], f"{x['host']}:{x['port']}", x["state"], dash(x["error"])]
+            for x in s.get("listeners", [])
+        ],
+    )
+    section(
+        "connectors",
+        ["name", "key", "address"],
+        [
+            [x["name"], x["routing_key"], f"{x['host']}:{x['port']}"]
+            for x in s.get("connectors", [])
+        ],
+    )
+    section(
+        "routing keys",
+        ["key", "reachable", "connectors", "listeners"],
+        [
+            [
+                k,
+                "yes" if v["reachable"] else "no",
+                ",".join(v["connectors"]) or "-",
+                ",".join(v["listeners"]) or "-",
+            ]
+            for k, v in s.get("routing_keys", {}).items()
+        ],
+    )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiff-router", description="skiff data-plane router")
+    p.add_argument("--version", action="version", version=f"skiff-router {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the router in the foreground")
+    r.add_argument("--config", required=True)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("supervise", help="run and restart the router as a child")
+    s.add_argument("--config", required=True)
+    s.add_argument("--pid-file", required=True)
+    s.set_defaults(func=cmd_supervise)
+
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    st = sub.add_parser("status", help="print the status of a running router")
+    st.add_argument("--admin", default="http://127.0.0.1:9191")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,275 @@
+"""Link frame codec (sans-I/O): bytes in, frames out, and back.
+
+Frame = 10-byte header + payload::
+
+    type u8 | flags u8 | flow id u32 | payload length u32 | payload
+
+Everything is network byte order. The declared length is checked against
+MAX_PAYLOAD as soon as the header is complete, before any payload is
+buffered, so a peer cannot make us hold more than one frame's worth.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from skiff_router.config import SITE_RE
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("!BBII")
+HEADER_SIZE = HEADER.size
+MAX_DATA = 64 * 1024  # largest DATA payload a sender produces
+MAX_PAYLOAD = MAX_DATA + 1024  # accepted payload limit: 64 KiB + margin for control frames
+MAX_FLOW_ID = 0xFFFFFFFF
+_WINDOW = struct.Struct("!I")
+
+
+class FrameType(IntEnum):
+    HELLO = 1  # link: JSON {"v", "id", "cost"}
+    PING = 2  # link: opaque <= 8 bytes, echoed in PONG
+    PONG = 3
+    LSA = 4  # link: JSON link-state advertisement, flooded
+    CLOSE = 5  # link: short public reason, then the sender closes
+    OPEN = 6  # flow: JSON {"key", "dest", "src"}
+    DATA = 7  # flow: bytes
+    END = 8  # flow: half-close of the sender's direction
+    RESET = 9  # flow: abort both directions; short public reason
+    WINDOW = 10  # flow: u32 credit increment
+
+
+LINK_FRAMES = frozenset(
+    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.LSA, FrameType.CLOSE}
+)
+FLOW_FRAMES = frozenset(FrameType) - LINK_FRAMES
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol. ``reason`` is for our log only, never sent."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    flow: int = 0
+    payload: bytes = b""
+    flags: int = 0
+
+
+def encode_frame(ftype: FrameType, flow: int = 0, payload: bytes = b"", flags: int = 0) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("payload too large")
+    return HEADER.pack(ftype, flags, flow, len(payload)) + payload
+
+
+def encode(frame: Frame) -> bytes:
+    return encode_frame(frame.type, frame.flow, frame.payload, frame.flags)
+
+
+class FrameDecoder:
+    """Incremental decoder. Once it raised ProtocolError it stays broken."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._buf = bytearray()
+        self._max = max_payload
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= HEADER_SIZE:
+                ftype, flags, flow, length = HEADER.unpack_from(buf, pos)
+                # Validate the header before waiting for (and buffering) the payload.
+                if length > self._max:
+                    raise ProtocolError(f"frame payload length {length} exceeds limit {self._max}")
+                try:
+                    t = FrameType(ftype)
+                except ValueError:
+                    raise ProtocolError(f"unknown frame type {ftype}") from None
+                if flags:
+                    raise ProtocolError(f"unsupported flags {flags:#x} on {t.name}")
+                if (flow == 0) != (t in LINK_FRAMES):
+                    raise ProtocolError(f"bad flow id {flow} for {t.name}")
+                if end - pos - HEADER_SIZE < length:
+                    break
+                start = pos + HEADER_SIZE
+                frames.append(Frame(t, flow, bytes(buf[start : start + length])))
+                pos = start + length
+        except ProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            raise
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+# -- typed payloads -----------------------------------------------------------------------
+
+
+def _json(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ProtocolError(f"{what}: payload is not JSON") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what}: payload is not an object")
+    return value
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _site(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not SITE_RE.match(value):
+        raise ProtocolError(f"{what}: invalid router id")
+    return value
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError(f"{what}: integer out of range")
+    return value
+
+
+def _keys(value: Any, what: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(k, str) and k for k in value):
+        raise ProtocolError(f"{what}: not a list of routing keys")
+    return frozenset(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    router: str
+    cost: int  # the dialer's configured link cost; the acceptor adopts it
+
+
+def encode_hello(h: Hello) -> bytes:
+    return _dump({"v": h.version, "id": h.router, "cost": h.cost})
+
+
+def decode_hello(payload: bytes) -> Hello:
+    d = _json(payload, "HELLO")
+    version = _int(d.get("v"), "HELLO.v", 0, 1 << 31)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version}")
+    return Hello(
+        version, _site(d.get("id"), "HELLO.id"), _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Lsa:
+    """Link-state advertisement: who a router is, whom it reaches, what it serves."""
+
+    router: str
+    seq: int
+    links: tuple[tuple[str, int], ...]  # (neighbour id, cost), sorted
+    connectors: frozenset[str]
+    listeners: frozenset[str]
+
+    @property
+    def neighbours(self) -> dict[str, int]:
+        return dict(self.links)
+
+
+def encode_lsa(lsa: Lsa) -> bytes:
+    return _dump(
+        {
+            "id": lsa.router,
+            "seq": lsa.seq,
+            "links": dict(lsa.links),
+            "connectors": sorted(lsa.connectors),
+            "listeners": sorted(lsa.listeners),
+        }
+    )
+
+
+def decode_lsa(payload: bytes) -> Lsa:
+    d = _json(payload, "LSA")
+    links = d.get("links")
+    if not isinstance(links, dict):
+        raise ProtocolError("LSA.links: not an object")
+    pairs = tuple(
+        sorted(
+            (_site(k, "LSA.links"), _int(v, "LSA.links", 1, 1_000_000)) for k, v in links.items()
+        )
+    )
+    return Lsa(
+        router=_site(d.get("id"), "LSA.id"),
+        seq=_int(d.get("seq"), "LSA.seq", 0, (1 << 63) - 1),
+        links=pairs,
+        connectors=_keys(d.get("connectors"), "LSA.connectors"),
+        listeners=_keys(d.get("listeners"), "LSA.listeners"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    key: str
+    dest: str
+    src: str
+    hops: int = 0  # routers passed so far; bounds a flow caught in a transient loop
+
+
+MAX_HOPS = 32
+
+
+def encode_open(o: Open) -> bytes:
+    return _dump({"key": o.key, "dest": o.dest, "src": o.src, "hops": o.hops})
+
+
+def decode_open(payload: bytes) -> Open:
+    d = _json(payload, "OPEN")
+    key = d.get("key")
+    if not isinstance(key, str) or not key:
+        raise ProtocolError("OPEN.key: invalid routing key")
+    return Open(
+        key,
+        _site(d.get("dest"), "OPEN.dest"),
+        _site(d.get("src"), "OPEN.src"),
+        _int(d.get("hops", 0), "OPEN.hops", 0, MAX_HOPS),
+    )
+
+
+def encode_window(n: int) -> bytes:
+    return _WINDOW.pack(n)
+
+
+def decode_window(payload: bytes) -> int:
+    if len(payload) != _WINDOW.size:
+        raise ProtocolError("WINDOW: bad payload size")
+    (n,) = _WINDOW.unpack(payload)
+    if n == 0:
+        raise ProtocolError("WINDOW: zero increment")
+    return n
+
+
+def decode_reason(payload: bytes) -> str:
+    """RESET/CLOSE reasons are short public codes; anything odd is replaced."""
+    if len(payload) > 64:
+        return "?"
+    try:
+        text = payload.decode("ascii")
+    except UnicodeDecodeError:
+        return "?"
+    return text if text.isprintable() else "?"

@@ -1,0 +1,627 @@
+"""Router core (sans-I/O): links, link-state routing and flows.
+
+The I/O layer feeds it bytes and socket events and carries out the actions it
+returns; nothing here blocks or touches a socket, so whole networks of cores
+can be tested with a fake network.
+
+A flow inside one router joins two *ends*. An end is either a link end
+(link handle, flow id on that link) or a local end (a TCP socket of a
+listener or connector, known by a local id). Data entering one end leaves
+through the other. Per direction, credit bounds what is in flight: a link
+peer may send only what we granted (WINDOW frames), and we grant more only
+when the bytes have left through the other end (sent on the next link, or
+written and drained to the local socket). So one slow receiver stalls its own
+flow, never the link, and a flow holds at most INITIAL_WINDOW bytes per
+direction in any router.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from skiff_router.codec import (
+    MAX_DATA,
+    MAX_HOPS,
+    FrameType,
+    Lsa,
+    Open,
+    ProtocolError,
+    decode_lsa,
+    decode_open,
+    decode_reason,
+    decode_window,
+    encode_lsa,
+    encode_open,
+    encode_window,
+)
+from skiff_router.link import FrameIn, LinkClosed, LinkProtocol, LinkUp
+from skiff_router.routing import LinkStateDb
+
+log = logging.getLogger("core")
+flog = logging.getLogger("flow")
+
+INITIAL_WINDOW = 512 * 1024  # per flow and direction
+GRANT_THRESHOLD = INITIAL_WINDOW // 4  # batch WINDOW frames
+MAX_CREDIT = 1 << 31
+
+# -- actions for the I/O layer ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectLocal:
+    """Open a connection to a local connector for ``key``; report back with
+    local_connected / local_connect_failed."""
+
+    lid: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Write ``data`` to the local socket, then call local_consumed(lid, len)."""
+
+    lid: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverEof:
+    lid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLocal:
+    """Close the local socket once earlier actions for it are done; abort = reset."""
+
+    lid: int
+    abort: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRead:
+    lid: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEstablished:
+    link: int
+    peer: str
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """Send what is pending for the link, then close its transport."""
+
+    link: int
+    reason: str
+
+
+Action = ConnectLocal | Deliver | DeliverEof | CloseLocal | ResumeRead | LinkEstablished | CloseLink
+
+# -- state ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class End:
+    flow: Flow
+    link: LinkState | None  # None: a local socket
+    ident: int  # flow id on the link, or local id
+    # Outbound: data leaving the router through this end.
+    credit: int = INITIAL_WINDOW  # link: bytes the peer still accepts
+    queue: deque[bytes] = field(default_factory=deque)
+    eof_pending: bool = False
+    eof_sent: bool = False
+    connected: bool = True  # local connector end: False until connected
+    # Inbound: data entering the router through this end.
+    allowance: int = INITIAL_WINDOW  # bytes that may still arrive before more credit
+    to_grant: int = 0  # link: released bytes not yet granted back
+    eof_received: bool = False
+
+
+@dataclass(eq=False)
+class Flow:
+    id: int
+    key: str
+    src: str
+    dest: str
+    ends: list[End] = field(default_factory=list)
+
+    def other(self, end: End) -> End:
+        return self.ends[1] if end is self.ends[0] else self.ends[0]
+
+
+@dataclass(eq=False)
+class LinkState:
+    handle: int
+    name: str
+    direction: str  # "outgoing" | "incoming"
+    proto: LinkProtocol
+    flows: dict[int, End] = field(default_factory=dict)
+
+    @property
+    def up(self) -> bool:
+        return self.proto.state == "up"
+
+    @property
+    def peer(self) -> str | None:
+        return self.proto.peer
+
+    @property
+    def cost(self) -> int:
+        return self.proto.cost
+
+
+class RouterCore:
+    def __init__(self, site: str, now: float, seq: int | None = None) -> None:
+        self.site = site
+        self.db = LinkStateDb(site)
+        self.links: dict[int, LinkState] = {}
+        self.locals: dict[int, End] = {}
+        self.flows: dict[int, Flow] = {}
+        self.flows_total = 0
+        self.listener_keys: frozenset[str] = frozenset()
+        self.connector_keys: frozenset[str] = frozenset()
+        # A restarted router must supersede its old LSA still held by others:
+        # start the sequence from the wall clock in milliseconds.
+        self._seq = seq if seq is not None else int(time.time() * 1000)
+        self._next_handle = 1
+        self._next_lid = 1
+        self._next_flow = 1
+        self._actions: list[Action] = []
+        self._dirty: set[int] = set()
+        self._closing: dict[int, LinkState] = {}  # closed links whose CLOSE frame is unsent
+        self._now = now
+        self._originate()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def take_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def pending_writes(self) -> list[tuple[int, bytes]]:
+        """Bytes to write per link handle (including a closed link's CLOSE frame)."""
+        out = []
+        for h in self._dirty:
+            ls = self.links.get(h) or self._closing.get(h)
+            if ls is not None:
+                data = ls.proto.data_to_send()
+                if data:
+                    out.append((h, data))
+        self._dirty.clear()
+        self._closing.clear()
+        return out
+
+    def _send(self, ls: LinkState, ftype: FrameType, flow: int = 0, payload: bytes = b"") -> None:
+        ls.proto.send(ftype, flow, payload)
+        self._dirty.add(ls.handle)
+
+    # -- services ----------------------------------------------------------------------
+
+    def set_services(
+        self, listener_keys: set[str] | frozenset[str], connector_keys: set[str] | frozenset[str]
+    ) -> None:
+        lk, ck = frozenset(listener_keys), frozenset(connector_keys)
+        if (lk, ck) != (self.listener_keys, self.connector_keys):
+            self.listener_keys, self.connector_keys = lk, ck
+            self._originate()
+
+    # -- links -------------------------------------------------------------------------
+
+    def link_connected(
+        self, name: str, direction: str, now: float, expected_peer: str | None = None, cost: int = 1
+    ) -> int:
+        """A transport to another router is up; returns the link handle."""
+        self._now = now
+        h = self._next_handle
+        self._next_handle += 1
+        proto = LinkProtocol(
+            self.site,
+            dialer=direction == "outgoing",
+            now=now,
+            expected_peer=expected_peer,
+            cost=cost,
+        )
+        self.links[h] = LinkState(h, name, direction, proto)
+        self._dirty.add(h)
+        return h
+
+    def link_data(self, handle: int, data: bytes, now: float) -> None:
+        self._now = now
+        ls = self.links.get(handle)
+        if ls is None:
+            return
+        for ev in ls.proto.receive_data(data, now):
+            if isinstance(ev, FrameIn):
+                try:
+                    self._frame(ls, ev.frame.type, ev.frame.flow, ev.frame.payload)
+                except ProtocolError as exc:
+                    self._close_link(
+                        ls, ls.proto.fail(f"protocol error: {exc.reason}", "protocol error")
+                    )
+            elif isinstance(ev, LinkUp):
+                self._link_up(ls)
+            elif isinstance(ev, LinkClosed):
+                self._close_link(ls, ev)
+            if handle not in self.links:
+                break
+        if ls.proto.has_output:
+            self._dirty.add(handle)
+
+    def link_lost(self, handle: int, reason: str) -> None:
+        """The transport closed or failed."""
+        ls = self.links.get(handle)
+        if ls is not None:
+            ls.proto.state = "closed"
+            self._close_link(ls, LinkClosed(reason), notify=False)
+
+    def close_link(self, handle: int, reason: str = "link removed") -> None:
+        """Close a link on purpose (config change, shutdown)."""
+        ls = self.links.get(handle)
+        if ls is not None:
+            self._close_link(ls, ls.proto.fail(reason, "closing"))
+
+    def tick(self, now: float) -> None:
+        self._now = now
+        for ls in list(self.links.values()):
+            for ev in ls.proto.tick(now):
+                if isinstance(ev, LinkClosed):
+                    self._close_link(ls, ev)
+            if ls.handle in self.links and ls.proto.has_output:
+                self._dirty.add(ls.handle)
+        if self.db.purge(now):
+            self.db.compute()
+
+    def _link_up(self, ls: LinkState) -> None:
+        log.info("link %s (%s) up: peer %s, cost %d", ls.name, ls.direction, ls.peer, ls.cost)
+        self._actions.append(LinkEstablished(ls.handle, ls.peer or "", ls.cost))
+        # Give the new neighbour the whole database, then advertise the new edge.
+        for lsa in self.db.lsas.values():
+            if lsa.router != self.site:
+                self._send(ls, FrameType.LSA, 0, encode_lsa(lsa))
+        self._originate()
+
+    def _close_link(self, ls: LinkState, ev: LinkClosed, notify: bool = True) -> None:
+        if ls.handle not in self.links:
+            return
+        was_up = ls.peer is not None
+        del self.links[ls.handle]
+        self._closing[ls.handle] = ls
+        self._dirty.add(ls.handle)
+        log.log(
+            logging.INFO if was_up else logging.WARNING,
+            "link %s (%s) closed: %s",
+            ls.name,
+            ls.direction,
+            ev.reason,
+        )
+        for end in list(ls.flows.values()):
+            self._reset(end.flow, end, "link lost")
+        ls.flows.clear()
+        if notify:
+            self._actions.append(CloseLink(ls.handle, ev.reason))
+        if was_up:
+            self._originate()
+
+    def neighbours(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ls in self.links.values():
+            if ls.up and ls.peer:
+                out[ls.peer] = min(ls.cost, out.get(ls.peer, ls.cost))
+        return out
+
+    def _link_to(self, router: str) -> LinkState | None:
+        best: LinkState | None = None
+        for ls in self.links.values():
+            if ls.up and ls.peer == router and (best is None or ls.cost < best.cost):
+                best = ls
+        return best
+
+    # -- routing -----------------------------------------------------------------------
+
+    def _originate(self) -> None:
+        """(Re)advertise our own state to every neighbour."""
+        self._seq += 1
+        lsa = Lsa(
+            router=self.site,
+            seq=self._seq,
+            links=tuple(sorted(self.neighbours().items())),
+            connectors=self.connector_keys,
+            listeners=self.listener_keys,
+        )
+        self.db.update(lsa)
+        self.db.compute()
+        payload = encode_lsa(lsa)
+        for ls in self.links.values():
+            if ls.up:
+                self._send(ls, FrameType.LSA, 0, payload)
+
+    def _lsa(self, ls: LinkState, payload: bytes) -> None:
+        lsa = decode_lsa(payload)
+        if lsa.router == self.site:
+            # An older incarnation of ourselves is still advertised: outbid it.
+            if lsa.seq >= self._seq:
+                self._seq = lsa.seq
+                self._originate()
+            return
+        if not self.db.update(lsa):
+            return
+        for other in self.links.values():
+            if other is not ls and other.up:
+                self._send(other, FrameType.LSA, 0, payload)
+        self.db.compute()
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _frame(self, ls: LinkState, t: FrameType, fid: int, payload: bytes) -> None:
+        if t is FrameType.LSA:
+            self._lsa(ls, payload)
+            return
+        if t is FrameType.OPEN:
+            self._open_in(ls, fid, decode_open(payload))
+            return
+        end = ls.flows.get(fid)
+        if end is None:
+            # A flow that closed or was reset: frames may still be on the wire.
+            if t is FrameType.WINDOW:
+                decode_window(payload)
+            return
+        if t is FrameType.DATA:
+            if end.eof_received:
+                raise ProtocolError(f"DATA after END on flow {fid}")
+            if len(payload) > end.allowance:
+                raise ProtocolError(f"flow {fid} exceeded its window")
+            if payload:
+                self._data_in(end, payload)
+        elif t is FrameType.END:
+            if end.eof_received:
+                raise ProtocolError(f"second END on flow {fid}")
+            self._eof_in(end)
+        elif t is FrameType.WINDOW:
+            end.credit += decode_window(payload)
+            if end.credit > MAX_CREDIT:
+                raise ProtocolError(f"flow {fid} credit overflow")
+            self._flush(end)
+        elif t is FrameType.RESET:
+            flog.debug("flow %d reset by %s: %s", end.flow.id, ls.peer, decode_reason(payload))
+            self._reset(end.flow, end, decode_reason(payload))
+
+    def _open_in(self, ls: LinkState, fid: int, op: Open) -> None:
+        flow = self._new_flow(op.key, op.src, op.dest)
+        a = self._link_end(flow, ls, fid)
+        if op.dest == self.site:
+            if op.key not in self.connector_keys:
+                self._reset(flow, a, "no connector")
+                return
+            b = self._local_end(flow, connected=False)
+            self._actions.append(ConnectLocal(b.ident, op.key))
+        else:
+            route = self.db.routes.get(op.dest)
+            out = self._link_to(route.next_hop) if route and route.next_hop else None
+            if out is None or out is ls or op.hops + 1 >= MAX_HOPS:
+                self._reset(flow, a, "no route")
+                return
+            b = self._link_end(flow, out, out.proto.allocate_flow_id())
+            fwd = Open(op.key, op.dest, op.src, op.hops + 1)
+            self._send(out, FrameType.OPEN, b.ident, encode_open(fwd))
+        flog.debug("flow %d %s: %s -> %s via %s", flow.id, op.key, op.src, op.dest, ls.peer)
+
+    # -- flows ---------------------------------------------------------------------------
+
+    def _new_flow(self, key: str, src: str, dest: str) -> Flow:
+        flow = Flow(self._next_flow, key, src, dest)
+        self._next_flow += 1
+        self.flows[flow.id] = flow
+        self.flows_total += 1
+        return flow
+
+    def _link_end(self, flow: Flow, ls: LinkState, fid: int) -> End:
+        end = End(flow, ls, fid)
+        flow.ends.append(end)
+        ls.flows[fid] = end
+        return end
+
+    def _local_end(self, flow: Flow, connected: bool = True) -> End:
+        lid = self._next_lid
+        self._next_lid += 1
+        end = End(flow, None, lid, connected=connected)
+        flow.ends.append(end)
+        self.locals[lid] = end
+        return end
+
+    def open_flow(self, key: str) -> int | None:
+        """A client connected to a listener for ``key``. Returns its local id, or
+        None when no reachable router serves the key (close the client)."""
+        dest = self.db.choose(key)
+        if dest is None:
+            return None
+        if dest == self.site:
+            flow = self._new_flow(key, self.site, dest)
+            a = self._local_end(flow)
+            b = self._local_end(flow, connected=False)
+            self._actions.append(ConnectLocal(b.ident, key))
+            return a.ident
+        route = self.db.routes[dest]
+        out = self._link_to(route.next_hop) if route.next_hop else None
+        if out is None:
+            return None
+        flow = self._new_flow(key, self.site, dest)
+        a = self._local_end(flow)
+        b = self._link_end(flow, out, out.proto.allocate_flow_id())
+        self._send(out, FrameType.OPEN, b.ident, encode_open(Open(key, dest, self.site)))
+        flog.debug("flow %d %s: open to %s via %s", flow.id, key, dest, out.peer)
+        return a.ident
+
+    def read_allowance(self, lid: int) -> int | None:
+        """How much the local reader may read now; None once the flow is gone."""
+        end = self.locals.get(lid)
+        if end is None or end.eof_received:
+            return None
+        return end.allowance
+
+    def local_connected(self, lid: int) -> bool:
+        end = self.locals.get(lid)
+        if end is None:
+            return False  # reset while connecting: the caller closes the socket
+        end.connected = True
+        self._flush(end)
+        return True
+
+    def local_connect_failed(self, lid: int) -> None:
+        end = self.locals.get(lid)
+        if end is not None:
+            self._reset(end.flow, end, "connect failed")
+
+    def local_data(self, lid: int, data: bytes) -> None:
+        end = self.locals.get(lid)
+        if end is None or end.eof_received:
+            return
+        if len(data) > end.allowance:
+            raise ValueError("local reader read beyond its allowance")
+        self._data_in(end, data)
+
+    def local_eof(self, lid: int) -> None:
+        end = self.locals.get(lid)
+        if end is not None and not end.eof_received:
+            self._eof_in(end)
+
+    def local_consumed(self, lid: int, n: int) -> None:
+        end = self.locals.get(lid)
+        if end is not None:
+            self._release(end.flow.other(end), n)
+
+    def local_reset(self, lid: int) -> None:
+        end = self.locals.get(lid)
+        if end is not None:
+            self._reset(end.flow, end, "connection reset")
+
+    def _data_in(self, end: End, data: bytes) -> None:
+        end.allowance -= len(data)
+        out = end.flow.other(end)
+        out.queue.append(data)
+        self._flush(out)
+
+    def _eof_in(self, end: End) -> None:
+        end.eof_received = True
+        out = end.flow.other(end)
+        out.eof_pending = True
+        self._flush(out)
+
+    def _flush(self, out: End) -> None:
+        """Move queued data out through ``out`` as far as credit allows."""
+        flow = out.flow
+        if flow.id not in self.flows:
+            return
+        released = 0
+        if out.link is not None:
+            q = out.queue
+            while q and out.credit > 0:
+                chunk = q[0]
+                n = min(len(chunk), out.credit, MAX_DATA)
+                if n < len(chunk):
+                    q[0] = chunk[n:]
+                    chunk = chunk[:n]
+                else:
+                    q.popleft()
+                self._send(out.link, FrameType.DATA, out.ident, chunk)
+                out.credit -= n
+                released += n
+            if not q and out.eof_pending and not out.eof_sent:
+                self._send(out.link, FrameType.END, out.ident)
+                out.eof_sent = True
+        elif out.connected:
+            while out.queue:
+                # Released when the I/O layer reports the bytes drained.
+                self._actions.append(Deliver(out.ident, out.queue.popleft()))
+            if out.eof_pending and not out.eof_sent:
+                self._actions.append(DeliverEof(out.ident))
+                out.eof_sent = True
+        if released:
+            self._release(flow.other(out), released)
+        if out.eof_sent:
+            self._maybe_finish(flow)
+
+    def _release(self, inn: End, n: int) -> None:
+        """``n`` bytes that entered through ``inn`` have left: let more in."""
+        if inn.flow.id not in self.flows or inn.eof_received:
+            return
+        if inn.link is not None:
+            inn.to_grant += n
+            if inn.to_grant >= GRANT_THRESHOLD:
+                self._send(inn.link, FrameType.WINDOW, inn.ident, encode_window(inn.to_grant))
+                inn.allowance += inn.to_grant
+                inn.to_grant = 0
+        else:
+            was = inn.allowance
+            inn.allowance += n
+            if was <= 0 < inn.allowance:
+                self._actions.append(ResumeRead(inn.ident))
+
+    def _maybe_finish(self, flow: Flow) -> None:
+        # EOF has passed in both directions: close deterministically (half-closed
+        # leftovers are what crashed uvloop here before).
+        if not all(e.eof_sent for e in flow.ends):
+            return
+        self._drop(flow)
+        for e in flow.ends:
+            if e.link is None:
+                self._actions.append(CloseLocal(e.ident, abort=False))
+        flog.debug("flow %d finished", flow.id)
+
+    def _reset(self, flow: Flow, origin: End, reason: str) -> None:
+        if flow.id not in self.flows:
+            return
+        self._drop(flow)
+        for e in flow.ends:
+            if e is origin:
+                if e.link is None:
+                    self._actions.append(CloseLocal(e.ident, abort=True))
+                continue
+            if e.link is not None:
+                if e.link.handle in self.links:
+                    self._send(
+                        e.link, FrameType.RESET, e.ident, reason.encode("ascii", "replace")[:64]
+                    )
+            else:
+                self._actions.append(CloseLocal(e.ident, abort=True))
+        flog.debug("flow %d reset: %s", flow.id, reason)
+
+    def _drop(self, flow: Flow) -> None:
+        del self.flows[flow.id]
+        for e in flow.ends:
+            if e.link is not None:
+                e.link.flows.pop(e.ident, None)
+            else:
+                self.locals.pop(e.ident, None)
+
+    # -- status --------------------------------------------------------------------------
+
+    def routers_status(self) -> list[dict]:
+        out = []
+        for rid in sorted(self.db.lsas):
+            route = self.db.routes.get(rid)
+            out.append(
+                {
+                    "id": rid,
+                    "reachable": route is not None,
+                    "cost": route.cost if route else None,
+                    "next_hop": route.next_hop if route else None,
+                }
+            )
+        return out
+
+    def keys_status(self) -> dict[str, dict]:
+        keys = self.db.keys() | self.listener_keys | self.connector_keys
+        out = {}
+        for k in sorted(keys):
+            conns = self.db.serving(k)
+            out[k] = {
+                "connectors": conns,
+                "listeners": self.db.listening(k),
+                "reachable": bool(conns),
+            }
+        return out

@@ -1,0 +1,198 @@
+"""Link connection state machine (sans-I/O).
+
+One instance per TLS connection between two routers. It owns the frame
+decoder, the HELLO exchange, keepalive, and flow id bookkeeping; everything
+above (routing, flows) is the router core's business.
+
+States: ``hello`` (our HELLO sent, waiting for the peer's) -> ``up`` -> ``closed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skiff_router.codec import (
+    MAX_FLOW_ID,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    ProtocolError,
+    decode_hello,
+    decode_reason,
+    encode_frame,
+    encode_hello,
+)
+
+PING_INTERVAL = 1.0  # seconds between keepalives when the link is otherwise idle
+DEAD_AFTER = 3.0  # nothing heard for this long: the neighbour is gone
+HELLO_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    peer: str
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClosed:
+    reason: str  # detailed, for our log and status only
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIn:
+    frame: Frame
+
+
+LinkEvent = LinkUp | LinkClosed | FrameIn
+
+
+class LinkProtocol:
+    def __init__(
+        self,
+        local_id: str,
+        *,
+        dialer: bool,
+        now: float,
+        expected_peer: str | None = None,
+        cost: int = 1,
+    ) -> None:
+        self.local_id = local_id
+        self.dialer = dialer
+        self.expected_peer = expected_peer
+        self.cost = cost
+        self.state = "hello"
+        self.peer: str | None = None
+        self.close_reason: str | None = None
+        self._decoder = FrameDecoder()
+        self._out = bytearray()
+        self._last_rx = now
+        self._last_tx = now
+        self._started = now
+        # Flow ids: the dialer allocates odd ids, the acceptor even ones, so the
+        # two sides never collide. Ids only grow; a link carries < 2**31 flows.
+        self._next_id = 1 if dialer else 2
+        self._peer_max = 0  # highest flow id the peer has opened
+        self.send(FrameType.HELLO, 0, encode_hello(Hello(PROTOCOL_VERSION, local_id, cost)))
+
+    # -- output -----------------------------------------------------------------------
+
+    def send(self, ftype: FrameType, flow: int = 0, payload: bytes = b"") -> None:
+        if self.state == "closed":
+            return
+        self._out += encode_frame(ftype, flow, payload)
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def allocate_flow_id(self) -> int:
+        fid = self._next_id
+        if fid > MAX_FLOW_ID:
+            raise RuntimeError("flow ids exhausted on this link")
+        self._next_id += 2
+        return fid
+
+    def is_own_id(self, fid: int) -> bool:
+        return (fid % 2 == 1) == self.dialer
+
+    # -- input ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[LinkEvent]:
+        if self.state == "closed":
+            return []
+        self._last_rx = now
+        try:
+            frames = self._decoder.feed(data)
+            events: list[LinkEvent] = []
+            for frame in frames:
+                ev = self._handle(frame)
+                if ev is not None:
+                    events.append(ev)
+                if self.state == "closed":
+                    break
+            return events
+        except ProtocolError as exc:
+            return [self.fail(f"protocol error: {exc.reason}", "protocol error")]
+
+    def _handle(self, frame: Frame) -> LinkEvent | None:
+        t = frame.type
+        if t is FrameType.CLOSE:
+            reason = decode_reason(frame.payload)
+            self.state = "closed"
+            self.close_reason = f"closed by peer: {reason}"
+            return LinkClosed(self.close_reason)
+        if self.state == "hello":
+            if t is not FrameType.HELLO:
+                raise ProtocolError(f"{t.name} before HELLO")
+            hello = decode_hello(frame.payload)
+            if self.expected_peer is not None and hello.router != self.expected_peer:
+                return self.fail(
+                    f"peer announced router id {hello.router!r}, expected {self.expected_peer!r}",
+                    "unexpected router id",
+                )
+            if hello.router == self.local_id:
+                return self.fail(
+                    f"peer announced our own router id {hello.router!r}", "duplicate router id"
+                )
+            self.peer = hello.router
+            if not self.dialer:
+                self.cost = hello.cost
+            self.state = "up"
+            return LinkUp(hello.router, self.cost)
+        if t is FrameType.HELLO:
+            raise ProtocolError("second HELLO")
+        if t is FrameType.PING:
+            if len(frame.payload) > 8:
+                raise ProtocolError("PING payload too large")
+            self.send(FrameType.PONG, 0, frame.payload)
+            return None
+        if t is FrameType.PONG:
+            return None
+        if t in (FrameType.LSA,):
+            return FrameIn(frame)
+        # Flow frames: the id must belong to a flow that was opened at some point.
+        fid = frame.flow
+        own = self.is_own_id(fid)
+        if t is FrameType.OPEN:
+            if own or fid <= self._peer_max:
+                raise ProtocolError(f"OPEN with out-of-order flow id {fid}")
+            self._peer_max = fid
+        elif (own and fid >= self._next_id) or (not own and fid > self._peer_max):
+            raise ProtocolError(f"{t.name} for flow {fid} that was never opened")
+        return FrameIn(frame)
+
+    # -- time -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[LinkEvent]:
+        if self.state == "closed":
+            return []
+        if self.state == "hello" and now - self._started > HELLO_TIMEOUT:
+            return [self.fail("no HELLO from peer in time", "timeout")]
+        if now - self._last_rx > DEAD_AFTER:
+            return [self.fail(f"no traffic from peer for {now - self._last_rx:.1f}s", "timeout")]
+        if self.state == "up" and now - self._last_tx >= PING_INTERVAL:
+            self.send(FrameType.PING)
+            self._last_tx = now
+        return []
+
+    def note_sent(self, now: float) -> None:
+        """The I/O layer wrote something: an explicit PING is not needed yet."""
+        self._last_tx = now
+
+    def fail(self, reason: str, public: str) -> LinkClosed:
+        """Close the link: the peer gets only the short public code."""
+        if self.state != "closed":
+            self.send(FrameType.CLOSE, 0, public.encode("ascii"))
+            self.state = "closed"
+            self.close_reason = reason
+        return LinkClosed(self.close_reason or reason)

@@ -1,0 +1,42 @@
+"""TLS contexts for links (stdlib ssl only: TLS 1.3, mutual authentication)."""
+
+from __future__ import annotations
+
+import ssl
+
+from skiff_router.config import LinkAccess, LinkConfig
+
+
+def server_context(access: LinkAccess) -> ssl.SSLContext:
+    """Accepting side: our server cert; clients must present a cert from our CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=access.ca)
+    ctx.load_cert_chain(access.cert, access.key)
+    return ctx
+
+
+def client_context(link: LinkConfig) -> ssl.SSLContext:
+    """Dialing side: the token's client cert; the server must chain to the token's CA
+    and match the endpoint host name (or IP SAN)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    ctx.load_verify_locations(cafile=link.ca)
+    ctx.load_cert_chain(link.cert, link.key)
+    return ctx
+
+
+def describe(exc: BaseException) -> str:
+    """A short error text for status and logs (no paths to key contents, no PEM)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc.__class__.__name__}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or exc.__class__.__name__

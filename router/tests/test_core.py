@@ -1,0 +1,319 @@
+"""Tier 2: router cores back to back over a fake network (no sockets, no asyncio)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from skiff_router.codec import FrameType, encode_frame
+from skiff_router.core import (
+    INITIAL_WINDOW,
+    Action,
+    CloseLink,
+    CloseLocal,
+    ConnectLocal,
+    Deliver,
+    DeliverEof,
+    LinkEstablished,
+    ResumeRead,
+    RouterCore,
+)
+from skiff_router.link import DEAD_AFTER, LinkClosed, LinkProtocol, LinkUp
+
+
+@dataclass
+class Net:
+    now: float = 0.0
+    cores: dict[str, RouterCore] = field(default_factory=dict)
+    wires: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    actions: dict[str, list[Action]] = field(default_factory=dict)
+
+    def add(self, name: str) -> RouterCore:
+        core = RouterCore(name, self.now, seq=0)
+        self.cores[name] = core
+        self.actions[name] = []
+        return core
+
+    def connect(
+        self, dialer: str, acceptor: str, cost: int = 1, expected: str | None = None
+    ) -> tuple[int, int]:
+        hd = self.cores[dialer].link_connected(
+            acceptor, "outgoing", self.now, expected or acceptor, cost
+        )
+        ha = self.cores[acceptor].link_connected("in", "incoming", self.now)
+        self.wires[(dialer, hd)] = (acceptor, ha)
+        self.wires[(acceptor, ha)] = (dialer, hd)
+        self.run()
+        return hd, ha
+
+    def cut(self, name: str, handle: int) -> None:
+        other, oh = self.wires.pop((name, handle))
+        self.wires.pop((other, oh))
+        self.cores[name].link_lost(handle, "cut")
+        self.cores[other].link_lost(oh, "cut")
+        self.run()
+
+    def run(self, max_rounds: int = 1000) -> None:
+        for _ in range(max_rounds):
+            moved = False
+            for name, core in self.cores.items():
+                self.actions[name] += core.take_actions()
+                for h, data in core.pending_writes():
+                    dest = self.wires.get((name, h))
+                    if dest is not None:
+                        moved = True
+                        self.cores[dest[0]].link_data(dest[1], data, self.now)
+            if not moved:
+                for name, core in self.cores.items():
+                    self.actions[name] += core.take_actions()
+                return
+        raise AssertionError("network did not settle")
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for core in self.cores.values():
+            core.tick(self.now)
+        self.run()
+
+    def take(self, name: str, kind: type | None = None) -> list[Action]:
+        acts = self.actions[name]
+        if kind is None:
+            self.actions[name] = []
+            return acts
+        self.actions[name] = [a for a in acts if not isinstance(a, kind)]
+        return [a for a in acts if isinstance(a, kind)]
+
+
+def pair() -> tuple[Net, RouterCore, RouterCore]:
+    net = Net()
+    a, b = net.add("a"), net.add("b")
+    a.set_services({"k"}, set())
+    b.set_services(set(), {"k"})
+    net.connect("a", "b")
+    return net, a, b
+
+
+def delivered(actions: list[Action], lid: int) -> bytes:
+    return b"".join(x.data for x in actions if isinstance(x, Deliver) and x.lid == lid)
+
+
+# -- link state machine alone -------------------------------------------------------------
+
+
+def test_hello_exchange_and_id_check() -> None:
+    d = LinkProtocol("west", dialer=True, now=0, expected_peer="east", cost=3)
+    a = LinkProtocol("east", dialer=False, now=0)
+    assert a.receive_data(d.data_to_send(), 0) == [LinkUp("west", 3)]
+    assert d.receive_data(a.data_to_send(), 0) == [LinkUp("east", 3)]
+    assert d.allocate_flow_id() % 2 == 1 and a.allocate_flow_id() % 2 == 0
+
+
+def test_id_mismatch_closes_with_public_reason_only() -> None:
+    d = LinkProtocol("west", dialer=True, now=0, expected_peer="south")
+    a = LinkProtocol("east", dialer=False, now=0)
+    a.receive_data(d.data_to_send(), 0)
+    (ev,) = d.receive_data(a.data_to_send(), 0)
+    assert isinstance(ev, LinkClosed) and "expected 'south'" in ev.reason
+    (ev2,) = a.receive_data(d.data_to_send(), 0)
+    assert ev2 == LinkClosed("closed by peer: unexpected router id")
+
+
+def test_frames_before_hello_and_garbage_close_the_link() -> None:
+    a = LinkProtocol("east", dialer=False, now=0)
+    (ev,) = a.receive_data(encode_frame(FrameType.PING), 0)
+    assert isinstance(ev, LinkClosed) and "before HELLO" in ev.reason
+    b = LinkProtocol("east", dialer=False, now=0)
+    b.data_to_send()
+    (ev,) = b.receive_data(b"\xff" * 20, 0)
+    assert isinstance(ev, LinkClosed)
+    # Only the generic code goes to the peer, never the internal detail.
+    assert b.data_to_send() == encode_frame(FrameType.CLOSE, 0, b"protocol error")
+
+
+def test_keepalive_and_dead_neighbour() -> None:
+    net, a, b = pair()
+    for _ in range(10):
+        net.tick(0.5)  # pings flow, links stay up
+    assert a.neighbours() == {"b": 1}
+    # Stop delivering: the neighbour is declared dead within DEAD_AFTER + a tick.
+    net.wires.clear()
+    for _ in range(int(DEAD_AFTER / 0.5) + 2):
+        net.tick(0.5)
+    assert a.neighbours() == {} and b.neighbours() == {}
+    assert net.take("a", CloseLink)
+
+
+# -- routing over cores --------------------------------------------------------------------
+
+
+def test_lsa_exchange() -> None:
+    net, a, b = pair()
+    assert isinstance(net.take("a", LinkEstablished)[0], LinkEstablished)
+    assert a.keys_status() == {"k": {"connectors": ["b"], "listeners": ["a"], "reachable": True}}
+    assert [r["id"] for r in b.routers_status()] == ["a", "b"]
+
+
+def test_multi_hop_and_convergence() -> None:
+    net = Net()
+    for n in ("north", "west", "east", "south"):
+        net.add(n)
+    net.cores["east"].set_services(set(), {"k"})
+    net.connect("north", "west")
+    hwe, _ = net.connect("west", "east")
+    net.connect("north", "south", cost=5)
+    net.connect("south", "east", cost=5)
+    north = net.cores["north"]
+    assert north.db.routes["east"].cost == 2 and north.db.routes["east"].next_hop == "west"
+    # Lose west-east: north converges to the expensive path through south.
+    net.cut("west", hwe)
+    assert north.db.routes["east"].cost == 10 and north.db.routes["east"].next_hop == "south"
+    assert north.keys_status()["k"]["reachable"]
+
+
+# -- flows ----------------------------------------------------------------------------------
+
+
+def open_flow(net: Net, a: RouterCore, b: RouterCore) -> tuple[int, int]:
+    lid = a.open_flow("k")
+    assert lid is not None
+    net.run()
+    (conn,) = net.take("b", ConnectLocal)
+    assert isinstance(conn, ConnectLocal) and conn.key == "k"
+    assert b.local_connected(conn.lid)
+    net.run()
+    return lid, conn.lid
+
+
+def test_flow_open_data_half_close_both_ways() -> None:
+    net, a, b = pair()
+    la, lb = open_flow(net, a, b)
+    a.local_data(la, b"hello")
+    net.run()
+    acts = net.take("b")
+    assert delivered(acts, lb) == b"hello"
+    b.local_consumed(lb, 5)
+    # Client half-closes; server still answers.
+    a.local_eof(la)
+    net.run()
+    assert DeliverEof(lb) in net.take("b")
+    b.local_data(lb, b"world")
+    b.local_eof(lb)
+    net.run()
+    acts = net.take("a")
+    assert delivered(acts, la) == b"world"
+    assert acts[-2:] == [DeliverEof(la), CloseLocal(la, abort=False)]
+    assert CloseLocal(lb, abort=False) in net.take("b")
+    assert not a.flows and not b.flows
+    assert a.flows_total == 1
+
+
+def test_connect_failure_resets_listener_side() -> None:
+    net, a, b = pair()
+    la = a.open_flow("k")
+    net.run()
+    (conn,) = net.take("b", ConnectLocal)
+    b.local_connect_failed(conn.lid)  # type: ignore[attr-defined]
+    net.run()
+    assert CloseLocal(la, abort=True) in net.take("a")  # type: ignore[arg-type]
+    assert not a.flows and not b.flows
+
+
+def test_reset_propagates_both_ways_over_three_hops() -> None:
+    net = Net()
+    for n in ("n", "w", "e"):
+        net.add(n)
+    net.cores["e"].set_services(set(), {"k"})
+    net.connect("n", "w")
+    net.connect("w", "e")
+    n, w, e = net.cores["n"], net.cores["w"], net.cores["e"]
+    la = n.open_flow("k")
+    assert la is not None
+    net.run()
+    (conn,) = net.take("e", ConnectLocal)
+    e.local_connected(conn.lid)  # type: ignore[attr-defined]
+    n.local_data(la, b"x")
+    net.run()
+    assert delivered(net.take("e"), conn.lid) == b"x"  # type: ignore[attr-defined]
+    assert len(w.flows) == 1
+    e.local_reset(conn.lid)  # type: ignore[attr-defined]
+    net.run()
+    assert CloseLocal(la, abort=True) in net.take("n")
+    assert not n.flows and not w.flows and not e.flows
+
+
+def test_link_loss_resets_flows() -> None:
+    net, a, b = pair()
+    la, lb = open_flow(net, a, b)
+    (h,) = a.links
+    net.cut("a", h)
+    assert CloseLocal(la, abort=True) in net.take("a")
+    assert CloseLocal(lb, abort=True) in net.take("b")
+
+
+def test_no_connector_means_no_flow() -> None:
+    net, a, b = pair()
+    assert a.open_flow("missing") is None
+    b.set_services(set(), set())
+    net.run()
+    assert a.open_flow("k") is None
+
+
+def test_local_connector_is_used_directly() -> None:
+    net = Net()
+    a = net.add("a")
+    a.set_services({"k"}, {"k"})
+    la = a.open_flow("k")
+    assert la is not None
+    net.run()
+    (conn,) = net.take("a", ConnectLocal)
+    a.local_connected(conn.lid)  # type: ignore[attr-defined]
+    a.local_data(la, b"ping")
+    net.run()
+    assert delivered(net.take("a"), conn.lid) == b"ping"  # type: ignore[attr-defined]
+
+
+def test_credit_bounds_a_flow_without_stalling_others() -> None:
+    net, a, b = pair()
+    la1, lb1 = open_flow(net, a, b)
+    la2, lb2 = open_flow(net, a, b)
+    chunk = b"z" * 65536
+    read = 0
+    # The client of flow 1 writes as long as the router lets it read.
+    while (allow := a.read_allowance(la1)) and read < 10 * INITIAL_WINDOW:
+        n = min(allow, len(chunk))
+        a.local_data(la1, chunk[:n])
+        read += n
+        net.run()
+    # Flow 1's receiver never drains: at most link window + queue in flight.
+    assert read == 2 * INITIAL_WINDOW
+    assert len(delivered(net.take("b"), lb1)) == INITIAL_WINDOW
+    # Flow 2 still flows.
+    a.local_data(la2, b"other")
+    net.run()
+    assert delivered(net.take("b"), lb2) == b"other"
+    # Draining flow 1 grants credit back and the reader resumes.
+    b.local_consumed(lb1, INITIAL_WINDOW)
+    net.run()
+    assert ResumeRead(la1) in net.take("a")
+    assert a.read_allowance(la1)
+
+
+def test_window_violation_and_unknown_flow_close_link() -> None:
+    net, a, b = pair()
+    open_flow(net, a, b)
+    (ha,) = a.links
+    (hb,) = b.links
+    fid = next(iter(a.links[ha].flows))
+    # A misbehaving peer sends beyond the window: only that link closes.
+    big = b"".join(
+        encode_frame(FrameType.DATA, fid, b"x" * 65536) for _ in range(INITIAL_WINDOW // 65536 + 1)
+    )
+    b.link_data(hb, big, net.now)
+    assert hb not in b.links
+    assert any(
+        isinstance(x, CloseLink) and "exceeded its window" in x.reason for x in b.take_actions()
+    )
+    # DATA for a flow id that was never opened is a protocol error too.
+    net2, _, d = pair()
+    (hd,) = d.links
+    d.link_data(hd, encode_frame(FrameType.DATA, 99, b"x"), net2.now)
+    assert hd not in d.links
