@@ -472,3 +472,41 @@ def test_server_reset_reaches_client(tmp_path: Path) -> None:
                     )
 
     run(main())
+
+
+def test_status_reports_new_config_only_once_fully_applied(tmp_path: Path) -> None:
+    """A caller polling for the new sha256 must also see the new listeners' bind results."""
+
+    async def main() -> None:
+        east, west = two_sites(tmp_path)
+        async with routers(east, west) as rs:
+            router = rs["west"]
+            old_sha = router.status()["config"]["sha256"]
+            bind = router._bind_listener
+            seen_mid_reload: list[dict] = []
+
+            async def slow_bind(rt) -> None:
+                # Sample the status while the reload is half done.
+                seen_mid_reload.append(router.status())
+                await asyncio.sleep(0.2)
+                await bind(rt)
+
+            router._bind_listener = slow_bind  # type: ignore[method-assign]
+            # The admin port is taken, so this listener must end in error.
+            west.listeners.append(
+                {
+                    "name": "busy",
+                    "routing_key": "busy",
+                    "host": "127.0.0.1",
+                    "port": west.admin_port,
+                }
+            )
+            west.write()
+            assert await router.reload()
+            assert seen_mid_reload and seen_mid_reload[0]["config"]["sha256"] == old_sha
+            after = router.status()
+            assert after["config"]["sha256"] != old_sha
+            (busy,) = [x for x in after["listeners"] if x["name"] == "busy"]
+            assert busy["state"] == "error"
+
+    run(main())

@@ -230,6 +230,10 @@ class ListenerRt:
 class Router:
     loaded: LoadedConfig
     config_error: str | None = None
+    # The config whose every change has been carried out. Status reports its
+    # sha256, so a caller that sees the new sha256 also sees the new
+    # listeners' bind results, never a half-applied state.
+    in_force: LoadedConfig | None = None
     core: RouterCore = field(init=False)
     locals: dict[int, LocalConn] = field(default_factory=dict)
     links: dict[int, LinkConn] = field(default_factory=dict)
@@ -259,6 +263,7 @@ class Router:
         self.admin = AdminServer(self)
         await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
         await self._start_network()
+        self.in_force = self.loaded
         self._ticker = asyncio.create_task(self._tick())
         log.info("router %s started (skiff-router %s)", self.cfg.site, __version__)
 
@@ -630,6 +635,7 @@ class Router:
             # A new router id: everything restarts under the new name.
             await self._stop_network()
             await self._start_network()
+            self.in_force = new
             log.info("reloaded config %s (site renamed %s -> %s)", new.path, old.site, cfg.site)
             return
         # Removals first, so a port moved between entries can be bound again.
@@ -653,6 +659,7 @@ class Router:
             if name not in self.dialers:
                 self._start_dialer(lk)
         self.pump()
+        self.in_force = new
         log.info("reloaded config %s", new.path)
 
     # -- status -------------------------------------------------------------------------------
@@ -691,7 +698,7 @@ class Router:
             "version": __version__,
             "config": {
                 "path": self.loaded.path,
-                "sha256": self.loaded.sha256,
+                "sha256": self.in_force.sha256 if self.in_force else None,
                 "error": self.config_error,
             },
             "link_access": None
