@@ -42,10 +42,14 @@ class Hello(BaseHTTPRequestHandler):
 
 
 def running_pid() -> int | None:
+    """The backend's pid, if the pid file names a live process that is this script."""
     try:
         pid = int(PID_FILE.read_text())
-        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
+        return None
+    # A stale pid file may name an unrelated process by now: never signal that one.
+    if not any(arg.endswith(Path(__file__).name.encode()) for arg in cmdline):
         return None
     return pid
 

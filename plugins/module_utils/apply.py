@@ -75,9 +75,13 @@ class ConfigApplier:
         return self.store.site
 
     def validate(self, data: bytes) -> None:
-        """Run the router's check-config on `data` before it may replace the file in force."""
+        """Run the router's check-config on `data` before it may replace the file in force.
+
+        The candidate ends in `.json` because the router picks its parser by
+        the name: checked as YAML, JSON it would reject could pass.
+        """
         fd, tmp = tempfile.mkstemp(
-            prefix=".router.json.", suffix=".check", dir=self.store.paths.root
+            prefix=".router.check.", suffix=".json", dir=self.store.paths.root
         )
         try:
             os.fchmod(fd, PUBLIC_MODE)

@@ -25,7 +25,6 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import Platform
 from ansible_collections.skiff.fleet.plugins.module_utils.store import ensure_dir
 
-ROUTER_NAMES = ("skiff_router", "skiff-router")
 STATUS_TIMEOUT = 2.0
 # Lines that look like secrets are dropped from log excerpts, whatever wrote them.
 _SECRET_LINE = re.compile(r"PRIVATE KEY|skiff1\.[A-Za-z0-9_-]{16,}")
@@ -59,9 +58,16 @@ class LocalPlatform(Platform):
         return self.metadata.router_python or "python3"
 
     def _is_ours(self, pid: int) -> bool:
+        # Exact argv shapes only: a pid that is about to be signalled must be
+        # this site's router, not an editor or `tail` of a file in the site dir.
         args = _cmdline(pid)
-        names_router = any(any(n in a for n in ROUTER_NAMES) for a in args)
-        return names_router and str(self.paths.config) in args
+        runs_router = any(
+            args[i : i + 2] == ["-m", "skiff_router"] for i in range(len(args) - 1)
+        ) or any(os.path.basename(a) == "skiff-router" for a in args[:2])
+        has_config = any(
+            args[i : i + 2] == ["--config", str(self.paths.config)] for i in range(len(args) - 1)
+        )
+        return runs_router and has_config
 
     def supervisor_pid(self) -> int | None:
         try:

@@ -18,8 +18,10 @@ description:
     days, is signed by the current site CA and the site's link endpoints are
     unchanged. Otherwise a new client certificate is issued (C(changed=true)).
   - Fails when the site does not exist or does not accept links.
-  - The returned RV(token) is a secret. Set C(no_log) on the task that calls
-    this module and on every task that handles the token.
+  - The returned RV(token) is a secret. The collection's action plugin marks
+    every result that carries a token C(no_log), so it is never displayed or
+    logged, while failures stay visible. Set C(no_log) on every other task that
+    handles the token (for example C(set_fact)).
 author:
   - skiff developers
 extends_documentation_fragment:
@@ -62,7 +64,6 @@ EXAMPLES = r"""
     site: east
     name: west
   register: east_token
-  no_log: true
 
 - name: West dials east with it
   skiff.fleet.link:

@@ -28,12 +28,10 @@ from fleet_harness import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    base_dir = root / "sites"
-    (admin_e, admin_w, admin_n, link_e, link_w, lis_w, lis_n, backend, spare) = free_ports(9)
-    hosts = {
+def fleet_hosts(ports: list[int]) -> dict:
+    """north -> west -> east, with east serving the echo key."""
+    admin_e, admin_w, admin_n, link_e, link_w, lis_w, lis_n, backend = ports
+    return {
         "east": {
             "skiff_admin_port": admin_e,
             "skiff_link_access": True,
@@ -55,6 +53,28 @@ def fleet(tmp_path_factory):
             "skiff_listeners": [{"name": "echo", "routing_key": "echo", "port": lis_n}],
         },
     }
+
+
+def test_check_mode_on_a_fresh_fleet_predicts_every_change_and_makes_none(tmp_path) -> None:
+    base_dir = tmp_path / "sites"
+    inventory = write_inventory(tmp_path / "hosts.yml", fleet_hosts(free_ports(8)), base_dir)
+    check = run_playbook(inventory, "site.yml", "--check", "--diff")
+    assert check.returncode == 0, check.output[-4000:]
+    changed = check.changed()
+    assert set(changed) == {"east", "west", "north"}
+    assert all(count > 0 for count in changed.values()), changed
+    assert "would link to 'east'" in check.output and "would link to 'west'" in check.output
+    assert not base_dir.exists() or list(base_dir.iterdir()) == []
+    assert router_pids(base_dir) == []
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    base_dir = root / "sites"
+    ports = free_ports(9)
+    hosts = fleet_hosts(ports[:8])
+    lis_w, lis_n, backend, spare = ports[5:9]
     echo = EchoServer(backend)
     inventory = write_inventory(root / "hosts.yml", hosts, base_dir)
     state = {
@@ -163,7 +183,7 @@ def _assert_fleet_still_serves(fleet) -> None:
         (
             "east",
             lambda h: h["east"].update(skiff_platform="mainframe"),
-            "skiff_platform",
+            "host 'east': skiff_platform: unknown platform 'mainframe'; use one of: local",
         ),
     ],
     ids=["link-to-non-site", "port-out-of-range", "duplicated-port", "unknown-platform"],
