@@ -61,7 +61,7 @@ class Net:
                     dest = self.wires.get((name, h))
                     if dest is not None:
                         moved = True
-                        self.cores[dest[0]].link_data(dest[1], data, self.now)
+                        self.cores[dest[0]].link_data(dest[1], b"".join(data), self.now)
             if not moved:
                 for name, core in self.cores.items():
                     self.actions[name] += core.take_actions()
@@ -148,7 +148,11 @@ def test_keepalive_and_dead_neighbour() -> None:
 def test_lsa_exchange() -> None:
     net, a, b = pair()
     assert isinstance(net.take("a", LinkEstablished)[0], LinkEstablished)
-    assert a.keys_status() == {"k": {"connectors": ["b"], "listeners": ["a"], "reachable": True}}
+    ks = a.keys_status()
+    assert {k: (v["connectors"], v["listeners"], v["reachable"]) for k, v in ks.items()} == {
+        "k": (["b"], ["a"], True)
+    }
+    assert ks["k"]["targets"] == [{"router": "b", "cost": 1, "outstanding": 0, "down": False}]
     assert [r["id"] for r in b.routers_status()] == ["a", "b"]
 
 
@@ -317,3 +321,33 @@ def test_window_violation_and_unknown_flow_close_link() -> None:
     (hd,) = d.links
     d.link_data(hd, encode_frame(FrameType.DATA, 99, b"x"), net2.now)
     assert hd not in d.links
+
+
+def test_open_refused_downstream_resets_the_sender() -> None:
+    """A router that cannot serve an OPEN (connector gone, route gone) must say so."""
+    # The connector is withdrawn while the OPEN is on the wire.
+    net, a, b = pair()
+    a.open_flow("k")
+    b.set_services(set(), set())
+    net.run()
+    assert a.flows == {} and b.flows == {}
+    assert any(isinstance(x, CloseLocal) and x.abort for x in net.take("a"))
+
+    # The next hop is lost while the OPEN is on the wire.
+    net = Net()
+    for name in ("n", "w", "e"):
+        net.add(name)
+    net.cores["e"].set_services(set(), {"k"})
+    net.connect("n", "w")
+    w_end, e_end = net.connect("w", "e")
+    net.run()
+    net.take("n")
+    n, w = net.cores["n"], net.cores["w"]
+    n.open_flow("k")
+    far = net.wires.pop(("w", w_end))
+    net.wires.pop(far)
+    w.link_lost(w_end, "cut")
+    net.cores["e"].link_lost(e_end, "cut")
+    net.run()
+    assert n.flows == {} and w.flows == {}
+    assert any(isinstance(x, CloseLocal) and x.abort for x in net.take("n"))

@@ -109,8 +109,20 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                     }
                 ]
                 assert st["routers"] == [
-                    {"id": "east", "reachable": True, "cost": 1, "next_hop": "east"},
-                    {"id": "west", "reachable": True, "cost": 0, "next_hop": None},
+                    {
+                        "id": "east",
+                        "reachable": True,
+                        "cost": 1,
+                        "next_hop": "east",
+                        "mode": "interior",
+                    },
+                    {
+                        "id": "west",
+                        "reachable": True,
+                        "cost": 0,
+                        "next_hop": None,
+                        "mode": "interior",
+                    },
                 ]
                 assert st["listeners"] == [
                     {
@@ -120,13 +132,19 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "port": lport,
                         "state": "listening",
                         "error": None,
+                        "distribution": "balanced",
                     }
                 ]
                 assert st["connectors"] == []
-                assert st["routing_keys"] == {
-                    "backend": {"connectors": ["east"], "listeners": ["west"], "reachable": True}
-                }
-                assert st["flows"] == {"open": 0, "total": 1}
+                bk = st["routing_keys"]["backend"]
+                assert list(st["routing_keys"]) == ["backend"]
+                assert (bk["connectors"], bk["listeners"], bk["reachable"]) == (
+                    ["east"],
+                    ["west"],
+                    True,
+                )
+                assert bk["bytes"] == {"out": len(payload), "back": len(payload)}
+                assert st["flows"]["open"] == 0 and st["flows"]["total"] == 1
                 est = rs["east"].status()
                 (inc,) = est["links"]
                 assert (
@@ -140,6 +158,9 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "routing_key": "backend",
                         "host": "127.0.0.1",
                         "port": echo_port,
+                        "flows": 0,
+                        "down": False,
+                        "error": None,
                     }
                 ]
 
@@ -214,6 +235,7 @@ def test_three_router_chain(tmp_path: Path) -> None:
                     "reachable": True,
                     "cost": 2,
                     "next_hop": "west",
+                    "mode": "interior",
                 }
                 payload = os.urandom(1024 * 1024)
                 got = await asyncio.wait_for(echo_roundtrip(lport, payload), TIMEOUT)

@@ -1,16 +1,29 @@
-"""Admin HTTP endpoint: a deliberately tiny HTTP/1.1 server (GET only).
+"""Admin HTTP endpoint: a deliberately tiny HTTP/1.1 server.
 
-Requests are bounded (line length, header count, time) because the port may
-be reachable by other local users.
+Requests are bounded (line length, header count, body size, time) because the
+port may be reachable by other local users. One request per connection.
+
+GET  /healthz                    200 "ok" while the process runs
+GET  /readyz                     200 "ready" / 503 with the reasons
+GET  /v1/status                  JSON status (docs/design.md)
+GET  /v1/flows                   JSON list of open flows with byte counters
+GET  /metrics                    Prometheus text format
+POST /v1/multicast/<address>     publish the body network-wide
+GET  /v1/multicast/<address>     subscribe: a stream of JSON lines until the client leaves
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import urllib.parse
 from typing import TYPE_CHECKING, Any
+
+from skiff_router import metrics
+from skiff_router.codec import MAX_DATA, valid_address
 
 if TYPE_CHECKING:
     from skiff_router.runtime import Router
@@ -20,12 +33,31 @@ log = logging.getLogger("admin")
 MAX_LINE = 4096
 MAX_HEADERS = 64
 REQUEST_TIMEOUT = 5.0
+MAX_BODY = MAX_DATA - 1024  # a multicast payload fits one frame with its header
+MCAST_PREFIX = "/v1/multicast/"
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    503: "Service Unavailable",
+}
+
+
+class _Stream(Exception):
+    """Raised by the request parser: answer with a multicast stream."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
 
 
 class AdminServer:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.server: asyncio.Server | None = None
+        self.registry = metrics.registry_for(router)
+        self._streams: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
@@ -34,6 +66,8 @@ class AdminServer:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for w in list(self._streams):
+                w.transport.abort()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 1)
             self.server = None
@@ -41,16 +75,16 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, ctype, body = await asyncio.wait_for(self._request(reader), REQUEST_TIMEOUT)
+        except _Stream as s:
+            await self._stream(s.address, reader, writer)
+            return
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
         except ConnectionError:
             writer.transport.abort()
             return
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[
-            status
-        ]
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         try:
@@ -63,20 +97,96 @@ class AdminServer:
 
     async def _request(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
+        length = 0
         for _ in range(MAX_HEADERS):
-            if (await reader.readuntil(b"\n")).strip() == b"":
+            h = (await reader.readuntil(b"\n")).strip()
+            if h == b"":
                 break
+            name, _, value = h.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())  # ValueError -> 400
+                if length < 0:
+                    raise ValueError("negative length")
         else:
             raise ValueError("too many headers")
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             raise ValueError("bad request line")
         method, target = parts[0], parts[1].split("?", 1)[0]
+        if target.startswith(MCAST_PREFIX):
+            address = urllib.parse.unquote(target[len(MCAST_PREFIX) :])
+            if not valid_address(address):
+                return 400, "text/plain", b"invalid multicast address\n"
+            if method == "GET":
+                raise _Stream(address)
+            if method != "POST":
+                return 405, "text/plain", b"method not allowed\n"
+            if length > MAX_BODY:
+                return 413, "text/plain", f"payload over {MAX_BODY} bytes\n".encode()
+            body = await reader.readexactly(length)
+            seq = self.router.publish(address, body)
+            out = {"origin": self.router.cfg.site, "seq": seq, "address": address}
+            return 200, "application/json", json.dumps(out).encode() + b"\n"
         if method != "GET":
             return 405, "text/plain", b"method not allowed\n"
         if target == "/healthz":
             return 200, "text/plain", b"ok"
+        if target == "/readyz":
+            ready, why = self.router.ready
+            if ready:
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", ("not ready: " + "; ".join(why) + "\n").encode()
         if target == "/v1/status":
             status: dict[str, Any] = self.router.status()
             return 200, "application/json", json.dumps(status, indent=2).encode() + b"\n"
+        if target == "/v1/flows":
+            flows = self.router.core.flows_status()
+            return 200, "application/json", json.dumps(flows).encode() + b"\n"
+        if target == "/metrics":
+            return 200, metrics.CONTENT_TYPE, metrics.render(self.registry)
         return 404, "text/plain", b"not found\n"
+
+    async def _stream(
+        self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Multicast subscription: one JSON object per line, the first one
+        ``{"subscribed": address}`` once messages are being collected."""
+        router = self.router
+        sub = router.subscribe(address)
+        self._streams.add(writer)
+        gone = asyncio.ensure_future(reader.read(1))  # the client leaving ends the stream
+        try:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                + json.dumps({"subscribed": address}).encode()
+                + b"\n"
+            )
+            await writer.drain()
+            while True:
+                get = asyncio.ensure_future(sub.queue.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    break
+                msg = get.result()
+                if msg is None:
+                    break
+                line = {
+                    "origin": msg.origin,
+                    "seq": msg.seq,
+                    "address": msg.address,
+                    "payload": base64.b64encode(msg.payload).decode("ascii"),
+                }
+                writer.write(json.dumps(line).encode() + b"\n")
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            router.unsubscribe(sub)
+            self._streams.discard(writer)
+            gone.cancel()
+            if sub.dropped:
+                writer.transport.abort()
+            else:
+                writer.close()

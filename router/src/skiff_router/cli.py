@@ -124,14 +124,21 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
 
 def format_status(s: dict[str, Any]) -> str:
     cfg = s.get("config", {})
+    ready = s.get("ready")
     lines = [
-        f"site {s.get('site')} (skiff-router {s.get('version')})",
+        f"site {s.get('site')} ({s.get('mode', 'interior')}, skiff-router {s.get('version')})"
+        + ("" if ready is None else (", ready" if ready else ", NOT READY")),
         f"config {cfg.get('path')} sha256 {str(cfg.get('sha256'))[:12]}",
     ]
     if cfg.get("error"):
         lines.append(f"config error (old config in force): {cfg['error']}")
     flows = s.get("flows", {})
-    lines.append(f"flows open {flows.get('open')} total {flows.get('total')}")
+    for why in s.get("not_ready") or []:
+        lines.append(f"not ready: {why}")
+    lines.append(
+        f"flows open {flows.get('open')} total {flows.get('total')}"
+        + (f" retried {flows['retried']}" if "retried" in flows else "")
+    )
 
     def section(title: str, header: list[str], rows: list[list[str]]) -> None:
         lines.append("")
@@ -159,9 +166,15 @@ def format_status(s: dict[str, Any]) -> str:
     )
     section(
         "routers",
-        ["id", "reachable", "cost", "next hop"],
+        ["id", "mode", "reachable", "cost", "next hop"],
         [
-            [r["id"], "yes" if r["reachable"] else "no", dash(r["cost"]), dash(r["next_hop"])]
+            [
+                r["id"],
+                r.get("mode", "interior"),
+                "yes" if r["reachable"] else "no",
+                dash(r["cost"]),
+                dash(r["next_hop"]),
+            ]
             for r in s.get("routers", [])
         ],
     )
@@ -175,21 +188,34 @@ def format_status(s: dict[str, Any]) -> str:
     )
     section(
         "connectors",
-        ["name", "key", "address"],
+        ["name", "key", "address", "flows", "state"],
         [
-            [x["name"], x["routing_key"], f"{x['host']}:{x['port']}"]
+            [
+                x["name"],
+                x["routing_key"],
+                f"{x['host']}:{x['port']}",
+                dash(x.get("flows")),
+                ("down: " + (x.get("error") or "?")) if x.get("down") else "ok",
+            ]
             for x in s.get("connectors", [])
         ],
     )
     section(
         "routing keys",
-        ["key", "reachable", "connectors", "listeners"],
+        ["key", "reachable", "connectors", "listeners", "bytes out/back"],
         [
             [
                 k,
                 "yes" if v["reachable"] else "no",
-                ",".join(v["connectors"]) or "-",
+                ",".join(
+                    f"{t['router']}(cost {t['cost']}, {t['outstanding']} open"
+                    + (", down)" if t["down"] else ")")
+                    for t in v["targets"]
+                )
+                if "targets" in v
+                else ",".join(v["connectors"]) or "-",
                 ",".join(v["listeners"]) or "-",
+                f"{v['bytes']['out']}/{v['bytes']['back']}" if "bytes" in v else "-",
             ]
             for k, v in s.get("routing_keys", {}).items()
         ],

@@ -39,10 +39,19 @@ class FrameType(IntEnum):
     END = 8  # flow: half-close of the sender's direction
     RESET = 9  # flow: abort both directions; short public reason
     WINDOW = 10  # flow: u32 credit increment
+    ACCEPT = 11  # flow: the destination's connector took the connection (travels back)
+    MCAST = 12  # link: multicast message (origin, seq, address, payload), flooded
 
 
 LINK_FRAMES = frozenset(
-    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.LSA, FrameType.CLOSE}
+    {
+        FrameType.HELLO,
+        FrameType.PING,
+        FrameType.PONG,
+        FrameType.LSA,
+        FrameType.CLOSE,
+        FrameType.MCAST,
+    }
 )
 FLOW_FRAMES = frozenset(FrameType) - LINK_FRAMES
 
@@ -161,10 +170,14 @@ class Hello:
     version: int
     router: str
     cost: int  # the dialer's configured link cost; the acceptor adopts it
+    mode: str = "interior"  # "edge": takes no part in routing, never forwards transit
 
 
 def encode_hello(h: Hello) -> bytes:
-    return _dump({"v": h.version, "id": h.router, "cost": h.cost})
+    d: dict[str, Any] = {"v": h.version, "id": h.router, "cost": h.cost}
+    if h.mode != "interior":
+        d["mode"] = h.mode
+    return _dump(d)
 
 
 def decode_hello(payload: bytes) -> Hello:
@@ -172,9 +185,25 @@ def decode_hello(payload: bytes) -> Hello:
     version = _int(d.get("v"), "HELLO.v", 0, 1 << 31)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
+    mode = d.get("mode", "interior")
+    if mode not in ("interior", "edge"):
+        raise ProtocolError("HELLO.mode: unknown mode")
     return Hello(
-        version, _site(d.get("id"), "HELLO.id"), _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000)
+        version,
+        _site(d.get("id"), "HELLO.id"),
+        _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000),
+        mode,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeInfo:
+    """An edge router attached to the advertising interior (advertised on its behalf)."""
+
+    router: str
+    cost: int
+    connectors: frozenset[str]
+    listeners: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +215,7 @@ class Lsa:
     links: tuple[tuple[str, int], ...]  # (neighbour id, cost), sorted
     connectors: frozenset[str]
     listeners: frozenset[str]
+    edges: tuple[EdgeInfo, ...] = ()  # sorted by router id
 
     @property
     def neighbours(self) -> dict[str, int]:
@@ -193,15 +223,23 @@ class Lsa:
 
 
 def encode_lsa(lsa: Lsa) -> bytes:
-    return _dump(
-        {
-            "id": lsa.router,
-            "seq": lsa.seq,
-            "links": dict(lsa.links),
-            "connectors": sorted(lsa.connectors),
-            "listeners": sorted(lsa.listeners),
+    d: dict[str, Any] = {
+        "id": lsa.router,
+        "seq": lsa.seq,
+        "links": dict(lsa.links),
+        "connectors": sorted(lsa.connectors),
+        "listeners": sorted(lsa.listeners),
+    }
+    if lsa.edges:
+        d["edges"] = {
+            e.router: {
+                "cost": e.cost,
+                "connectors": sorted(e.connectors),
+                "listeners": sorted(e.listeners),
+            }
+            for e in lsa.edges
         }
-    )
+    return _dump(d)
 
 
 def decode_lsa(payload: bytes) -> Lsa:
@@ -214,12 +252,28 @@ def decode_lsa(payload: bytes) -> Lsa:
             (_site(k, "LSA.links"), _int(v, "LSA.links", 1, 1_000_000)) for k, v in links.items()
         )
     )
+    raw_edges = d.get("edges", {})
+    if not isinstance(raw_edges, dict):
+        raise ProtocolError("LSA.edges: not an object")
+    edges = []
+    for k, v in sorted(raw_edges.items()):
+        if not isinstance(v, dict):
+            raise ProtocolError("LSA.edges: entry is not an object")
+        edges.append(
+            EdgeInfo(
+                _site(k, "LSA.edges"),
+                _int(v.get("cost"), "LSA.edges.cost", 1, 1_000_000),
+                _keys(v.get("connectors"), "LSA.edges.connectors"),
+                _keys(v.get("listeners"), "LSA.edges.listeners"),
+            )
+        )
     return Lsa(
         router=_site(d.get("id"), "LSA.id"),
         seq=_int(d.get("seq"), "LSA.seq", 0, (1 << 63) - 1),
         links=pairs,
         connectors=_keys(d.get("connectors"), "LSA.connectors"),
         listeners=_keys(d.get("listeners"), "LSA.listeners"),
+        edges=tuple(edges),
     )
 
 
@@ -262,6 +316,63 @@ def decode_window(payload: bytes) -> int:
     if n == 0:
         raise ProtocolError("WINDOW: zero increment")
     return n
+
+
+_MC_SEQ = struct.Struct("!Q")
+_MC_ADDR = struct.Struct("!H")
+MAX_ADDRESS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Mcast:
+    origin: str
+    seq: int  # per origin, increasing; (origin, seq) identifies the message
+    address: str
+    payload: bytes
+
+
+def valid_address(address: str) -> bool:
+    return (
+        0 < len(address.encode("utf-8", "replace")) <= MAX_ADDRESS
+        and address.isprintable()
+        and " " not in address
+    )
+
+
+def encode_mcast(m: Mcast) -> bytes:
+    origin = m.origin.encode("ascii")
+    addr = m.address.encode("utf-8")
+    return b"".join(
+        (
+            bytes((len(origin),)),
+            origin,
+            _MC_SEQ.pack(m.seq),
+            _MC_ADDR.pack(len(addr)),
+            addr,
+            m.payload,
+        )
+    )
+
+
+def decode_mcast(payload: bytes) -> Mcast:
+    """Binary: origin len u8 | origin | seq u64 | address len u16 | address | payload."""
+    try:
+        n = payload[0]
+        origin = payload[1 : 1 + n].decode("ascii")
+        pos = 1 + n
+        (seq,) = _MC_SEQ.unpack_from(payload, pos)
+        pos += _MC_SEQ.size
+        (alen,) = _MC_ADDR.unpack_from(payload, pos)
+        pos += _MC_ADDR.size
+        if alen > MAX_ADDRESS or pos + alen > len(payload):
+            raise ProtocolError("MCAST: bad address length")
+        address = payload[pos : pos + alen].decode("utf-8")
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise ProtocolError("MCAST: malformed") from None
+    _site(origin, "MCAST.origin")
+    if not valid_address(address):
+        raise ProtocolError("MCAST: invalid address")
+    return Mcast(origin, seq, address, payload[pos + alen :])
 
 
 def decode_reason(payload: bytes) -> str:

@@ -18,6 +18,8 @@ import yaml
 
 SITE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("interior", "edge")
+DISTRIBUTIONS = ("balanced", "closest")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class ListenerConfig:
     routing_key: str
     host: str
     port: int
+    distribution: str = "balanced"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class ConnectorConfig:
 class Config:
     site: str
     log_level: str = "info"
+    mode: str = "interior"
     admin: Admin = Admin()
     link_access: LinkAccess | None = None
     links: tuple[LinkConfig, ...] = ()
@@ -168,7 +172,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         data,
         "",
         {"site"},
-        {"log_level", "admin", "link_access", "links", "listeners", "connectors"},
+        {"log_level", "mode", "admin", "link_access", "links", "listeners", "connectors"},
     )
     if top is None:
         c.errors = [("(document)", "must be a mapping")]
@@ -185,6 +189,13 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
             c.err("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         else:
             log_level = v
+
+    mode = "interior"
+    if "mode" in top:
+        if top["mode"] not in MODES:
+            c.err("mode", f"must be one of {', '.join(MODES)}")
+        else:
+            mode = top["mode"]
 
     admin = Admin()
     if top.get("admin") is not None:
@@ -244,14 +255,19 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
 
     listeners: list[ListenerConfig] = []
     for path, item in c.items(top.get("listeners"), "listeners"):
-        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, set())
+        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"distribution"})
         if d is not None:
+            dist = d.get("distribution", "balanced")
+            if dist not in DISTRIBUTIONS:
+                c.err(f"{path}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}")
+                dist = "balanced"
             listeners.append(
                 ListenerConfig(
                     name=c.string(d, "name", path),
                     routing_key=c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
+                    distribution=dist,
                 )
             )
     _unique(c, "listeners", [(f"listeners[{i}].name", x.name) for i, x in enumerate(listeners)])
@@ -281,6 +297,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
     return Config(
         site=site,
         log_level=log_level,
+        mode=mode,
         admin=admin,
         link_access=link_access,
         links=tuple(links),

@@ -25,15 +25,19 @@ from dataclasses import dataclass, field
 from skiff_router.codec import (
     MAX_DATA,
     MAX_HOPS,
+    EdgeInfo,
     FrameType,
     Lsa,
+    Mcast,
     Open,
     ProtocolError,
     decode_lsa,
+    decode_mcast,
     decode_open,
     decode_reason,
     decode_window,
     encode_lsa,
+    encode_mcast,
     encode_open,
     encode_window,
 )
@@ -46,6 +50,8 @@ flog = logging.getLogger("flow")
 INITIAL_WINDOW = 512 * 1024  # per flow and direction
 GRANT_THRESHOLD = INITIAL_WINDOW // 4  # batch WINDOW frames
 MAX_CREDIT = 1 << 31
+DOWN_BACKOFF = 2.0  # a target that refused a flow gets no new flows for this long
+MAX_ATTEMPTS = 3  # targets tried for one flow before the client is reset
 
 # -- actions for the I/O layer ------------------------------------------------------------
 
@@ -100,7 +106,23 @@ class CloseLink:
     reason: str
 
 
-Action = ConnectLocal | Deliver | DeliverEof | CloseLocal | ResumeRead | LinkEstablished | CloseLink
+@dataclass(frozen=True, slots=True)
+class McastDeliver:
+    """A multicast message for local subscribers of ``message.address``."""
+
+    message: Mcast
+
+
+Action = (
+    ConnectLocal
+    | Deliver
+    | DeliverEof
+    | CloseLocal
+    | ResumeRead
+    | LinkEstablished
+    | CloseLink
+    | McastDeliver
+)
 
 # -- state ---------------------------------------------------------------------------------
 
@@ -120,15 +142,26 @@ class End:
     allowance: int = INITIAL_WINDOW  # bytes that may still arrive before more credit
     to_grant: int = 0  # link: released bytes not yet granted back
     eof_received: bool = False
+    skip_release: int = 0  # bytes already released once (a retried flow resends them)
 
 
 @dataclass(eq=False)
 class Flow:
+    """ends[0] faces the client (listener side), ends[1] the connector side."""
+
     id: int
     key: str
     src: str
     dest: str
     ends: list[End] = field(default_factory=list)
+    bytes_out: int = 0  # client -> connector
+    bytes_back: int = 0  # connector -> client
+    origin: bool = False  # opened here by a listener client
+    accepted: bool = False  # the destination's connector took the connection
+    # Origin only, until accepted: what the client sent, for a retry on another target.
+    replay: list[bytes] | None = None
+    replay_len: int = 0
+    tried: list[str] = field(default_factory=list)
 
     def other(self, end: End) -> End:
         return self.ends[1] if end is self.ends[0] else self.ends[0]
@@ -154,10 +187,18 @@ class LinkState:
     def cost(self) -> int:
         return self.proto.cost
 
+    @property
+    def to_edge(self) -> bool:
+        return self.proto.peer_mode == "edge"
+
 
 class RouterCore:
-    def __init__(self, site: str, now: float, seq: int | None = None) -> None:
+    def __init__(
+        self, site: str, now: float, seq: int | None = None, mode: str = "interior"
+    ) -> None:
         self.site = site
+        self.mode = mode
+        self.edge = mode == "edge"
         self.db = LinkStateDb(site)
         self.links: dict[int, LinkState] = {}
         self.locals: dict[int, End] = {}
@@ -175,6 +216,16 @@ class RouterCore:
         self._dirty: set[int] = set()
         self._closing: dict[int, LinkState] = {}  # closed links whose CLOSE frame is unsent
         self._now = now
+        # Balanced routing: flows opened here and still open, per key and target.
+        self.outstanding: dict[str, dict[str, int]] = {}
+        self._down: dict[str, dict[str, float]] = {}  # key -> target -> until
+        self.key_bytes: dict[str, list[int]] = {}  # finished flows: key -> [out, back]
+        self.retries = 0
+        # Edges attached to us (interior): id -> (seq, their LSA) from their own links.
+        self._edge_lsas: dict[str, Lsa] = {}
+        self._mc_seq = (seq if seq is not None else int(time.time() * 1000)) * 1000
+        self._mc_seen: dict[str, int] = {}
+        self.mcast_in = 0
         self._originate()
 
     # -- plumbing ----------------------------------------------------------------------
@@ -183,13 +234,13 @@ class RouterCore:
         actions, self._actions = self._actions, []
         return actions
 
-    def pending_writes(self) -> list[tuple[int, bytes]]:
-        """Bytes to write per link handle (including a closed link's CLOSE frame)."""
+    def pending_writes(self) -> list[tuple[int, list[bytes]]]:
+        """Output pieces per link handle (including a closed link's CLOSE frame)."""
         out = []
         for h in self._dirty:
             ls = self.links.get(h) or self._closing.get(h)
             if ls is not None:
-                data = ls.proto.data_to_send()
+                data = ls.proto.take_output()
                 if data:
                     out.append((h, data))
         self._dirty.clear()
@@ -225,6 +276,7 @@ class RouterCore:
             now=now,
             expected_peer=expected_peer,
             cost=cost,
+            mode=self.mode,
         )
         self.links[h] = LinkState(h, name, direction, proto)
         self._dirty.add(h)
@@ -279,10 +331,12 @@ class RouterCore:
     def _link_up(self, ls: LinkState) -> None:
         log.info("link %s (%s) up: peer %s, cost %d", ls.name, ls.direction, ls.peer, ls.cost)
         self._actions.append(LinkEstablished(ls.handle, ls.peer or "", ls.cost))
-        # Give the new neighbour the whole database, then advertise the new edge.
-        for lsa in self.db.lsas.values():
-            if lsa.router != self.site:
-                self._send(ls, FrameType.LSA, 0, encode_lsa(lsa))
+        if not self.edge:
+            # Give the new neighbour (interior or edge) the whole database; an edge
+            # only ever sends its own LSA, to its interiors.
+            for lsa in self.db.lsas.values():
+                if lsa.router != self.site:
+                    self._send(ls, FrameType.LSA, 0, encode_lsa(lsa))
         self._originate()
 
     def _close_link(self, ls: LinkState, ev: LinkClosed, notify: bool = True) -> None:
@@ -300,17 +354,22 @@ class RouterCore:
             ev.reason,
         )
         for end in list(ls.flows.values()):
-            self._reset(end.flow, end, "link lost")
+            if not self._retry(end.flow, end, "link lost"):
+                self._reset(end.flow, end, "link lost")
         ls.flows.clear()
         if notify:
             self._actions.append(CloseLink(ls.handle, ev.reason))
         if was_up:
+            if ls.to_edge and ls.peer and self._link_to(ls.peer) is None:
+                self._edge_lsas.pop(ls.peer, None)
             self._originate()
 
-    def neighbours(self) -> dict[str, int]:
+    def neighbours(self, edges: bool = False) -> dict[str, int]:
+        """Up neighbours and the least cost to each (several links may join a pair);
+        interior routers list interiors only, edges separately (``edges=True``)."""
         out: dict[str, int] = {}
         for ls in self.links.values():
-            if ls.up and ls.peer:
+            if ls.up and ls.peer and (self.edge or ls.to_edge == edges):
                 out[ls.peer] = min(ls.cost, out.get(ls.peer, ls.cost))
         return out
 
@@ -326,12 +385,20 @@ class RouterCore:
     def _originate(self) -> None:
         """(Re)advertise our own state to every neighbour."""
         self._seq += 1
+        edges: tuple[EdgeInfo, ...] = ()
+        if not self.edge:
+            edges = tuple(
+                EdgeInfo(e, cost, self._edge_lsas[e].connectors, self._edge_lsas[e].listeners)
+                for e, cost in sorted(self.neighbours(edges=True).items())
+                if e in self._edge_lsas
+            )
         lsa = Lsa(
             router=self.site,
             seq=self._seq,
             links=tuple(sorted(self.neighbours().items())),
             connectors=self.connector_keys,
             listeners=self.listener_keys,
+            edges=edges,
         )
         self.db.update(lsa)
         self.db.compute()
@@ -342,24 +409,73 @@ class RouterCore:
 
     def _lsa(self, ls: LinkState, payload: bytes) -> None:
         lsa = decode_lsa(payload)
+        if ls.to_edge:
+            # An edge speaks only for itself; we advertise it on its behalf.
+            if lsa.router != ls.peer:
+                raise ProtocolError("edge sent an LSA for another router")
+            old = self._edge_lsas.get(lsa.router)
+            if old is None or lsa.seq > old.seq:
+                self._edge_lsas[lsa.router] = lsa
+                if old is None or (old.connectors, old.listeners) != (
+                    lsa.connectors,
+                    lsa.listeners,
+                ):
+                    self._originate()
+            return
         if lsa.router == self.site:
-            # An older incarnation of ourselves is still advertised: outbid it.
-            if lsa.seq >= self._seq:
+            # An older incarnation of ourselves is still advertised: outbid it. Our
+            # own current LSA coming back (several links to one neighbour) is not.
+            mine = self.db.lsas.get(self.site)
+            if lsa.seq > self._seq or (lsa.seq == self._seq and lsa != mine):
                 self._seq = lsa.seq
                 self._originate()
             return
         if not self.db.update(lsa):
             return
+        if not self.edge:
+            for other in self.links.values():
+                if other is not ls and other.up:
+                    self._send(other, FrameType.LSA, 0, payload)
+        self.db.compute()
+
+    # -- multicast ---------------------------------------------------------------------
+
+    def publish(self, address: str, payload: bytes) -> int:
+        """Send a multicast message to every subscriber of ``address`` in the network
+        (local ones included). Returns its sequence number."""
+        self._mc_seq += 1
+        msg = Mcast(self.site, self._mc_seq, address, payload)
+        self._actions.append(McastDeliver(msg))
+        data = encode_mcast(msg)
+        for ls in self.links.values():
+            if ls.up:
+                self._send(ls, FrameType.MCAST, 0, data)
+        return msg.seq
+
+    def _mcast(self, ls: LinkState, payload: bytes) -> None:
+        # Flooded with de-duplication: over FIFO links the first copy of each message
+        # reaches a router in origin order, so "highest seq seen per origin" drops
+        # every later copy and keeps per-origin order.
+        msg = decode_mcast(payload)
+        if msg.origin == self.site or msg.seq <= self._mc_seen.get(msg.origin, -1):
+            return
+        self._mc_seen[msg.origin] = msg.seq
+        self.mcast_in += 1
+        self._actions.append(McastDeliver(msg))
+        if self.edge:
+            return  # edges never forward
         for other in self.links.values():
             if other is not ls and other.up:
-                self._send(other, FrameType.LSA, 0, payload)
-        self.db.compute()
+                self._send(other, FrameType.MCAST, 0, payload)
 
     # -- frames ------------------------------------------------------------------------
 
     def _frame(self, ls: LinkState, t: FrameType, fid: int, payload: bytes) -> None:
         if t is FrameType.LSA:
             self._lsa(ls, payload)
+            return
+        if t is FrameType.MCAST:
+            self._mcast(ls, payload)
             return
         if t is FrameType.OPEN:
             self._open_in(ls, fid, decode_open(payload))
@@ -377,6 +493,10 @@ class RouterCore:
                 raise ProtocolError(f"flow {fid} exceeded its window")
             if payload:
                 self._data_in(end, payload)
+        elif t is FrameType.ACCEPT:
+            if payload:
+                raise ProtocolError(f"ACCEPT with a payload on flow {fid}")
+            self._accepted(end.flow)
         elif t is FrameType.END:
             if end.eof_received:
                 raise ProtocolError(f"second END on flow {fid}")
@@ -387,23 +507,27 @@ class RouterCore:
                 raise ProtocolError(f"flow {fid} credit overflow")
             self._flush(end)
         elif t is FrameType.RESET:
-            flog.debug("flow %d reset by %s: %s", end.flow.id, ls.peer, decode_reason(payload))
-            self._reset(end.flow, end, decode_reason(payload))
+            reason = decode_reason(payload)
+            flog.debug("flow %d reset by %s: %s", end.flow.id, ls.peer, reason)
+            if not self._retry(end.flow, end, reason):
+                self._reset(end.flow, end, reason)
 
     def _open_in(self, ls: LinkState, fid: int, op: Open) -> None:
         flow = self._new_flow(op.key, op.src, op.dest)
-        a = self._link_end(flow, ls, fid)
+        self._link_end(flow, ls, fid)
         if op.dest == self.site:
             if op.key not in self.connector_keys:
-                self._reset(flow, a, "no connector")
+                # Refused here: the RESET must go back to the sender (no origin to spare).
+                self._reset(flow, None, "no connector")
                 return
             b = self._local_end(flow, connected=False)
             self._actions.append(ConnectLocal(b.ident, op.key))
         else:
             route = self.db.routes.get(op.dest)
             out = self._link_to(route.next_hop) if route and route.next_hop else None
-            if out is None or out is ls or op.hops + 1 >= MAX_HOPS:
-                self._reset(flow, a, "no route")
+            # An edge never forwards transit traffic.
+            if out is None or out is ls or op.hops + 1 >= MAX_HOPS or self.edge:
+                self._reset(flow, None, "no route")
                 return
             b = self._link_end(flow, out, out.proto.allocate_flow_id())
             fwd = Open(op.key, op.dest, op.src, op.hops + 1)
@@ -419,6 +543,91 @@ class RouterCore:
         self.flows_total += 1
         return flow
 
+    def _avoid(self, key: str) -> set[str]:
+        down = self._down.get(key)
+        if not down:
+            return set()
+        now = self._now
+        for r in [r for r, until in down.items() if until <= now]:
+            del down[r]
+        return set(down)
+
+    def _connect_end(self, flow: Flow, dest: str) -> End | None:
+        """Create the connector-side end of an origin flow toward ``dest``."""
+        if dest == self.site:
+            b = self._local_end(flow, connected=False)
+            self._actions.append(ConnectLocal(b.ident, flow.key))
+            return b
+        route = self.db.routes.get(dest)
+        out = self._link_to(route.next_hop) if route and route.next_hop else None
+        if out is None:
+            return None
+        b = self._link_end(flow, out, out.proto.allocate_flow_id())
+        self._send(out, FrameType.OPEN, b.ident, encode_open(Open(flow.key, dest, self.site)))
+        flog.debug("flow %d %s: open to %s via %s", flow.id, flow.key, dest, out.peer)
+        return b
+
+    def _accepted(self, flow: Flow) -> None:
+        """The destination took the flow: pass that back toward the origin."""
+        if flow.accepted:
+            return
+        flow.accepted = True
+        flow.replay = None
+        a = flow.ends[0]
+        if a.link is not None:
+            self._send(a.link, FrameType.ACCEPT, a.ident)
+
+    def _retry(self, flow: Flow, failed: End, reason: str) -> bool:
+        """The connector side of an origin flow failed before the destination took it:
+        mark that target down for a while and move the flow to another target, resending
+        what the client sent so far. False when the flow cannot be retried."""
+        if flow.id not in self.flows or not flow.origin or flow.accepted:
+            return False
+        if len(flow.ends) != 2 or failed is not flow.ends[1]:
+            return False
+        self._down.setdefault(flow.key, {})[flow.dest] = self._now + DOWN_BACKOFF
+        if flow.replay is None or len(flow.tried) >= MAX_ATTEMPTS:
+            return False
+        dest = self.db.choose(
+            flow.key,
+            "balanced",
+            self.outstanding.get(flow.key),
+            self._avoid(flow.key),
+            set(flow.tried),
+        )
+        if dest is None:
+            return False
+        a = flow.ends[0]
+        unsent = sum(map(len, failed.queue))
+        # Detach the failed end (its link, if any, is gone or reset it already).
+        flow.ends.pop()
+        if failed.link is not None:
+            failed.link.flows.pop(failed.ident, None)
+        else:
+            self.locals.pop(failed.ident, None)
+        self._count(flow, -1)
+        flow.dest = dest
+        flow.tried.append(dest)
+        self._count(flow, +1)
+        b = self._connect_end(flow, dest)
+        if b is None:
+            return False
+        a.skip_release += flow.replay_len - unsent
+        b.queue.extend(flow.replay)
+        b.eof_pending = a.eof_received
+        self.retries += 1
+        flog.info("flow %d %s: %s, retrying on %s", flow.id, flow.key, reason, dest)
+        self._flush(b)
+        return True
+
+    def _count(self, flow: Flow, n: int) -> None:
+        per = self.outstanding.setdefault(flow.key, {})
+        v = per.get(flow.dest, 0) + n
+        if v > 0:
+            per[flow.dest] = v
+        else:
+            per.pop(flow.dest, None)
+
     def _link_end(self, flow: Flow, ls: LinkState, fid: int) -> End:
         end = End(flow, ls, fid)
         flow.ends.append(end)
@@ -433,27 +642,23 @@ class RouterCore:
         self.locals[lid] = end
         return end
 
-    def open_flow(self, key: str) -> int | None:
+    def open_flow(self, key: str, distribution: str = "balanced") -> int | None:
         """A client connected to a listener for ``key``. Returns its local id, or
         None when no reachable router serves the key (close the client)."""
-        dest = self.db.choose(key)
+        dest = self.db.choose(key, distribution, self.outstanding.get(key), self._avoid(key))
         if dest is None:
             return None
-        if dest == self.site:
-            flow = self._new_flow(key, self.site, dest)
-            a = self._local_end(flow)
-            b = self._local_end(flow, connected=False)
-            self._actions.append(ConnectLocal(b.ident, key))
-            return a.ident
-        route = self.db.routes[dest]
-        out = self._link_to(route.next_hop) if route.next_hop else None
-        if out is None:
-            return None
+        if dest != self.site:
+            route = self.db.routes[dest]
+            if route.next_hop is None or self._link_to(route.next_hop) is None:
+                return None
         flow = self._new_flow(key, self.site, dest)
+        flow.origin = True
+        flow.replay = []
+        flow.tried.append(dest)
         a = self._local_end(flow)
-        b = self._link_end(flow, out, out.proto.allocate_flow_id())
-        self._send(out, FrameType.OPEN, b.ident, encode_open(Open(key, dest, self.site)))
-        flog.debug("flow %d %s: open to %s via %s", flow.id, key, dest, out.peer)
+        self._count(flow, +1)
+        self._connect_end(flow, dest)
         return a.ident
 
     def read_allowance(self, lid: int) -> int | None:
@@ -468,12 +673,13 @@ class RouterCore:
         if end is None:
             return False  # reset while connecting: the caller closes the socket
         end.connected = True
+        self._accepted(end.flow)
         self._flush(end)
         return True
 
     def local_connect_failed(self, lid: int) -> None:
         end = self.locals.get(lid)
-        if end is not None:
+        if end is not None and not self._retry(end.flow, end, "connect failed"):
             self._reset(end.flow, end, "connect failed")
 
     def local_data(self, lid: int, data: bytes) -> None:
@@ -500,8 +706,22 @@ class RouterCore:
             self._reset(end.flow, end, "connection reset")
 
     def _data_in(self, end: End, data: bytes) -> None:
-        end.allowance -= len(data)
-        out = end.flow.other(end)
+        n = len(data)
+        end.allowance -= n
+        flow = end.flow
+        ends = flow.ends
+        if end is ends[0]:
+            flow.bytes_out += n
+            out = ends[1]
+            if flow.replay is not None:
+                if flow.replay_len + n <= INITIAL_WINDOW:
+                    flow.replay.append(data)
+                    flow.replay_len += n
+                else:
+                    flow.replay = None  # too much to keep: no retry for this flow
+        else:
+            flow.bytes_back += n
+            out = ends[0]
         out.queue.append(data)
         self._flush(out)
 
@@ -549,6 +769,12 @@ class RouterCore:
         """``n`` bytes that entered through ``inn`` have left: let more in."""
         if inn.flow.id not in self.flows or inn.eof_received:
             return
+        if inn.skip_release:
+            k = min(n, inn.skip_release)
+            inn.skip_release -= k
+            n -= k
+            if not n:
+                return
         if inn.link is not None:
             inn.to_grant += n
             if inn.to_grant >= GRANT_THRESHOLD:
@@ -572,7 +798,7 @@ class RouterCore:
                 self._actions.append(CloseLocal(e.ident, abort=False))
         flog.debug("flow %d finished", flow.id)
 
-    def _reset(self, flow: Flow, origin: End, reason: str) -> None:
+    def _reset(self, flow: Flow, origin: End | None, reason: str) -> None:
         if flow.id not in self.flows:
             return
         self._drop(flow)
@@ -592,6 +818,13 @@ class RouterCore:
 
     def _drop(self, flow: Flow) -> None:
         del self.flows[flow.id]
+        if flow.origin:
+            self._count(flow, -1)
+        kb = self.key_bytes.get(flow.key)
+        if kb is None:
+            kb = self.key_bytes[flow.key] = [0, 0]
+        kb[0] += flow.bytes_out
+        kb[1] += flow.bytes_back
         for e in flow.ends:
             if e.link is not None:
                 e.link.flows.pop(e.ident, None)
@@ -602,14 +835,16 @@ class RouterCore:
 
     def routers_status(self) -> list[dict]:
         out = []
-        for rid in sorted(self.db.lsas):
+        for rid in sorted(set(self.db.lsas) | self.db.edges):
             route = self.db.routes.get(rid)
+            edge = rid in self.db.edges or (rid == self.site and self.edge)
             out.append(
                 {
                     "id": rid,
                     "reachable": route is not None,
                     "cost": route.cost if route else None,
                     "next_hop": route.next_hop if route else None,
+                    "mode": "edge" if edge else "interior",
                 }
             )
         return out
@@ -619,9 +854,46 @@ class RouterCore:
         out = {}
         for k in sorted(keys):
             conns = self.db.serving(k)
+            load = self.outstanding.get(k, {})
+            down = self._avoid(k)
+            kb = self.bytes_by_key().get(k, (0, 0))
             out[k] = {
                 "connectors": conns,
                 "listeners": self.db.listening(k),
                 "reachable": bool(conns),
+                "targets": [
+                    {
+                        "router": r,
+                        "cost": self.db.routes[r].cost,
+                        "outstanding": load.get(r, 0),
+                        "down": r in down,
+                    }
+                    for r in conns
+                ],
+                "bytes": {"out": kb[0], "back": kb[1]},
             }
         return out
+
+    def bytes_by_key(self) -> dict[str, tuple[int, int]]:
+        """Bytes through this router per routing key (finished and open flows):
+        (client -> connector, connector -> client)."""
+        acc = {k: [v[0], v[1]] for k, v in self.key_bytes.items()}
+        for f in self.flows.values():
+            kb = acc.setdefault(f.key, [0, 0])
+            kb[0] += f.bytes_out
+            kb[1] += f.bytes_back
+        return {k: (v[0], v[1]) for k, v in acc.items()}
+
+    def flows_status(self) -> list[dict]:
+        return [
+            {
+                "id": f.id,
+                "routing_key": f.key,
+                "src": f.src,
+                "dest": f.dest,
+                "bytes_out": f.bytes_out,
+                "bytes_back": f.bytes_back,
+                "accepted": f.accepted or not f.origin,
+            }
+            for f in self.flows.values()
+        ]

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skiff_router.codec import (
+    HEADER,
     MAX_FLOW_ID,
+    MAX_PAYLOAD,
     PROTOCOL_VERSION,
     Frame,
     FrameDecoder,
@@ -21,7 +23,6 @@ from skiff_router.codec import (
     ProtocolError,
     decode_hello,
     decode_reason,
-    encode_frame,
     encode_hello,
 )
 
@@ -34,6 +35,7 @@ HELLO_TIMEOUT = 5.0
 class LinkUp:
     peer: str
     cost: int
+    mode: str = "interior"  # the peer's mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,11 @@ class LinkProtocol:
         now: float,
         expected_peer: str | None = None,
         cost: int = 1,
+        mode: str = "interior",
     ) -> None:
         self.local_id = local_id
+        self.mode = mode
+        self.peer_mode = "interior"
         self.dialer = dialer
         self.expected_peer = expected_peer
         self.cost = cost
@@ -67,7 +72,7 @@ class LinkProtocol:
         self.peer: str | None = None
         self.close_reason: str | None = None
         self._decoder = FrameDecoder()
-        self._out = bytearray()
+        self._out: list[bytes] = []  # header and payload pieces, joined once per write
         self._last_rx = now
         self._last_tx = now
         self._started = now
@@ -75,21 +80,27 @@ class LinkProtocol:
         # two sides never collide. Ids only grow; a link carries < 2**31 flows.
         self._next_id = 1 if dialer else 2
         self._peer_max = 0  # highest flow id the peer has opened
-        self.send(FrameType.HELLO, 0, encode_hello(Hello(PROTOCOL_VERSION, local_id, cost)))
+        self.send(FrameType.HELLO, 0, encode_hello(Hello(PROTOCOL_VERSION, local_id, cost, mode)))
 
     # -- output -----------------------------------------------------------------------
 
     def send(self, ftype: FrameType, flow: int = 0, payload: bytes = b"") -> None:
         if self.state == "closed":
             return
-        self._out += encode_frame(ftype, flow, payload)
+        n = len(payload)
+        if n > MAX_PAYLOAD:
+            raise ValueError("payload too large")
+        self._out.append(HEADER.pack(ftype, 0, flow, n))
+        if n:
+            self._out.append(payload)
+
+    def take_output(self) -> list[bytes]:
+        """Pending output as pieces (no copy); the I/O layer joins or writelines them."""
+        out, self._out = self._out, []
+        return out
 
     def data_to_send(self) -> bytes:
-        if not self._out:
-            return b""
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        return b"".join(self.take_output())
 
     @property
     def has_output(self) -> bool:
@@ -144,11 +155,17 @@ class LinkProtocol:
                 return self.fail(
                     f"peer announced our own router id {hello.router!r}", "duplicate router id"
                 )
+            if hello.mode == "edge" and self.mode == "edge":
+                return self.fail(
+                    f"peer {hello.router!r} is an edge router like us: edges link to interiors",
+                    "edge to edge link",
+                )
             self.peer = hello.router
+            self.peer_mode = hello.mode
             if not self.dialer:
                 self.cost = hello.cost
             self.state = "up"
-            return LinkUp(hello.router, self.cost)
+            return LinkUp(hello.router, self.cost, hello.mode)
         if t is FrameType.HELLO:
             raise ProtocolError("second HELLO")
         if t is FrameType.PING:
@@ -158,7 +175,7 @@ class LinkProtocol:
             return None
         if t is FrameType.PONG:
             return None
-        if t in (FrameType.LSA,):
+        if t is FrameType.LSA or t is FrameType.MCAST:
             return FrameIn(frame)
         # Flow frames: the id must belong to a flow that was opened at some point.
         fid = frame.flow

@@ -21,6 +21,10 @@ class LinkStateDb:
     self_id: str
     lsas: dict[str, Lsa] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
+    # Reachable routers (edges included) -> (connector keys, listener keys).
+    services: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
+    edges: set[str] = field(default_factory=set)  # reachable routers that are edges
+    computations: int = 0
     _unreachable_since: dict[str, float] = field(default_factory=dict)
     _rr: dict[str, int] = field(default_factory=dict)
 
@@ -33,7 +37,23 @@ class LinkStateDb:
         return True
 
     def compute(self) -> dict[str, Route]:
+        self.computations += 1
         self.routes = shortest_paths(self.self_id, self.lsas)
+        services: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        edges: set[str] = set()
+        for rid, lsa in self.lsas.items():
+            if rid not in self.routes:
+                continue
+            if rid not in services:
+                services[rid] = (lsa.connectors, lsa.listeners)
+            for e in lsa.edges:
+                # An edge's own interiors speak for it; our own LSA knows better for us.
+                if e.router in self.routes and e.router != self.self_id:
+                    edges.add(e.router)
+                    c, li = services.get(e.router, (frozenset(), frozenset()))
+                    services[e.router] = (c | e.connectors, li | e.listeners)
+        self.services = services
+        self.edges = edges
         return self.routes
 
     def purge(self, now: float) -> bool:
@@ -52,36 +72,56 @@ class LinkStateDb:
 
     def serving(self, key: str) -> list[str]:
         """Reachable routers with a connector for ``key``, sorted by id."""
-        return sorted(
-            r for r, lsa in self.lsas.items() if r in self.routes and key in lsa.connectors
-        )
+        return sorted(r for r, (c, _) in self.services.items() if key in c)
 
     def listening(self, key: str) -> list[str]:
-        return sorted(
-            r for r, lsa in self.lsas.items() if r in self.routes and key in lsa.listeners
-        )
+        return sorted(r for r, (_, li) in self.services.items() if key in li)
 
-    def choose(self, key: str) -> str | None:
-        """Least-cost reachable router serving ``key``; ties spread round-robin."""
-        candidates = self.serving(key)
-        if not candidates:
+    def choose(
+        self,
+        key: str,
+        distribution: str = "balanced",
+        load: dict[str, int] | None = None,
+        avoid: set[str] | frozenset[str] = frozenset(),
+        exclude: set[str] | frozenset[str] = frozenset(),
+    ) -> str | None:
+        """Pick the destination router for a new flow on ``key``.
+
+        closest: least path cost; ties spread round-robin.
+        balanced: least (path cost + flows we have outstanding to that target), so
+        a loaded target sheds new flows to the others; ties round-robin.
+        Routers in ``avoid`` (refused recently) are used only when nothing else
+        serves the key; routers in ``exclude`` (tried already) never.
+        """
+        usable = [r for r in self.serving(key) if r not in exclude]
+        if not usable:
             return None
-        best = min(self.routes[r].cost for r in candidates)
-        ties = [r for r in candidates if self.routes[r].cost == best]
+        usable = [r for r in usable if r not in avoid] or usable
+        routes = self.routes
+        if distribution == "closest" or not load:
+            scores = {r: routes[r].cost for r in usable}
+        else:
+            scores = {r: routes[r].cost + load.get(r, 0) for r in usable}
+        best = min(scores.values())
+        ties = [r for r in usable if scores[r] == best]
         n = self._rr.get(key, 0)
         self._rr[key] = n + 1
         return ties[n % len(ties)]
 
     def keys(self) -> set[str]:
         out: set[str] = set()
-        for r, lsa in self.lsas.items():
-            if r in self.routes:
-                out |= lsa.connectors | lsa.listeners
+        for c, li in self.services.values():
+            out |= c | li
         return out
 
 
 def shortest_paths(self_id: str, lsas: dict[str, Lsa]) -> dict[str, Route]:
-    """Dijkstra over edges that both ends advertise; returns reachable routers only."""
+    """Dijkstra over edges that both ends advertise; returns reachable routers only.
+
+    Edge routers are leaves: an interior advertises each of its edges (``Lsa.edges``)
+    and no router computes a path *through* an edge, only to it. An edge computing
+    its own routes (self_id) starts from the interiors that advertise it.
+    """
     adj: dict[str, list[tuple[str, int]]] = {}
     for rid, lsa in lsas.items():
         edges = []
@@ -92,6 +132,15 @@ def shortest_paths(self_id: str, lsas: dict[str, Lsa]) -> dict[str, Route]:
             if other is not None and rid in other.neighbours:
                 edges.append((nb, cost))
         adj[rid] = edges
+    own = lsas.get(self_id)
+    edge_ids = {e.router for lsa in lsas.values() for e in lsa.edges}
+    for rid, lsa in lsas.items():
+        for e in lsa.edges:
+            if e.router == rid:
+                continue
+            adj[rid].append((e.router, e.cost))
+            if e.router == self_id and own is not None and rid in own.neighbours:
+                adj[self_id].append((rid, own.neighbours[rid]))
     routes: dict[str, Route] = {self_id: Route(0, None)}
     # (cost, first hop, router): the first hop in the tuple makes ties deterministic.
     heap: list[tuple[int, str, str]] = []
@@ -102,6 +151,8 @@ def shortest_paths(self_id: str, lsas: dict[str, Lsa]) -> dict[str, Route]:
         if rid in routes:
             continue
         routes[rid] = Route(cost, hop)
+        if rid in edge_ids:
+            continue  # an edge: never a transit hop
         for nb, c in adj.get(rid, []):
             if nb not in routes:
                 heapq.heappush(heap, (cost + c, hop, nb))

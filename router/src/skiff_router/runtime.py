@@ -1,21 +1,29 @@
 """asyncio layer: sockets, TLS, timers. It feeds the sans-I/O core and carries
-out the core's actions; routing and flow logic live in core.py."""
+out the core's actions; routing and flow logic live in core.py.
+
+Sockets are driven by asyncio Protocols, not Streams: a flow costs two small
+protocol objects and no Task, and credit maps onto pause_reading /
+resume_reading. Local reads go into one shared buffer per router
+(BufferedProtocol), sized by the flow's credit, so a read never exceeds what
+the core may accept and one DATA frame carries one read.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import hashlib
+import json
 import logging
+import os
 import random
 import ssl
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from skiff_router import __version__, tls
 from skiff_router.admin import AdminServer
-from skiff_router.codec import MAX_DATA
+from skiff_router.codec import MAX_DATA, Mcast
 from skiff_router.config import (
     Config,
     ConfigError,
@@ -32,6 +40,7 @@ from skiff_router.core import (
     Deliver,
     DeliverEof,
     LinkEstablished,
+    McastDeliver,
     ResumeRead,
     RouterCore,
 )
@@ -46,159 +55,248 @@ BACKOFF_MIN = 0.25
 BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
-LINK_READ = 256 * 1024
 RETRY_BIND = 2.0  # retry listeners / link access that could not bind
+WATCH_INTERVAL = 1.0  # poll the config file and TLS files for changes
+CONNECTOR_BACKOFF = 2.0  # a connector that refused gets no new flows for this long
+SUBSCRIBER_QUEUE = 1024  # multicast messages buffered per subscriber before it is dropped
+EVENTS_ADDRESS = "skiff.events"  # network-wide router events (multicast)
+MAX_PUMP_ROUNDS = 64
 
-_EOF = object()
-_CLOSE = object()
 
-
-class LocalConn:
+class LocalConn(asyncio.BufferedProtocol):
     """One TCP socket of a flow (listener client or connector connection)."""
 
+    __slots__ = (
+        "connector",
+        "core",
+        "done",
+        "lid",
+        "listener",
+        "owed",
+        "router",
+        "rpaused",
+        "transport",
+        "wpaused",
+    )
+
     def __init__(
-        self, router: Router, lid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        router: Router,
+        lid: int = 0,
+        listener: ListenerRt | None = None,
+        connector: ConnectorRt | None = None,
     ) -> None:
         self.router = router
+        self.core = router.core
         self.lid = lid
-        self.reader = reader
-        self.writer = writer
-        self.items: deque[Any] = deque()
-        self.wake = asyncio.Event()
-        self.resume = asyncio.Event()
-        self.rtask: asyncio.Task[None] | None = None
-        self.wtask: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self.listener = listener
+        self.connector = connector
+        self.rpaused = False
+        self.wpaused = False
+        self.owed = 0  # bytes written but not yet handed back to the core as consumed
+        self.done = False  # we closed or aborted it on purpose
 
-    def start(self) -> None:
-        self.rtask = asyncio.create_task(self._read())
-        self.wtask = asyncio.create_task(self._write())
+    # -- asyncio callbacks -----------------------------------------------------------
 
-    def push(self, item: Any) -> None:
-        self.items.append(item)
-        self.wake.set()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
+        router, core = self.router, self.core
+        if router.core is not core:
+            self.done = True
+            transport.abort()
+            return
+        # Every byte written is reported consumed only once it left our buffer.
+        transport.set_write_buffer_limits(high=0)
+        if self.listener is not None:
+            rt = self.listener
+            lid = core.open_flow(rt.cfg.routing_key, rt.cfg.distribution)
+            if lid is None:
+                # Nobody reachable serves the key: refuse at once rather than hang.
+                flog.debug(
+                    "listener %s: no reachable connector for %s", rt.cfg.name, rt.cfg.routing_key
+                )
+                self.done = True
+                transport.abort()
+                return
+            self.lid = lid
+            router.locals[lid] = self
+        else:
+            router.locals[self.lid] = self
+            if self.connector is not None:
+                self.connector.flows += 1
+            if not core.local_connected(self.lid):
+                router.locals.pop(self.lid, None)
+                self.done = True
+                transport.abort()
+                return
+        router.pump()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        allow = self.core.read_allowance(self.lid)
+        buf = self.router.rbuf
+        if allow is None or allow <= 0:
+            return buf  # the flow is gone (or paused a moment late): data is dropped
+        return buf[: min(allow, MAX_DATA)]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        core = self.core
+        lid = self.lid
+        allow = core.read_allowance(lid)
+        if allow is None or allow <= 0:
+            return
+        core.local_data(lid, bytes(self.router.rbuf[:nbytes]))
+        if nbytes >= allow and not self.rpaused and self.transport is not None:
+            # Credit exhausted: stop reading so TCP pushes back on the sender.
+            self.rpaused = True
+            self.transport.pause_reading()
+        self.router.pump()
+
+    def eof_received(self) -> bool:
+        self.core.local_eof(self.lid)
+        self.router.pump()
+        return True  # keep the write side open (half-close)
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        if self.owed:
+            n, self.owed = self.owed, 0
+            self.core.local_consumed(self.lid, n)
+            self.router.pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        router = self.router
+        if router.locals.get(self.lid) is self:
+            del router.locals[self.lid]
+        if self.connector is not None:
+            self.connector.flows -= 1
+            self.connector = None
+        if self.done or router.core is not self.core:
+            return
+        if exc is not None:
+            flog.debug("local %d: %s", self.lid, tls.describe(exc))
+        # Not closed by us: whatever is left of the flow is reset.
+        self.core.local_reset(self.lid)
+        router.pump()
+
+    # -- actions from the core -------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        self.owed += len(data)
+        t.write(data)
+        if not self.wpaused:
+            n, self.owed = self.owed, 0
+            self.core.local_consumed(self.lid, n)
+
+    def resume(self) -> None:
+        if self.rpaused and self.transport is not None:
+            self.rpaused = False
+            self.transport.resume_reading()
+
+    def write_eof(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            with contextlib.suppress(OSError):
+                t.write_eof()
+
+    def close(self) -> None:
+        """EOF has passed both ways: close after the buffered bytes are sent."""
+        self.done = True
+        self.router.locals.pop(self.lid, None)
+        if self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
         """Reset now: do not wait behind queued data for a client that may never read."""
-        self.items.clear()
-        if self.wtask is not None and not self.wtask.done():
-            self.wtask.cancel()  # its finally aborts the transport
-        else:
-            self.router.locals.pop(self.lid, None)
-            self.writer.transport.abort()
+        self.done = True
+        self.router.locals.pop(self.lid, None)
+        if self.transport is not None:
+            self.transport.abort()
 
-    async def _read(self) -> None:
-        core = self.router.core
-        lid = self.lid
-        try:
-            while True:
-                allow = core.read_allowance(lid)
-                if allow is None:
-                    return
-                if allow <= 0:
-                    # Credit exhausted: stop reading so TCP pushes back on the client.
-                    self.resume.clear()
-                    await self.resume.wait()
-                    continue
-                data = await self.reader.read(min(allow, MAX_DATA))
-                if self.router.core is not core:
-                    return
-                if not data:
-                    core.local_eof(lid)
-                    self.router.pump()
-                    return
-                core.local_data(lid, data)
-                self.router.pump()
-        except (OSError, ssl.SSLError) as exc:
-            flog.debug("local %d read error: %s", lid, tls.describe(exc))
-            core.local_reset(lid)
+
+class LinkConn(asyncio.Protocol):
+    """The TLS transport of one link."""
+
+    def __init__(
+        self,
+        router: Router,
+        owner: Dialer | Incoming,
+        name: str,
+        direction: str,
+        expected_peer: str | None = None,
+        cost: int = 1,
+    ) -> None:
+        self.router = router
+        self.core = router.core
+        self.owner = owner
+        self.name = name
+        self.direction = direction
+        self.expected_peer = expected_peer
+        self.cost = cost
+        self.handle = 0
+        self.peer: str | None = None  # once the link is up
+        self.transport: asyncio.Transport | None = None
+        self.close_reason: str | None = None
+        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
+        router = self.router
+        if router.core is not self.core:
+            transport.abort()
+            return
+        if isinstance(self.owner, Incoming):
+            peer = transport.get_extra_info("peername")
+            self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
+            self.name = f"incoming {self.owner.endpoint}"
+        self.handle = self.core.link_connected(
+            self.name, self.direction, self._loop.time(), self.expected_peer, self.cost
+        )
+        router.links[self.handle] = self
+        router.owners[self.handle] = self.owner
+        router.pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.router.core is self.core:
+            self.core.link_data(self.handle, data, self._loop.time())
             self.router.pump()
 
-    async def _write(self) -> None:
-        core = self.router.core
-        writer = self.writer
-        broken = False
-        abort = True  # also when cancelled
-        try:
-            while True:
-                while not self.items:
-                    self.wake.clear()
-                    await self.wake.wait()
-                item = self.items.popleft()
-                if isinstance(item, bytes):
-                    if broken:
-                        continue
-                    try:
-                        writer.write(item)
-                        await writer.drain()
-                    except (OSError, ssl.SSLError):
-                        broken = True
-                        core.local_reset(self.lid)
-                        self.router.pump()
-                        continue
-                    # Credit goes back only once the bytes left our buffers.
-                    core.local_consumed(self.lid, len(item))
-                    self.router.pump()
-                elif item is _EOF:
-                    if not broken and writer.can_write_eof():
-                        with contextlib.suppress(OSError):
-                            writer.write_eof()
-                else:
-                    abort = False  # _CLOSE: EOF has passed both ways
-                    break
-        finally:
-            await self._close(abort)
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = tls.describe(exc) if exc is not None else "connection closed by peer"
+        router = self.router
+        if self.handle:
+            if router.core is self.core:
+                self.core.link_lost(self.handle, reason)
+                router.pump()
+            router.links.pop(self.handle, None)
+            router.owners.pop(self.handle, None)
+        if not self.closed.done():
+            self.closed.set_result(self.close_reason or reason)
+        if self.peer is not None and router.core is self.core:
+            router.event("link-down", peer=self.peer)
+        if isinstance(self.owner, Incoming):
+            llog.debug("incoming link from %s ended: %s", self.owner.endpoint, reason)
 
-    async def _close(self, abort: bool) -> None:
-        self.router.locals.pop(self.lid, None)
-        if self.rtask is not None and not self.rtask.done() and abort:
-            self.rtask.cancel()
-        if abort:
-            self.writer.transport.abort()
-        else:
-            self.writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.writer.wait_closed(), 5)
-        if self.rtask is not None and not self.rtask.done():
-            self.rtask.cancel()
-
-
-class LinkConn:
-    """The transport of one link; writes go through a task that awaits drain()."""
-
-    def __init__(self, handle: int, writer: asyncio.StreamWriter) -> None:
-        self.handle = handle
-        self.writer = writer
-        self.buf: list[bytes] = []
-        self.wake = asyncio.Event()
-        self.closing = False
-        self.close_reason: str | None = None
-        self.task = asyncio.create_task(self._write())
-
-    def send(self, data: bytes) -> None:
-        self.buf.append(data)
-        self.wake.set()
+    def write(self, pieces: list[bytes]) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            # One join, one TLS write: pieces written one by one would each become
+            # a TLS record.
+            t.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def close(self, reason: str) -> None:
-        self.closing = True
-        self.close_reason = reason
-        self.wake.set()
-
-    async def _write(self) -> None:
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                if self.buf:
-                    data = b"".join(self.buf)
-                    self.buf.clear()
-                    self.writer.write(data)
-                    await self.writer.drain()
-                if self.closing and not self.buf:
-                    break
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            self.writer.close()
+        self.close_reason = self.close_reason or reason
+        if self.transport is not None:
+            self.transport.close()  # after the pending frames (CLOSE included)
 
 
 @dataclass
@@ -209,13 +307,15 @@ class Dialer:
     endpoint: str | None = None
     error: str | None = None
     stopped: bool = False
+    conn: LinkConn | None = None
 
 
 @dataclass
 class Incoming:
-    endpoint: str
+    endpoint: str = "?"
     peer: str | None = None
     cost: int = 1
+    mode: str = "interior"
 
 
 @dataclass
@@ -224,6 +324,52 @@ class ListenerRt:
     server: asyncio.Server | None = None
     state: str = "starting"
     error: str | None = None
+
+
+@dataclass
+class ConnectorRt:
+    cfg: ConnectorConfig
+    flows: int = 0  # open connections
+    down_until: float = 0.0
+    error: str | None = None
+
+
+class Subscriber:
+    """A local multicast subscriber (the admin endpoint's streaming GET)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.queue: asyncio.Queue[Mcast | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.dropped = False
+
+    def offer(self, msg: Mcast) -> None:
+        if self.dropped:
+            return
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            # Too slow: end its stream rather than buffer without bound.
+            self.dropped = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.get_nowait()
+                self.queue.put_nowait(None)
+
+
+def _file_sha(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _tls_files(cfg: Config) -> list[str]:
+    out = []
+    if cfg.link_access is not None:
+        out += [cfg.link_access.ca, cfg.link_access.cert, cfg.link_access.key]
+    for lk in cfg.links:
+        out += [lk.ca, lk.cert, lk.key]
+    return out
 
 
 @dataclass
@@ -240,15 +386,21 @@ class Router:
     owners: dict[int, Dialer | Incoming] = field(default_factory=dict)
     dialers: dict[str, Dialer] = field(default_factory=dict)
     listeners: dict[str, ListenerRt] = field(default_factory=dict)
-    connectors: tuple[ConnectorConfig, ...] = ()
+    connectors: dict[str, ConnectorRt] = field(default_factory=dict)
     access_server: asyncio.Server | None = None
     access_error: str | None = None
     admin: AdminServer | None = None
+    subscribers: dict[str, set[Subscriber]] = field(default_factory=dict)
+    reloads: int = 0
+    rbuf: memoryview = field(default_factory=lambda: memoryview(bytearray(MAX_DATA)))
+    _tls_sha: dict[str, str | None] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _ticker: asyncio.Task[None] | None = None
+    _watcher: asyncio.Task[None] | None = None
     _rr: dict[str, int] = field(default_factory=dict)
     _stopped: asyncio.Event | None = None
     _reload_lock: asyncio.Lock | None = None
+    _pumping: bool = False
 
     @property
     def cfg(self) -> Config:
@@ -265,12 +417,17 @@ class Router:
         await self._start_network()
         self.in_force = self.loaded
         self._ticker = asyncio.create_task(self._tick())
-        log.info("router %s started (skiff-router %s)", self.cfg.site, __version__)
+        self._watcher = asyncio.create_task(self._watch())
+        log.info(
+            "router %s (%s) started (skiff-router %s)", self.cfg.site, self.cfg.mode, __version__
+        )
+        self.event("router-started")
 
     async def _start_network(self) -> None:
         loop = asyncio.get_running_loop()
-        self.core = RouterCore(self.cfg.site, loop.time())
-        self.connectors = self.cfg.connectors
+        self.core = RouterCore(self.cfg.site, loop.time(), mode=self.cfg.mode)
+        self.connectors = {c.name: ConnectorRt(c) for c in self.cfg.connectors}
+        self._tls_sha = {p: _file_sha(p) for p in _tls_files(self.cfg)}
         for lc in self.cfg.listeners:
             await self._start_listener(lc)
         self._apply_services()
@@ -280,11 +437,17 @@ class Router:
         self.pump()
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for t in (self._ticker, self._watcher):
+            if t is not None:
+                t.cancel()
         await self._stop_network()
         if self.admin is not None:
             await self.admin.stop()
+        for subs in self.subscribers.values():
+            for sub in subs:
+                sub.dropped = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    sub.queue.put_nowait(None)
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -302,14 +465,19 @@ class Router:
         for h in list(self.core.links):
             self.core.close_link(h, "router stopping")
         self.pump()
-        conns = list(self.locals.values())
-        for conn in conns:
+        for conn in list(self.locals.values()):
             conn.abort()
-        pending = [c.task for c in self.links.values()] + [
-            t for c in conns for t in (c.wtask, c.rtask) if t is not None
-        ]
+        self.locals.clear()
+        await self._wait_links(list(self.links.values()))
+
+    async def _wait_links(self, conns: list[LinkConn]) -> None:
+        """Wait (bounded) for closing links to finish, then abort the stragglers."""
+        pending = [c.closed for c in conns if not c.closed.done()]
         if pending:
             await asyncio.wait(pending, timeout=2)
+        for c in conns:
+            if not c.closed.done() and c.transport is not None:
+                c.transport.abort()
 
     async def wait_stopped(self) -> None:
         assert self._stopped is not None
@@ -339,93 +507,131 @@ class Router:
         if self.cfg.link_access is not None and self.access_server is None:
             await self._start_access()
 
+    # -- config and TLS file watch -------------------------------------------------------
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for p in [self.loaded.path, *_tls_files(self.cfg)]:
+            try:
+                st = os.stat(p)
+                out.append((p, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append((p, None))
+        return tuple(out)
+
+    async def _watch(self) -> None:
+        """Reload when the config file or a TLS file in use changes (mtime, size or
+        inode first; a reload happens only if the content differs)."""
+        seen = self._fingerprint()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            fp = self._fingerprint()
+            if fp == seen:
+                continue
+            seen = fp
+            cfg_sha = _file_sha(self.loaded.path)
+            in_force = self.in_force.sha256 if self.in_force else None
+            tls_changed = any(_file_sha(p) != sha for p, sha in self._tls_sha.items())
+            if cfg_sha != in_force or tls_changed:
+                # ``seen`` was taken before reading: a write still in progress (a
+                # half-written file fails to load) shows up as another change.
+                log.info("config or TLS files changed on disk: reloading")
+                await self.reload()
+
     # -- core actions ----------------------------------------------------------------------
 
     def pump(self) -> None:
         """Carry out what the core asked for; call after every core input."""
-        core = self.core
-        for h, data in core.pending_writes():
-            lc = self.links.get(h)
+        if self._pumping:
+            return  # the running pump picks the new work up
+        self._pumping = True
+        try:
+            core = self.core
+            for _ in range(MAX_PUMP_ROUNDS):
+                writes = core.pending_writes()
+                actions = core.take_actions()
+                if not writes and not actions:
+                    return
+                for h, pieces in writes:
+                    lc = self.links.get(h)
+                    if lc is not None:
+                        lc.write(pieces)
+                for a in actions:
+                    self._act(a)
+            asyncio.get_running_loop().call_soon(self.pump)
+        finally:
+            self._pumping = False
+
+    def _act(self, a: Any) -> None:
+        cls = type(a)
+        if cls is Deliver:
+            conn = self.locals.get(a.lid)
+            if conn is not None:
+                conn.deliver(a.data)
+        elif cls is ResumeRead:
+            conn = self.locals.get(a.lid)
+            if conn is not None:
+                conn.resume()
+        elif cls is DeliverEof:
+            conn = self.locals.get(a.lid)
+            if conn is not None:
+                conn.write_eof()
+        elif cls is CloseLocal:
+            conn = self.locals.get(a.lid)
+            if conn is not None:
+                if a.abort:
+                    conn.abort()
+                else:
+                    conn.close()
+        elif cls is ConnectLocal:
+            self.spawn(self._connect(a.lid, a.key))
+        elif cls is McastDeliver:
+            for sub in self.subscribers.get(a.message.address, ()):
+                sub.offer(a.message)
+        elif cls is LinkEstablished:
+            owner = self.owners.get(a.link)
+            lc = self.links.get(a.link)
             if lc is not None:
-                lc.send(data)
-        for a in core.take_actions():
-            if isinstance(a, Deliver):
-                conn = self.locals.get(a.lid)
-                if conn is not None:
-                    conn.push(a.data)
-            elif isinstance(a, ResumeRead):
-                conn = self.locals.get(a.lid)
-                if conn is not None:
-                    conn.resume.set()
-            elif isinstance(a, DeliverEof):
-                conn = self.locals.get(a.lid)
-                if conn is not None:
-                    conn.push(_EOF)
-            elif isinstance(a, CloseLocal):
-                conn = self.locals.get(a.lid)
-                if conn is not None:
-                    if a.abort:
-                        conn.abort()
-                    else:
-                        conn.push(_CLOSE)
-            elif isinstance(a, ConnectLocal):
-                self.spawn(self._connect(a.lid, a.key))
-            elif isinstance(a, LinkEstablished):
-                owner = self.owners.get(a.link)
-                if isinstance(owner, Dialer):
-                    owner.state, owner.error = "up", None
-                elif isinstance(owner, Incoming):
-                    owner.peer, owner.cost = a.peer, a.cost
-            elif isinstance(a, CloseLink):
-                lc = self.links.get(a.link)
-                if lc is not None:
-                    lc.close(a.reason)
+                lc.peer = a.peer
+            if isinstance(owner, Dialer):
+                owner.state, owner.error = "up", None
+            elif isinstance(owner, Incoming):
+                owner.peer, owner.cost = a.peer, a.cost
+                ls = self.core.links.get(a.link)
+                owner.mode = ls.proto.peer_mode if ls else "interior"
+            self.event("link-up", peer=a.peer)
+        elif cls is CloseLink:
+            lc = self.links.get(a.link)
+            if lc is not None:
+                lc.close(a.reason)
+
+    # -- multicast -----------------------------------------------------------------------------
+
+    def publish(self, address: str, payload: bytes) -> int:
+        seq = self.core.publish(address, payload)
+        self.pump()
+        return seq
+
+    def subscribe(self, address: str) -> Subscriber:
+        sub = Subscriber(address)
+        self.subscribers.setdefault(address, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self.subscribers.get(sub.address)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subscribers[sub.address]
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Announce a router event network-wide (multicast on EVENTS_ADDRESS)."""
+        body = {"event": kind, "router": self.cfg.site, **fields}
+        self.core.publish(EVENTS_ADDRESS, json.dumps(body, sort_keys=True).encode())
+        if not self._pumping:
+            self.pump()
 
     # -- links -------------------------------------------------------------------------------
-
-    async def _run_link(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        owner: Dialer | Incoming,
-        name: str,
-        direction: str,
-        expected_peer: str | None = None,
-        cost: int = 1,
-    ) -> str:
-        loop = asyncio.get_running_loop()
-        core = self.core
-        h = core.link_connected(name, direction, loop.time(), expected_peer, cost)
-        lc = LinkConn(h, writer)
-        self.links[h] = lc
-        self.owners[h] = owner
-        self.pump()
-        reason = "connection closed by peer"
-        try:
-            while True:
-                data = await reader.read(LINK_READ)
-                if not data or self.core is not core:
-                    break
-                core.link_data(h, data, loop.time())
-                self.pump()
-        except (OSError, ssl.SSLError) as exc:
-            reason = tls.describe(exc)
-        finally:
-            if self.core is core:
-                core.link_lost(h, reason)
-                self.pump()
-            lc.close(lc.close_reason or reason)
-            try:
-                # Let the writer send the CLOSE frame; never swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(lc.task), 2)
-            finally:
-                if not lc.task.done():
-                    lc.task.cancel()
-                    writer.transport.abort()
-                self.links.pop(h, None)
-                self.owners.pop(h, None)
-        return lc.close_reason or reason
 
     def _start_dialer(self, cfg: LinkConfig) -> None:
         d = Dialer(cfg)
@@ -437,13 +643,16 @@ class Router:
         if d is None or d.task is None:
             return
         d.stopped = True
+        conns = []
         for h, owner in list(self.owners.items()):
             if owner is d:
                 self.core.close_link(h, "link removed")
+                conns.append(self.links[h])
         self.pump()
         d.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await d.task
+        await self._wait_links(conns)
 
     async def _dial(self, d: Dialer) -> None:
         loop = asyncio.get_running_loop()
@@ -455,12 +664,14 @@ class Router:
                     return
                 d.state = "connecting"
                 d.endpoint = f"{ep.host}:{ep.port}"
+                conn = LinkConn(self, d, cfg.name, "outgoing", cfg.peer, cfg.cost)
                 try:
                     ctx = tls.client_context(cfg)
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with a failed connect.
                     async with asyncio.timeout(CONNECT_TIMEOUT):
-                        reader, writer = await asyncio.open_connection(
+                        await loop.create_connection(
+                            lambda c=conn: c,  # type: ignore[misc]
                             ep.host,
                             ep.port,
                             ssl=ctx,
@@ -471,10 +682,16 @@ class Router:
                     d.error = tls.describe(exc)
                     llog.warning("link %s: cannot connect to %s: %s", cfg.name, d.endpoint, d.error)
                     continue
+                d.conn = conn
                 started = loop.time()
-                reason = await self._run_link(
-                    reader, writer, d, cfg.name, "outgoing", cfg.peer, cfg.cost
-                )
+                try:
+                    reason = await asyncio.shield(conn.closed)
+                except asyncio.CancelledError:
+                    if conn.transport is not None and not conn.closed.done():
+                        conn.transport.close()
+                    raise
+                finally:
+                    d.conn = None
                 d.state, d.error = "down", reason
                 if loop.time() - started > 10:
                     backoff = BACKOFF_MIN  # it ran for a while: retry quickly
@@ -488,10 +705,11 @@ class Router:
         acc = self.cfg.link_access
         if acc is None:
             return
+        loop = asyncio.get_running_loop()
         try:
             ctx = tls.server_context(acc)
-            self.access_server = await asyncio.start_server(
-                self._accept_link,
+            self.access_server = await loop.create_server(
+                lambda: LinkConn(self, Incoming(), "incoming", "incoming"),
                 acc.host,
                 acc.port,
                 ssl=ctx,
@@ -506,23 +724,19 @@ class Router:
         self.access_error = None
         llog.info("accepting links on %s:%d", acc.host, acc.port)
 
-    async def _stop_access(self) -> None:
+    async def _stop_access(self, keep_links: bool = False) -> None:
         if self.access_server is not None:
             self.access_server.close()
             self.access_server = None
+        if keep_links:
+            return
+        conns = []
         for h, owner in list(self.owners.items()):
             if isinstance(owner, Incoming):
                 self.core.close_link(h, "link access changed")
+                conns.append(self.links[h])
         self.pump()
-
-    async def _accept_link(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
-        endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
-        inc = Incoming(endpoint)
-        reason = await self._run_link(reader, writer, inc, f"incoming {endpoint}", "incoming")
-        llog.debug("incoming link from %s ended: %s", endpoint, reason)
+        await self._wait_links(conns)
 
     # -- listeners and connectors ---------------------------------------------------------
 
@@ -533,9 +747,10 @@ class Router:
 
     async def _bind_listener(self, rt: ListenerRt) -> None:
         cfg = rt.cfg
+        loop = asyncio.get_running_loop()
         try:
-            rt.server = await asyncio.start_server(
-                functools.partial(self._accept_client, rt), cfg.host, cfg.port
+            rt.server = await loop.create_server(
+                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024
             )
         except OSError as exc:
             err = tls.describe(exc)
@@ -552,59 +767,45 @@ class Router:
             rt.server.close()
             rt.server = None
 
-    async def _accept_client(
-        self, rt: ListenerRt, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        lid = self.core.open_flow(rt.cfg.routing_key)
-        if lid is None:
-            # Nobody reachable serves the key: refuse at once rather than hang.
-            flog.debug(
-                "listener %s: no reachable connector for %s", rt.cfg.name, rt.cfg.routing_key
-            )
-            writer.transport.abort()
-            return
-        conn = LocalConn(self, lid, reader, writer)
-        self.locals[lid] = conn
-        conn.start()
-        self.pump()
-
-    def _pick_connector(self, key: str) -> ConnectorConfig | None:
-        matching = [c for c in self.connectors if c.routing_key == key]
+    def _connector_order(self, key: str) -> list[ConnectorRt]:
+        """Connectors for ``key``: up ones first, fewest open flows first, ties
+        round-robin; connectors in backoff last (tried when nothing else is left)."""
+        matching = [c for c in self.connectors.values() if c.cfg.routing_key == key]
         if not matching:
-            return None
+            return []
         n = self._rr.get(key, 0)
         self._rr[key] = n + 1
-        return matching[n % len(matching)]
+        k = n % len(matching)
+        rotated = matching[k:] + matching[:k]
+        now = asyncio.get_running_loop().time()
+        return sorted(rotated, key=lambda c: (c.down_until > now, c.flows))
 
     async def _connect(self, lid: int, key: str) -> None:
         core = self.core
-        cc = self._pick_connector(key)
-        if cc is None:
+        loop = asyncio.get_running_loop()
+        for rt in self._connector_order(key):
+            cc = rt.cfg
+            conn = LocalConn(self, lid, connector=rt)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await loop.create_connection(lambda c=conn: c, cc.host, cc.port)  # type: ignore[misc]
+            except (TimeoutError, OSError) as exc:
+                rt.error = tls.describe(exc)
+                rt.down_until = loop.time() + CONNECTOR_BACKOFF
+                flog.info("connector %s (%s:%d): %s", cc.name, cc.host, cc.port, rt.error)
+                if self.core is not core or lid not in core.locals:
+                    return
+                continue
+            rt.error, rt.down_until = None, 0.0
+            return
+        if self.core is core:
             core.local_connect_failed(lid)
             self.pump()
-            return
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                reader, writer = await asyncio.open_connection(cc.host, cc.port)
-        except (TimeoutError, OSError) as exc:
-            flog.info("connector %s (%s:%d): %s", cc.name, cc.host, cc.port, tls.describe(exc))
-            if self.core is core:
-                core.local_connect_failed(lid)
-                self.pump()
-            return
-        conn = LocalConn(self, lid, reader, writer)
-        self.locals[lid] = conn
-        if self.core is not core or not core.local_connected(lid):
-            self.locals.pop(lid, None)
-            writer.transport.abort()
-            return
-        conn.start()
-        self.pump()
 
     def _apply_services(self) -> None:
         self.core.set_services(
             {rt.cfg.routing_key for rt in self.listeners.values()},
-            {c.routing_key for c in self.connectors},
+            {c.cfg.routing_key for c in self.connectors.values()},
         )
 
     # -- reload -------------------------------------------------------------------------------
@@ -620,6 +821,7 @@ class Router:
                 log.error("reload: invalid config, keeping the old one: %s", exc)
                 return False
             await self._apply(new)
+            self.reloads += 1
             return True
 
     async def _apply(self, new: LoadedConfig) -> None:
@@ -631,13 +833,19 @@ class Router:
         if cfg.admin != old.admin and self.admin is not None:
             await self.admin.stop()
             await self.admin.start(cfg.admin.host, cfg.admin.port)
-        if cfg.site != old.site:
-            # A new router id: everything restarts under the new name.
+        if cfg.site != old.site or cfg.mode != old.mode:
+            # A new router id or role: everything restarts under the new name.
             await self._stop_network()
             await self._start_network()
             self.in_force = new
-            log.info("reloaded config %s (site renamed %s -> %s)", new.path, old.site, cfg.site)
+            log.info("reloaded config %s (site %s -> %s)", new.path, old.site, cfg.site)
             return
+        old_sha, new_sha = self._tls_sha, {p: _file_sha(p) for p in _tls_files(cfg)}
+        self._tls_sha = new_sha
+
+        def files_changed(*paths: str) -> bool:
+            return any(old_sha.get(p) != new_sha.get(p) for p in paths)
+
         # Removals first, so a port moved between entries can be bound again.
         want_l = {x.name: x for x in cfg.listeners}
         for name, rt in list(self.listeners.items()):
@@ -646,14 +854,26 @@ class Router:
         for name, lc in want_l.items():
             if name not in self.listeners:
                 await self._start_listener(lc)
-        self.connectors = cfg.connectors
+        self.connectors = {
+            c.name: self.connectors[c.name]
+            if c.name in self.connectors and self.connectors[c.name].cfg == c
+            else ConnectorRt(c)
+            for c in cfg.connectors
+        }
         self._apply_services()
-        if cfg.link_access != old.link_access:
+        acc = cfg.link_access
+        if acc != old.link_access:
             await self._stop_access()
+            await self._start_access()
+        elif acc is not None and files_changed(acc.ca, acc.cert, acc.key):
+            # New server cert or CA: new handshakes use them; links already up stay.
+            llog.info("link access TLS files changed: reloading them")
+            await self._stop_access(keep_links=True)
             await self._start_access()
         want_k = {x.name: x for x in cfg.links}
         for name, d in list(self.dialers.items()):
-            if want_k.get(name) != d.cfg:
+            lk = want_k.get(name)
+            if lk != d.cfg or (lk is not None and files_changed(lk.ca, lk.cert, lk.key)):
                 await self._stop_dialer(name)
         for name, lk in want_k.items():
             if name not in self.dialers:
@@ -664,8 +884,20 @@ class Router:
 
     # -- status -------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        cfg = self.cfg
+    @property
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready = a config in force, every listener bound, link access bound."""
+        why = []
+        if self.in_force is None:
+            why.append("no config in force")
+        for rt in self.listeners.values():
+            if rt.state != "listening":
+                why.append(f"listener {rt.cfg.name}: {rt.error or rt.state}")
+        if self.cfg.link_access is not None and self.access_server is None:
+            why.append(f"link access: {self.access_error or 'not bound'}")
+        return not why, why
+
+    def status_links(self) -> list[dict[str, Any]]:
         links: list[dict[str, Any]] = []
         for d in self.dialers.values():
             links.append(
@@ -690,12 +922,23 @@ class Router:
                         "state": "up",
                         "endpoint": owner.endpoint,
                         "error": None,
+                        "peer_mode": owner.mode,
                     }
                 )
+        return links
+
+    def status(self) -> dict[str, Any]:
+        cfg = self.cfg
+        links = self.status_links()
         acc = cfg.link_access
+        now = asyncio.get_running_loop().time()
+        ready, why = self.ready
         return {
             "site": cfg.site,
+            "mode": cfg.mode,
             "version": __version__,
+            "ready": ready,
+            "not_ready": why,
             "config": {
                 "path": self.loaded.path,
                 "sha256": self.in_force.sha256 if self.in_force else None,
@@ -719,13 +962,30 @@ class Router:
                     "port": rt.cfg.port,
                     "state": rt.state,
                     "error": rt.error,
+                    "distribution": rt.cfg.distribution,
                 }
                 for rt in self.listeners.values()
             ],
             "connectors": [
-                {"name": c.name, "routing_key": c.routing_key, "host": c.host, "port": c.port}
-                for c in self.connectors
+                {
+                    "name": c.cfg.name,
+                    "routing_key": c.cfg.routing_key,
+                    "host": c.cfg.host,
+                    "port": c.cfg.port,
+                    "flows": c.flows,
+                    "down": c.down_until > now,
+                    "error": c.error,
+                }
+                for c in self.connectors.values()
             ],
             "routing_keys": self.core.keys_status(),
-            "flows": {"open": len(self.core.flows), "total": self.core.flows_total},
+            "flows": {
+                "open": len(self.core.flows),
+                "total": self.core.flows_total,
+                "retried": self.core.retries,
+            },
+            "multicast": {
+                "received": self.core.mcast_in,
+                "subscribers": {a: len(s) for a, s in sorted(self.subscribers.items())},
+            },
         }
