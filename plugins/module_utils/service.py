@@ -39,6 +39,9 @@ class ServiceKind:
     binds: bool
 
 
+DISTRIBUTIONS = ("balanced", "closest")
+DEFAULT_DISTRIBUTION = "balanced"
+
 LISTENER = ServiceKind(section="listeners", noun="listener", default_host="127.0.0.1", binds=True)
 CONNECTOR = ServiceKind(section="connectors", noun="connector", default_host=None, binds=False)
 
@@ -52,6 +55,8 @@ class ServiceParams:
     host: str | None = None
     port: int | None = None
     state: str = "present"
+    # Listeners only: how new flows pick among the key's connectors.
+    distribution: str | None = None
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> ServiceParams:
@@ -68,7 +73,7 @@ def normalize(kind: ServiceKind, params: ServiceParams) -> dict[str, Any]:
         raise SkiffError("is required when state is present", field="host")
     if params.port is None:
         raise SkiffError("is required when state is present", field="port")
-    return {
+    entry = {
         "name": name,
         "routing_key": validation.routing_key(
             params.routing_key if params.routing_key is not None else name
@@ -76,6 +81,16 @@ def normalize(kind: ServiceKind, params: ServiceParams) -> dict[str, Any]:
         "host": validation.host(host, "host"),
         "port": validation.port(params.port, "port"),
     }
+    # The router's default is left implicit, so entries written before the
+    # option existed compare equal and stay unchanged.
+    if params.distribution not in (None, DEFAULT_DISTRIBUTION):
+        if params.distribution not in DISTRIBUTIONS:
+            raise SkiffError(
+                f"must be one of {', '.join(DISTRIBUTIONS)}, got {params.distribution!r}",
+                field="distribution",
+            )
+        entry["distribution"] = params.distribution
+    return entry
 
 
 def check_conflicts(

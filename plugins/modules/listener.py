@@ -52,6 +52,15 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  distribution:
+    description:
+      - How new flows from this listener pick among the connectors of O(routing_key).
+      - V(balanced) spreads them over every reachable connector, weighing path cost
+        against the flows each target already carries (an idle local connector first).
+      - V(closest) sends them to the least-cost connectors only, spreading ties.
+    type: str
+    choices: [balanced, closest]
+    default: balanced
 requirements:
   - cryptography
 seealso:
@@ -117,6 +126,11 @@ def argument_spec() -> dict:
         "host": {"type": "str", "default": "127.0.0.1"},
         "port": {"type": "int"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        "distribution": {
+            "type": "str",
+            "choices": ["balanced", "closest"],
+            "default": "balanced",
+        },
     }
 
 

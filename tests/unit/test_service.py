@@ -153,3 +153,18 @@ def test_router_not_running_writes_config_only(site, services, fleet):
     assert result.changed
     assert any("router not running" in a for a in result.actions)
     assert "reload" not in fleet[site.root].calls
+
+
+def test_listener_distribution_is_written_only_when_not_the_default(site, services):
+    run_service(LISTENER, listener(site, distribution="balanced"), False, **services)
+    assert "distribution" not in config(site)["listeners"][0]
+    # An entry without the key and an explicit default are the same listener.
+    assert not run_service(LISTENER, listener(site), False, **services).changed
+    closest = run_service(LISTENER, listener(site, distribution="closest"), False, **services)
+    assert closest.changed
+    assert config(site)["listeners"][0]["distribution"] == "closest"
+    assert not run_service(
+        LISTENER, listener(site, distribution="closest"), True, **services
+    ).changed
+    with pytest.raises(SkiffError, match="distribution: must be one of balanced, closest"):
+        run_service(LISTENER, listener(site, distribution="random"), False, **services)
