@@ -146,10 +146,6 @@ class LinkRunner:
             result.act(f"write the credentials of link '{name}' from the token")
         if not result.changed:
             return result
-        running = platform.is_running()
-        recreate = running and current == entry and bool(stale)
-        if recreate:
-            result.note(f"re-create link '{name}' so the router loads the new credentials")
         if self.check_mode:
             return result
 
@@ -160,9 +156,8 @@ class LinkRunner:
             atomic_write(path, data, mode)
         applier = ConfigApplier(self.store, platform, wait=self.wait)
         try:
-            if recreate:
-                without = dict(config, links=replace_entry(entries, name, None))
-                applier.apply(canonical_order(without), result)
+            # One reload: the router re-reads credential files whose content
+            # changed and redials that link only.
             status = applier.apply(canonical_order(dict(config, links=new_entries)), result)
         except SkiffError:
             _restore_files(backup)
