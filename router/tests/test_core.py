@@ -351,3 +351,17 @@ def test_open_refused_downstream_resets_the_sender() -> None:
     net.run()
     assert n.flows == {} and w.flows == {}
     assert any(isinstance(x, CloseLocal) and x.abort for x in net.take("n"))
+
+
+def test_open_flows_per_link_are_capped(monkeypatch) -> None:
+    import skiff_router.core as core_module
+
+    monkeypatch.setattr(core_module, "MAX_LINK_FLOWS", 3)
+    net, a, b = pair()
+    for _ in range(5):
+        a.open_flow("k")
+    net.run()
+    # Three flows reach the connector side; the rest are refused, not queued.
+    assert len(b.flows) == 3
+    assert len(a.flows) == 3
+    assert sum(isinstance(x, CloseLocal) and x.abort for x in net.take("a")) == 2

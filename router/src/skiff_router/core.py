@@ -52,6 +52,9 @@ GRANT_THRESHOLD = INITIAL_WINDOW // 4  # batch WINDOW frames
 MAX_CREDIT = 1 << 31
 DOWN_BACKOFF = 2.0  # a target that refused a flow gets no new flows for this long
 MAX_ATTEMPTS = 3  # targets tried for one flow before the client is reset
+# Open flows one peer may have on one link: each costs a connection to a
+# backend here, so a peer cannot open without bound.
+MAX_LINK_FLOWS = 50_000
 
 # -- actions for the I/O layer ------------------------------------------------------------
 
@@ -515,6 +518,9 @@ class RouterCore:
     def _open_in(self, ls: LinkState, fid: int, op: Open) -> None:
         flow = self._new_flow(op.key, op.src, op.dest)
         self._link_end(flow, ls, fid)
+        if len(ls.flows) > MAX_LINK_FLOWS:
+            self._reset(flow, None, "too many flows")
+            return
         if op.dest == self.site:
             if op.key not in self.connector_keys:
                 # Refused here: the RESET must go back to the sender (no origin to spare).
