@@ -17,7 +17,7 @@ description:
   - The token is checked before anything is written. A damaged, expired or
     foreign string fails with a message that never quotes it.
   - When only the credentials change (a new token with the same endpoints),
-    the new files are written and the router reloaded: it redials this link
+    the new files are written and the router reloaded; it redials this link
     with the new certificate and leaves every other link and flow alone.
 author:
   - skiff developers
