@@ -15,12 +15,13 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 export ANSIBLE_FORCE_COLOR ?= 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo demo-teardown test lint unit integration build clean
+.PHONY: help setup demo demo-teardown test lint unit integration build clean molecule molecule-setup images
 
 help:
 	@echo "make demo          - build a three-site application network on this machine and use it"
 	@echo "make demo-teardown - remove the demo network"
-	@echo "make test          - lint and run every test"
+	@echo "make test          - lint and run every test (molecule included)"
+	@echo "make molecule      - the molecule scenario alone (systemd and podman sites)"
 	@echo "make build         - build the collection tarball into build/"
 
 # System packages a fresh Debian machine may lack (python3-venv); needs root there.
@@ -61,9 +62,55 @@ unit: setup
 
 test: setup lint
 	pytest -q -p no:cacheprovider tests router/tests
+	$(MAKE) molecule
+
+# --- molecule: systemd and podman sites on Debian hosts with systemd as PID 1 ---
+# podman reads CONTAINERS_CONF from a file under .cache/ written by
+# scripts/bootstrap-podman, never a user's own containers.conf.
+CONTAINERS_CONF_FILE := $(CURDIR)/.cache/containers.conf
+MOLECULE_STAMP := $(VENV)/.molecule-installed
+ANSIBLE_WHEEL := ansible==12.3.0
+PODMAN_COLLECTION := $(CURDIR)/.cache/collections/ansible_collections/containers/podman/MANIFEST.json
+
+$(CURDIR)/.cache/podman.ok: scripts/bootstrap-podman
+	bash scripts/bootstrap-podman $(CONTAINERS_CONF_FILE)
+	@touch $@
+
+$(MOLECULE_STAMP): requirements-molecule.txt $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-molecule.txt
+	@touch $@
+
+$(PODMAN_COLLECTION): requirements-molecule.txt
+	@mkdir -p .cache/wheels
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps $(ANSIBLE_WHEEL) -d .cache/wheels
+	$(BIN)/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	  z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("ansible_collections/containers/podman/")])' \
+	  .cache/wheels/ansible-$(subst ansible==,,$(ANSIBLE_WHEEL))-py3-none-any.whl .cache/collections
+	@touch $@
+
+# The router's pinned prometheus-client is newer than Debian 12's; hosts get it as a pure wheel.
+ROUTER_EXTRA_WHEELS := $(CURDIR)/.cache/wheels/prometheus_client-0.23.1-py3-none-any.whl
+$(ROUTER_EXTRA_WHEELS):
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  prometheus-client==0.23.1 -d .cache/wheels
+
+molecule-setup: setup $(CURDIR)/.cache/podman.ok $(MOLECULE_STAMP) $(PODMAN_COLLECTION) $(ROUTER_EXTRA_WHEELS)
+
+# Images from Debian packages (mmdebstrap + podman import); rebuilt only when missing or changed.
+images: molecule-setup
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) bash scripts/build-test-images .cache/images
+
+molecule: images
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) PY_COLORS=0 ANSIBLE_NOCOLOR=1 molecule test -s default
 
 build: setup
 	ansible-galaxy collection build --force --output-path build/
 
 clean:
 	rm -rf .venv .cache build .demo
+
+# Data-plane benchmark (not part of `make test`; see bench/README.md). QUICK=1: short run.
+.PHONY: bench
+bench: setup
+	bash bench/ensure-tools
+	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)

@@ -25,7 +25,7 @@ try:
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     HAS_CRYPTOGRAPHY = True
@@ -216,10 +216,33 @@ def wanted_sans(hosts: Iterable[str]) -> set[str]:
 
 def is_signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     try:
-        cert.verify_directly_issued_by(ca_cert)
+        if hasattr(cert, "verify_directly_issued_by"):
+            cert.verify_directly_issued_by(ca_cert)
+        else:
+            _verify_issued_by(cert, ca_cert)
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+def _verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
+    """What verify_directly_issued_by does, for cryptography < 40 (Debian 12 has 38)."""
+    if cert.issuer != ca_cert.subject:
+        raise ValueError("issuer name does not match the CA's subject")
+    public_key = ca_cert.public_key()
+    if isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            padding.PKCS1v15(),
+            cert.signature_hash_algorithm,
+        )
+    elif isinstance(public_key, ec.EllipticCurvePublicKey):
+        public_key.verify(
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+        )
+    else:
+        raise TypeError("unsupported CA key type")
 
 
 def key_matches(cert: x509.Certificate, key) -> bool:
@@ -261,7 +284,7 @@ def reissue_reason(
             return "not signed by the current CA"
     if hosts is not None and cert_sans(cert) != wanted_sans(hosts):
         return "SANs differ from the link endpoints"
-    if cert.not_valid_after_utc - (now or _now()) < renew_before:
+    if _not_after(cert) - (now or _now()) < renew_before:
         return f"expires within {renew_before.days} days"
     return None
 
@@ -299,7 +322,18 @@ def describe(cert_pem: bytes) -> dict[str, object]:
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
         "serial": format(cert.serial_number, "x"),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
+        "not_before": _not_before(cert).isoformat(),
+        "not_after": _not_after(cert).isoformat(),
         "sha256_fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
     }
+
+
+# cryptography < 42 (Debian 12 has 38) lacks the *_utc properties: the naive ones are UTC.
+def _not_after(cert: x509.Certificate) -> datetime.datetime:
+    value = getattr(cert, "not_valid_after_utc", None)
+    return value or cert.not_valid_after.replace(tzinfo=datetime.UTC)
+
+
+def _not_before(cert: x509.Certificate) -> datetime.datetime:
+    value = getattr(cert, "not_valid_before_utc", None)
+    return value or cert.not_valid_before.replace(tzinfo=datetime.UTC)

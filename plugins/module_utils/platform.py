@@ -22,7 +22,7 @@ from typing import Any
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.store import SiteMetadata, SitePaths
 
-PLATFORMS = ("local",)
+PLATFORMS = ("local", "systemd", "podman")
 CONFIG_WAIT_SECONDS = 15.0
 POLL_SECONDS = 0.2
 
@@ -60,6 +60,25 @@ class Platform(ABC):
     def status(self) -> dict[str, Any] | None:
         """The admin `/v1/status` document, or None when nothing answers."""
 
+    def plan(self) -> list[tuple[str, bool]]:
+        """Host changes this platform needs besides the site files (units, ownership).
+
+        Each is (action, whether a running router must restart for it); [] when none.
+        """
+        return []
+
+    def install(self) -> None:
+        """Carry out plan(); called before the router is started, restarted or reloaded."""
+        return None
+
+    def uninstall(self) -> list[str]:
+        """What removing the site also removes on this platform (unit files, state)."""
+        return []
+
+    def remove_files(self) -> None:
+        """Remove what uninstall() listed; called after stop()."""
+        return None
+
     def has_exited(self) -> bool:
         """True when a router started by this process already died (fail fast instead of waiting)."""
         return False
@@ -78,6 +97,14 @@ def _load(name: str) -> type[Platform]:
         from ansible_collections.skiff.fleet.plugins.module_utils import platform_local
 
         return platform_local.LocalPlatform
+    if name == "systemd":
+        from ansible_collections.skiff.fleet.plugins.module_utils import platform_systemd
+
+        return platform_systemd.SystemdPlatform
+    if name == "podman":
+        from ansible_collections.skiff.fleet.plugins.module_utils import platform_podman
+
+        return platform_podman.PodmanPlatform
     raise SkiffError(
         f"unknown platform {name!r} (supported: {', '.join(PLATFORMS)})", field="platform"
     )

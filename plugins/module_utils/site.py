@@ -53,6 +53,8 @@ class SiteParams:
     admin_port: int = 9191
     log_level: str = "info"
     router_python: str = ""
+    router_user: str = "skiff"
+    image: str = ""
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> SiteParams:
@@ -112,11 +114,19 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
             )
     sections = {"site": params.name, "log_level": params.log_level, "admin": admin}
     sections["link_access"] = link_access
+    options: dict[str, Any] = {}
+    if params.platform in ("systemd", "podman"):
+        options["router_user"] = params.router_user
+    if params.platform == "podman":
+        if not params.image:
+            raise SkiffError("required with platform podman: the router image", field="image")
+        options["image"] = params.image
     metadata = SiteMetadata(
         name=params.name,
         platform=params.platform,
         link_endpoints=endpoints,
         router_python=params.router_python or default_python,
+        options=options,
     )
     return WantedSite(sections, metadata)
 
@@ -228,6 +238,13 @@ class SiteRunner:
         if current_meta != wanted.metadata:
             result.act(f"write {paths.metadata}")
 
+        try:
+            platform_plan = platform.plan()
+        except SkiffError as exc:
+            raise exc.with_context(site=site) from None
+        for action, _ in platform_plan:
+            result.act(action)
+
         running = platform.is_running()
         status = platform.status() if running else None
         restart_reason = None
@@ -239,6 +256,8 @@ class SiteRunner:
             running and current_meta and current_meta.router_python != wanted.metadata.router_python
         ):
             restart_reason = "router_python changed"
+        elif running and any(restart for _, restart in platform_plan):
+            restart_reason = "the platform's unit changed"
         drifted = (
             running
             and not config_changed
@@ -282,6 +301,10 @@ class SiteRunner:
         except SkiffError as exc:
             raise exc.with_context(site=site) from None
         self.store.write_metadata(wanted.metadata)
+        try:
+            platform.install()
+        except SkiffError as exc:
+            raise exc.with_context(site=site) from None
 
         if not running:
             self._start(platform, data)
@@ -319,10 +342,13 @@ class SiteRunner:
         platform = self.platform_factory(metadata.platform, paths, metadata)
         if platform.is_running():
             result.act("stop the router")
+        for action in platform.uninstall():
+            result.act(action)
         result.act(f"remove {paths.root}")
         if self.check_mode:
             return
         platform.stop()
+        platform.remove_files()
         self.store.remove()
 
 

@@ -167,6 +167,8 @@ class SiteMetadata:
     platform: str = "local"
     link_endpoints: list[dict[str, Any]] = field(default_factory=list)
     router_python: str = ""
+    # Platform settings (systemd/podman: router_user, image); absent from site.json when empty.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SiteMetadata:
@@ -178,10 +180,14 @@ class SiteMetadata:
                 for e in data.get("link_endpoints") or []
             ],
             router_python=data.get("router_python") or "",
+            options=dict(data.get("options") or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not data["options"]:
+            del data["options"]
+        return data
 
 
 class SiteStore:

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-PLATFORMS_AVAILABLE = ("local",)
-PLATFORMS_PLANNED = ("systemd", "podman", "kubernetes")
+PLATFORMS_AVAILABLE = ("local", "systemd", "podman")
+PLATFORMS_PLANNED = ("kubernetes",)
 SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_ADMIN_PORT = 9191
 LOCAL_CONNECTIONS = ("local",)
@@ -110,6 +110,14 @@ def _check_services(site: SiteVars, var: str) -> None:
         key = service.get("routing_key", name)
         if not key or not isinstance(key, str):
             site.problem(f"{where}.routing_key", "must be a non-empty string")
+        if var == "skiff_listeners" and service.get("distribution", "balanced") not in (
+            "balanced",
+            "closest",
+        ):
+            site.problem(
+                f"{where}.distribution",
+                f"must be balanced or closest, got {service.get('distribution')!r}",
+            )
         if var == "skiff_connectors" and not service.get("host"):
             site.problem(f"{where}.host", "is required: the host the connector sends flows to")
         if not _is_port(service.get("port")):

@@ -52,9 +52,34 @@ options:
     description:
       - How the router runs. V(local) runs it as a supervised process of the
         remote user, with its log in C(<site_dir>/logs/router.log).
+      - V(systemd) runs it as the unit C(skiff-<name>.service) (written by this
+        module) as the unprivileged O(router_user), with O(router_python) from
+        the virtualenv the role M(skiff.fleet.site) installs, hardened
+        (C(NoNewPrivileges), C(ProtectSystem=strict), C(ProtectHome),
+        C(PrivateTmp), state in C(/var/lib/skiff/<name>)) and C(Restart=on-failure).
+        Needs root and systemd as init. Log C(journalctl -u skiff-<name>.service).
+      - V(podman) runs it in the container C(skiff-<name>) from O(image), with
+        host networking, as O(router_user)'s uid, read-only, no capabilities,
+        managed by systemd as C(skiff-<name>.service) (a Quadlet C(.container)
+        with podman >= 4.4, a generated unit otherwise). Needs root, systemd and podman.
+      - With V(systemd) and V(podman) the router user owns the site directory,
+        its server and link keys (0600); the CA key and issued tokens stay root-only.
+        Config changes reload the router (C(systemctl reload), SIGHUP); unit or
+        image changes restart it.
     type: str
-    choices: [local]
+    choices: [local, systemd, podman]
     default: local
+  router_user:
+    description:
+      - System user the router runs as with O(platform=systemd) or O(platform=podman).
+        It must exist (the role M(skiff.fleet.site) creates it).
+    type: str
+    default: skiff
+  image:
+    description:
+      - Router image with O(platform=podman), e.g. C(localhost/skiff-router:latest).
+        It must be on the host (the role M(skiff.fleet.site) can build it).
+    type: str
   link_access:
     description:
       - Whether other sites may link to this one (the site then accepts
@@ -125,6 +150,20 @@ EXAMPLES = r"""
     name: west
     admin_port: 9192
 
+- name: A site run by systemd as user skiff, from the router virtualenv the role installs
+  skiff.fleet.site:
+    name: north
+    platform: systemd
+    base_dir: /etc/skiff
+    router_python: /opt/skiff/venv/bin/python
+
+- name: A site in a podman container managed by systemd
+  skiff.fleet.site:
+    name: south
+    platform: podman
+    base_dir: /etc/skiff
+    image: localhost/skiff-router:latest
+
 - name: Remove a site
   skiff.fleet.site:
     name: west
@@ -176,7 +215,9 @@ def argument_spec() -> dict:
     return {
         "name": {"type": "str", "required": True},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "platform": {"type": "str", "choices": ["local"], "default": "local"},
+        "platform": {"type": "str", "choices": ["local", "systemd", "podman"], "default": "local"},
+        "router_user": {"type": "str", "default": "skiff"},
+        "image": {"type": "str"},
         "link_access": {"type": "bool", "default": False},
         "link_endpoint": {
             "type": "dict",
@@ -204,7 +245,7 @@ def main() -> None:
         lambda params, check_mode: run_site(
             SiteParams.from_module(params), check_mode, default_python=default_router_python()
         ),
-        required_if=[("link_access", True, ("link_endpoint",))],
+        required_if=[("link_access", True, ("link_endpoint",)), ("platform", "podman", ("image",))],
     )
 
 

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki
@@ -122,3 +123,22 @@ def test_describe_has_no_key(ca):
     info = pki.describe(ca.cert_pem)
     assert "PRIVATE" not in str(info)
     assert set(info) >= {"serial", "not_after", "sha256_fingerprint"}
+
+
+@pytest.mark.parametrize("key_kind", ["ec", "rsa"])
+def test_issuer_check_fallback_agrees(key_kind) -> None:
+    """Debian 12's cryptography (38) lacks verify_directly_issued_by: the fallback must agree."""
+    from ansible_collections.skiff.fleet.plugins.module_utils.pki import (
+        _verify_issued_by,
+        create_ca,
+        issue_client_cert,
+    )
+
+    ca = create_ca("east", key_kind=key_kind)
+    other = create_ca("east", key_kind=key_kind)  # same name, different key
+    leaf = issue_client_cert(ca, "west", key_kind=key_kind).cert
+    _verify_issued_by(leaf, ca.cert)
+    with pytest.raises(InvalidSignature):
+        _verify_issued_by(leaf, other.cert)
+    with pytest.raises(ValueError, match="issuer name"):
+        _verify_issued_by(leaf, create_ca("north", key_kind=key_kind).cert)

@@ -27,7 +27,8 @@ def local(tmp_path) -> LocalPlatform:
 def test_lookup(local, tmp_path):
     assert isinstance(local, LocalPlatform)
     with pytest.raises(
-        SkiffError, match="platform: unknown platform 'mars' \\(supported: local\\)"
+        SkiffError,
+        match="platform: unknown platform 'mars' \\(supported: local, systemd, podman\\)",
     ):
         get_platform("mars", local.paths, local.metadata)
 

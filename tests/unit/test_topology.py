@@ -104,7 +104,10 @@ def test_listener_port_clashing_with_link_port() -> None:
 
 def test_unknown_platform() -> None:
     found = problems_after(lambda f: f["west"].update(skiff_platform="mainframe"))
-    assert found == ["host 'west': skiff_platform: unknown platform 'mainframe'; use one of: local"]
+    assert found == [
+        "host 'west': skiff_platform: unknown platform 'mainframe'; "
+        "use one of: local, systemd, podman"
+    ]
 
 
 def test_link_access_without_endpoint() -> None:
@@ -147,3 +150,14 @@ def test_network_keeps_separate_networks_apart() -> None:
     fleet["lonely"] = {**LOCAL, "skiff_admin_port": 9194, "skiff_site_name": "island"}
     assert network_of(fleet, list(fleet), "lonely") == ["island"]
     assert network_of(fleet, list(fleet), "east") == ["east", "north", "west"]
+
+
+def test_listener_distribution_must_be_known() -> None:
+    found = problems_after(lambda f: f["west"]["skiff_listeners"][0].update(distribution="random"))
+    assert found == [
+        "host 'west': skiff_listeners[0].distribution: must be balanced or closest, got 'random'"
+    ]
+    assert (
+        problems_after(lambda f: f["west"]["skiff_listeners"][0].update(distribution="closest"))
+        == []
+    )

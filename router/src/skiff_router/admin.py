@@ -22,7 +22,10 @@ import logging
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from skiff_router import metrics
+try:
+    from skiff_router import metrics
+except ImportError:  # prometheus-client is optional: everything but /metrics works without it
+    metrics = None  # type: ignore[assignment]
 from skiff_router.codec import MAX_DATA, valid_address
 
 if TYPE_CHECKING:
@@ -56,7 +59,7 @@ class AdminServer:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.server: asyncio.Server | None = None
-        self.registry = metrics.registry_for(router)
+        self.registry = metrics.registry_for(router) if metrics is not None else None
         self._streams: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> None:
@@ -143,6 +146,8 @@ class AdminServer:
             flows = self.router.core.flows_status()
             return 200, "application/json", json.dumps(flows).encode() + b"\n"
         if target == "/metrics":
+            if metrics is None or self.registry is None:
+                return 501, "text/plain", b"metrics need the prometheus-client package\n"
             return 200, metrics.CONTENT_TYPE, metrics.render(self.registry)
         return 404, "text/plain", b"not found\n"
 

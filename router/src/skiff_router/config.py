@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+try:
+    import yaml
+except ImportError:  # PyYAML is optional: JSON configs (what skiff writes) need nothing
+    yaml = None  # type: ignore[assignment]
 
 SITE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -319,11 +322,13 @@ def _unique(c: _Checker, what_list: str, values: list[tuple[str, Any]], what: st
 
 def parse(text: bytes, filename: str) -> Any:
     """Parse JSON (``.json`` files) or YAML (anything else)."""
+    if not filename.endswith(".json") and yaml is None:
+        raise ConfigError([("(document)", "YAML configs need PyYAML; install it or use JSON")])
     try:
         if filename.endswith(".json"):
             return json.loads(text)
         return yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, getattr(yaml, "YAMLError", ValueError)) as exc:
         kind = "JSON" if filename.endswith(".json") else "YAML"
         # The first line of the parser message is enough; it never quotes secrets
         # because key files are referenced by path, not embedded.

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 if TYPE_CHECKING:
     from skiff_router.runtime import Router
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# What generate_latest writes; spelled out because the constant's name moved
+# between prometheus-client releases (Debian 12 ships 0.16).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterCollector:
