@@ -121,6 +121,13 @@ class LinkRunner:
                 "itself: use a token issued by the site to link to",
                 field="token",
             )
+        if token.name != params.site:
+            raise SkiffError(
+                f"the token was issued to site '{token.name}', not '{params.site}'; the "
+                f"accepting router would refuse it: issue a token named '{params.site}' "
+                f"at site '{token.site}'",
+                field="token",
+            )
         entry = link_entry(name, token, cost)
         result.values = {"link": entry}
 

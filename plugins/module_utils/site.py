@@ -248,13 +248,10 @@ class SiteRunner:
         running = platform.is_running()
         status = platform.status() if running else None
         restart_reason = None
-        # A router that already accepts links holds the old CA and server cert in memory;
-        # one that starts accepting links now loads them on the reload.
-        if running and (ca_reason or server_reason) and current.get("link_access"):
-            restart_reason = "load the new TLS material"
-        elif (
-            running and current_meta and current_meta.router_python != wanted.metadata.router_python
-        ):
+        # A reload re-reads TLS files whose content changed, so new CA or
+        # server certificates never need a restart.
+        tls_changed = running and bool(ca_reason or server_reason)
+        if running and current_meta and current_meta.router_python != wanted.metadata.router_python:
             restart_reason = "router_python changed"
         elif running and any(restart for _, restart in platform_plan):
             restart_reason = "the platform's unit changed"
@@ -267,7 +264,7 @@ class SiteRunner:
             result.act("start the router")
         elif restart_reason:
             result.act(f"restart the router ({restart_reason})")
-        elif config_changed:
+        elif config_changed or tls_changed:
             result.act("reload the router")
         elif drifted:
             result.act("reload the router (it does not run the config on disk)")
@@ -310,9 +307,28 @@ class SiteRunner:
             self._start(platform, data)
         elif restart_reason:
             platform.stop()
-            self._start(platform, data)
-        elif config_changed or drifted:
+            try:
+                self._start(platform, data)
+            except SkiffError as failure:
+                raise self._restart_previous(platform, failure, previous, data) from None
+        elif config_changed or drifted or tls_changed:
             applier.reload(data, previous if config_changed else None, previous_error)
+
+    def _restart_previous(
+        self, platform: Platform, failure: SkiffError, previous: bytes | None, data: bytes
+    ) -> SkiffError:
+        """After a failed restart, bring the router back on the config it ran before."""
+        if previous is None or previous == data:
+            return failure
+        self.store.write_config_bytes(previous)
+        try:
+            self._start(platform, previous)
+        except SkiffError:
+            failure.message += "; the previous config was restored but did not start either"
+        else:
+            failure.message += "; the router runs the previous config again"
+        failure.args = (str(failure),)
+        return failure
 
     def _start(self, platform: Platform, data: bytes) -> None:
         platform.start()

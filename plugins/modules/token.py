@@ -36,8 +36,10 @@ attributes:
 options:
   name:
     description:
-      - Name of the token, usually the name of the site that will dial with it.
-      - Becomes the CN of the client certificate.
+      - The name of the site that will dial with this token.
+      - Becomes the CN of the client certificate, and the accepting router lets
+        a link announce only that site name, so a token cannot be used to join
+        as another site. M(skiff.fleet.link) refuses a token named for another site.
     type: str
     required: true
   state:

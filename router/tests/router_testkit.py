@@ -160,7 +160,8 @@ class Site:
         """Dial ``other`` with a client cert issued by its CA (or ``client_ca``)."""
         assert other.ca is not None and other.link_port is not None
         name = name or other.name
-        cert, key = (client_ca or other.ca).issue(name, server=False)
+        # The client cert names the dialing site, as a token's does.
+        cert, key = (client_ca or other.ca).issue(self.name, server=False)
         ld = self.dir / "links" / name
         _write(ld / "ca.crt", other.ca.pem)
         _write(ld / "tls.crt", cert)

@@ -325,6 +325,28 @@ def test_peer_id_mismatch_keeps_link_down(tmp_path: Path) -> None:
     run(main())
 
 
+def test_token_for_another_site_cannot_announce_this_one(tmp_path: Path) -> None:
+    """A client cert issued to 'north' must not let its holder join as 'west'."""
+
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        west = Site.create(tmp_path, "west")
+        west.link_to(east)
+        assert east.ca is not None
+        cert, key = east.ca.issue("north", server=False)
+        (west.dir / "links" / "east" / "tls.crt").write_bytes(cert)
+        (west.dir / "links" / "east" / "tls.key").write_bytes(key)
+        async with routers(east, west) as rs:
+            await wait_for(
+                lambda: rs["west"].status()["links"][0]["error"] is not None, TIMEOUT, "refused"
+            )
+            await asyncio.sleep(0.5)
+            assert rs["west"].status()["links"][0]["state"] != "up"
+            assert [r["id"] for r in rs["east"].status()["routers"]] == ["east"]
+
+    run(main())
+
+
 def test_reload_adds_listener_while_flow_continues(tmp_path: Path) -> None:
     async def main() -> None:
         east, west = two_sites(tmp_path)

@@ -32,14 +32,22 @@ class FakePlatform(Platform):
         self.calls: list[str] = []
         self.routers: list[dict[str, Any]] = []
         self.routing_keys: dict[str, Any] = {}
+        # A config containing this text makes the router die at start.
+        self.dies_on: str | None = None
+        self.exited = False
 
     def is_running(self) -> bool:
         return self.running
 
+    def has_exited(self) -> bool:
+        return self.exited
+
     def start(self) -> None:
         self.calls.append("start")
-        self.running = True
-        self.in_force = self.paths.config.read_bytes()
+        data = self.paths.config.read_bytes()
+        self.exited = bool(self.dies_on and self.dies_on in data.decode())
+        self.running = not self.exited
+        self.in_force = None if self.exited else data
 
     def stop(self, timeout: float = 10.0) -> bool:
         self.calls.append("stop")

@@ -147,3 +147,13 @@ def test_link_to_itself_is_refused(pair, services, tmp_path):
 def test_params_repr_hides_token(pair):
     west, token = pair
     assert token not in repr(lparams(west, token=token))
+
+
+def test_token_issued_to_another_site_is_refused(pair, services, tmp_path):
+    west, _token = pair
+    for_north = run_token(TokenParams(site="east", name="north", base_dir=str(tmp_path)), False)
+    with pytest.raises(SkiffError) as err:
+        run_link(lparams(west, token=for_north.values["token"]), False, **services)
+    assert "the token was issued to site 'north', not 'west'" in str(err.value)
+    assert for_north.values["token"] not in str(err.value)
+    assert not west.link_dir("east").exists()

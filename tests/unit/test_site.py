@@ -103,19 +103,34 @@ def test_drift_is_reloaded(tmp_path, services, fleet):
     assert result.actions == ["reload the router (it does not run the config on disk)"]
 
 
-def test_endpoint_change_reissues_server_cert_and_restarts(tmp_path, services, fleet):
+def test_endpoint_change_reissues_server_cert_and_reloads(tmp_path, services, fleet):
     run_site(params(tmp_path, **ACCEPTING), False, **services)
     paths = SitePaths(tmp_path / "east")
     ca_before = paths.ca_cert.read_bytes()
     moved = dict(link_access=True, link_endpoint={"host": "east.example", "port": 55671})
     result = run_site(params(tmp_path, **moved), False, **services)
     assert any("SANs differ" in a for a in result.actions)
-    assert "restart the router (load the new TLS material)" in result.actions
+    # The router re-reads changed TLS files on reload: no restart, no dropped flows.
+    assert "reload the router" in result.actions
     assert paths.ca_cert.read_bytes() == ca_before
     cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["east.example"]
-    assert fleet[paths.root].calls[-2:] == ["stop", "start"]
+    assert fleet[paths.root].calls[-1] == "reload"
+    assert "stop" not in fleet[paths.root].calls
+
+
+def test_failed_restart_brings_back_the_previous_config(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    before = paths.config.read_bytes()
+    fleet[paths.root].dies_on = '"debug"'
+    # A new router_python forces a restart; the new config kills the router.
+    with pytest.raises(SkiffError, match="the router runs the previous config again"):
+        run_site(params(tmp_path, log_level="debug", router_python="py2"), False, **services)
+    assert paths.config.read_bytes() == before
+    assert fleet[paths.root].running
+    assert fleet[paths.root].in_force == before
 
 
 def test_rejected_config_is_not_written(tmp_path, services, fleet):

@@ -258,6 +258,9 @@ class LinkConn(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
             self.name = f"incoming {self.owner.endpoint}"
+            # A token's client certificate names the site it was issued to: that
+            # site, and no other, may announce itself over this link.
+            self.expected_peer = tls.peer_common_name(transport)
         self.handle = self.core.link_connected(
             self.name, self.direction, self._loop.time(), self.expected_peer, self.cost
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from skiff_router.config import LinkAccess, LinkConfig
 
@@ -27,6 +28,16 @@ def client_context(link: LinkConfig) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=link.ca)
     ctx.load_cert_chain(link.cert, link.key)
     return ctx
+
+
+def peer_common_name(transport: Any) -> str | None:
+    """The commonName of the verified client certificate on an accepted link."""
+    cert = transport.get_extra_info("peercert") or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def describe(exc: BaseException) -> str:

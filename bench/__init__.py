@@ -1,0 +1,1 @@
+"""skiff data-plane benchmark (`make bench`); see bench/README.md."""
