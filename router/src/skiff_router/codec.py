@@ -11,6 +11,7 @@ buffered, so a peer cannot make us hold more than one frame's worth.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -82,8 +83,23 @@ def encode(frame: Frame) -> bytes:
     return encode_frame(frame.type, frame.flow, frame.payload, frame.flags)
 
 
+# Header validation tables, indexed by the raw type byte: the FrameType (None if
+# unknown) and whether the type is a link frame (flow id must be 0).
+_TYPES: tuple[FrameType | None, ...] = tuple(
+    FrameType(i) if i in FrameType._value2member_map_ else None for i in range(256)
+)
+_LINK_TYPE: tuple[bool, ...] = tuple(t in LINK_FRAMES for t in _TYPES)
+_DATA = FrameType.DATA
+
+
 class FrameDecoder:
-    """Incremental decoder. Once it raised ProtocolError it stays broken."""
+    """Incremental decoder. Once it raised ProtocolError it stays broken.
+
+    Frames are parsed straight out of each chunk fed; only a trailing partial
+    frame is buffered. ``feed_raw`` hands out (type, flow id, payload) tuples; a
+    DATA payload taken whole from an immutable ``bytes`` chunk is a read-only
+    memoryview slice of it (no copy), every other payload is ``bytes``.
+    """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
@@ -94,39 +110,70 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def _check(self, data: Any, pos: int) -> tuple[FrameType, int, int]:
+        ftype, flags, flow, length = HEADER.unpack_from(data, pos)
+        # Validate the header before waiting for (and buffering) the payload.
+        if length > self._max:
+            raise ProtocolError(f"frame payload length {length} exceeds limit {self._max}")
+        t = _TYPES[ftype]
+        if t is None:
+            raise ProtocolError(f"unknown frame type {ftype}")
+        if flags:
+            raise ProtocolError(f"unsupported flags {flags:#x} on {t.name}")
+        if (flow == 0) != _LINK_TYPE[ftype]:
+            raise ProtocolError(f"bad flow id {flow} for {t.name}")
+        return t, flow, length
+
     def feed(self, data: bytes) -> list[Frame]:
+        return [Frame(t, flow, bytes(p)) for t, flow, p in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[tuple[FrameType, int, bytes | memoryview]]:
         if self._error is not None:
             raise self._error
-        buf = self._buf
-        buf += data
-        frames: list[Frame] = []
+        frames: list[tuple[FrameType, int, bytes | memoryview]] = []
+        end = len(data)
         pos = 0
-        end = len(buf)
+        buf = self._buf
+        # Slices of an immutable bytes object stay valid; anything else is copied.
+        mv = memoryview(data) if type(data) is bytes else None
+        check = self._check
         try:
+            if buf:
+                # Complete the partial frame left over from the previous chunk.
+                have = len(buf)
+                if have < HEADER_SIZE:
+                    take = min(HEADER_SIZE - have, end)
+                    buf += data[:take]
+                    pos = take
+                    if len(buf) < HEADER_SIZE:
+                        return frames
+                t, flow, length = check(buf, 0)
+                need = HEADER_SIZE + length - len(buf)
+                take = min(need, end - pos)
+                if take:
+                    buf += data[pos : pos + take]
+                    pos += take
+                if take < need:
+                    return frames
+                frames.append((t, flow, bytes(buf[HEADER_SIZE:])))
+                self._buf = buf = bytearray()
             while end - pos >= HEADER_SIZE:
-                ftype, flags, flow, length = HEADER.unpack_from(buf, pos)
-                # Validate the header before waiting for (and buffering) the payload.
-                if length > self._max:
-                    raise ProtocolError(f"frame payload length {length} exceeds limit {self._max}")
-                try:
-                    t = FrameType(ftype)
-                except ValueError:
-                    raise ProtocolError(f"unknown frame type {ftype}") from None
-                if flags:
-                    raise ProtocolError(f"unsupported flags {flags:#x} on {t.name}")
-                if (flow == 0) != (t in LINK_FRAMES):
-                    raise ProtocolError(f"bad flow id {flow} for {t.name}")
-                if end - pos - HEADER_SIZE < length:
-                    break
+                t, flow, length = check(data, pos)
                 start = pos + HEADER_SIZE
-                frames.append(Frame(t, flow, bytes(buf[start : start + length])))
-                pos = start + length
+                stop = start + length
+                if stop > end:
+                    break
+                if t is _DATA and mv is not None:
+                    frames.append((t, flow, mv[start:stop]))
+                else:
+                    frames.append((t, flow, bytes(data[start:stop])))
+                pos = stop
+            if pos < end:
+                buf += data[pos:]
         except ProtocolError as exc:
             self._error = exc
             self._buf = bytearray()
             raise
-        if pos:
-            del buf[:pos]
         return frames
 
 
@@ -288,11 +335,21 @@ class Open:
 MAX_HOPS = 32
 
 
+# A router opens flows for few (key, dest, src, hops) combinations: both ways of
+# the OPEN payload are cached (immutable values; errors are never cached).
+@functools.lru_cache(maxsize=4096)
 def encode_open(o: Open) -> bytes:
     return _dump({"key": o.key, "dest": o.dest, "src": o.src, "hops": o.hops})
 
 
 def decode_open(payload: bytes) -> Open:
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    return _decode_open(payload)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_open(payload: bytes) -> Open:
     d = _json(payload, "OPEN")
     key = d.get("key")
     if not isinstance(key, str) or not key:

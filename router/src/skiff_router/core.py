@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from skiff_router.codec import (
+    HEADER,
+    HEADER_SIZE,
     MAX_DATA,
     MAX_HOPS,
     EdgeInfo,
@@ -41,7 +43,7 @@ from skiff_router.codec import (
     encode_open,
     encode_window,
 )
-from skiff_router.link import FrameIn, LinkClosed, LinkProtocol, LinkUp
+from skiff_router.link import LinkClosed, LinkProtocol, LinkUp
 from skiff_router.routing import LinkStateDb
 
 log = logging.getLogger("core")
@@ -55,6 +57,7 @@ MAX_ATTEMPTS = 3  # targets tried for one flow before the client is reset
 # Open flows one peer may have on one link: each costs a connection to a
 # backend here, so a peer cannot open without bound.
 MAX_LINK_FLOWS = 50_000
+_DATA = FrameType.DATA
 
 # -- actions for the I/O layer ------------------------------------------------------------
 
@@ -290,10 +293,12 @@ class RouterCore:
         ls = self.links.get(handle)
         if ls is None:
             return
-        for ev in ls.proto.receive_data(data, now):
-            if isinstance(ev, FrameIn):
+        links = self.links
+        frame = self._frame
+        for ev in ls.proto.receive(data, now):
+            if type(ev) is tuple:
                 try:
-                    self._frame(ls, ev.frame.type, ev.frame.flow, ev.frame.payload)
+                    frame(ls, ev[0], ev[1], ev[2])
                 except ProtocolError as exc:
                     self._close_link(
                         ls, ls.proto.fail(f"protocol error: {exc.reason}", "protocol error")
@@ -302,7 +307,7 @@ class RouterCore:
                 self._link_up(ls)
             elif isinstance(ev, LinkClosed):
                 self._close_link(ls, ev)
-            if handle not in self.links:
+            if handle not in links:
                 break
         if ls.proto.has_output:
             self._dirty.add(handle)
@@ -474,6 +479,17 @@ class RouterCore:
     # -- frames ------------------------------------------------------------------------
 
     def _frame(self, ls: LinkState, t: FrameType, fid: int, payload: bytes) -> None:
+        if t is _DATA:
+            end = ls.flows.get(fid)
+            if end is None:
+                return  # a flow that closed or was reset: frames may still be on the wire
+            if end.eof_received:
+                raise ProtocolError(f"DATA after END on flow {fid}")
+            if len(payload) > end.allowance:
+                raise ProtocolError(f"flow {fid} exceeded its window")
+            if payload:
+                self._data_in(end, payload)
+            return
         if t is FrameType.LSA:
             self._lsa(ls, payload)
             return
@@ -695,6 +711,41 @@ class RouterCore:
         if len(data) > end.allowance:
             raise ValueError("local reader read beyond its allowance")
         self._data_in(end, data)
+
+    def local_read(self, lid: int, buf: memoryview, n: int) -> None:
+        """Like local_data for the ``n`` bytes at buf[HEADER_SIZE:HEADER_SIZE + n];
+        buf[:HEADER_SIZE] is scratch space for a frame header, so a read that can go
+        straight out on a link becomes one DATA frame with a single copy."""
+        end = self.locals.get(lid)
+        if end is None or end.eof_received:
+            return
+        if n > end.allowance:
+            raise ValueError("local reader read beyond its allowance")
+        flow = end.flow
+        ends = flow.ends
+        first = end is ends[0]
+        out = ends[1] if first else ends[0]
+        ls = out.link
+        if ls is None or not n or out.queue or out.credit < n or ls.proto.state == "closed":
+            self._data_in(end, bytes(buf[HEADER_SIZE : HEADER_SIZE + n]))
+            return
+        HEADER.pack_into(buf, 0, _DATA, 0, out.ident, n)
+        frame = bytes(buf[: HEADER_SIZE + n])
+        end.allowance -= n
+        if first:
+            flow.bytes_out += n
+            if flow.replay is not None:
+                if flow.replay_len + n <= INITIAL_WINDOW:
+                    flow.replay.append(memoryview(frame)[HEADER_SIZE:])  # type: ignore[arg-type]
+                    flow.replay_len += n
+                else:
+                    flow.replay = None  # too much to keep: no retry for this flow
+        else:
+            flow.bytes_back += n
+        ls.proto.send_frame(frame)
+        self._dirty.add(ls.handle)
+        out.credit -= n
+        self._release(end, n)
 
     def local_eof(self, lid: int) -> None:
         end = self.locals.get(lid)

@@ -10,6 +10,7 @@ States: ``hello`` (our HELLO sent, waiting for the peer's) -> ``up`` -> ``closed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from skiff_router.codec import (
     HEADER,
@@ -29,6 +30,7 @@ from skiff_router.codec import (
 PING_INTERVAL = 1.0  # seconds between keepalives when the link is otherwise idle
 DEAD_AFTER = 3.0  # nothing heard for this long: the neighbour is gone
 HELLO_TIMEOUT = 5.0
+_DATA = FrameType.DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,11 @@ class LinkProtocol:
         if n:
             self._out.append(payload)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a complete, already encoded frame (header included)."""
+        if self.state != "closed":
+            self._out.append(frame)
+
     def take_output(self) -> list[bytes]:
         """Pending output as pieces (no copy); the I/O layer joins or writelines them."""
         out, self._out = self._out, []
@@ -119,33 +126,57 @@ class LinkProtocol:
     # -- input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[LinkEvent]:
+        out: list[LinkEvent] = []
+        for ev in self.receive(data, now):
+            if type(ev) is tuple:
+                t, fid, payload = ev
+                out.append(FrameIn(Frame(t, fid, bytes(payload))))
+            else:
+                out.append(ev)  # type: ignore[arg-type]
+        return out
+
+    def receive(self, data: bytes, now: float) -> list[Any]:
+        """Like receive_data, but frames for the core come as (type, flow id,
+        payload) tuples (a DATA payload may be a read-only memoryview)."""
         if self.state == "closed":
             return []
         self._last_rx = now
         try:
-            frames = self._decoder.feed(data)
-            events: list[LinkEvent] = []
+            frames = self._decoder.feed_raw(data)
+            events: list[Any] = []
+            up = self.state == "up"
             for frame in frames:
+                t, fid = frame[0], frame[1]
+                if up and t is _DATA:
+                    # The hot path: DATA on an up link; only the flow id to check.
+                    if (fid % 2 == 1) == self.dialer:
+                        if fid >= self._next_id:
+                            raise ProtocolError(f"DATA for flow {fid} that was never opened")
+                    elif fid > self._peer_max:
+                        raise ProtocolError(f"DATA for flow {fid} that was never opened")
+                    events.append(frame)
+                    continue
                 ev = self._handle(frame)
                 if ev is not None:
                     events.append(ev)
                 if self.state == "closed":
                     break
+                up = self.state == "up"
             return events
         except ProtocolError as exc:
             return [self.fail(f"protocol error: {exc.reason}", "protocol error")]
 
-    def _handle(self, frame: Frame) -> LinkEvent | None:
-        t = frame.type
+    def _handle(self, frame: tuple[FrameType, int, Any]) -> Any:
+        t, fid, payload = frame
         if t is FrameType.CLOSE:
-            reason = decode_reason(frame.payload)
+            reason = decode_reason(payload)
             self.state = "closed"
             self.close_reason = f"closed by peer: {reason}"
             return LinkClosed(self.close_reason)
         if self.state == "hello":
             if t is not FrameType.HELLO:
                 raise ProtocolError(f"{t.name} before HELLO")
-            hello = decode_hello(frame.payload)
+            hello = decode_hello(payload)
             if self.expected_peer is not None and hello.router != self.expected_peer:
                 return self.fail(
                     f"peer announced router id {hello.router!r}, expected {self.expected_peer!r}",
@@ -169,16 +200,15 @@ class LinkProtocol:
         if t is FrameType.HELLO:
             raise ProtocolError("second HELLO")
         if t is FrameType.PING:
-            if len(frame.payload) > 8:
+            if len(payload) > 8:
                 raise ProtocolError("PING payload too large")
-            self.send(FrameType.PONG, 0, frame.payload)
+            self.send(FrameType.PONG, 0, payload)
             return None
         if t is FrameType.PONG:
             return None
         if t is FrameType.LSA or t is FrameType.MCAST:
-            return FrameIn(frame)
+            return frame
         # Flow frames: the id must belong to a flow that was opened at some point.
-        fid = frame.flow
         own = self.is_own_id(fid)
         if t is FrameType.OPEN:
             if own or fid <= self._peer_max:
@@ -186,7 +216,7 @@ class LinkProtocol:
             self._peer_max = fid
         elif (own and fid >= self._next_id) or (not own and fid > self._peer_max):
             raise ProtocolError(f"{t.name} for flow {fid} that was never opened")
-        return FrameIn(frame)
+        return frame
 
     # -- time -------------------------------------------------------------------------
 

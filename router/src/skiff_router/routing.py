@@ -27,6 +27,8 @@ class LinkStateDb:
     computations: int = 0
     _unreachable_since: dict[str, float] = field(default_factory=dict)
     _rr: dict[str, int] = field(default_factory=dict)
+    _serving_src: dict | None = field(default=None, repr=False)
+    _serving_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def update(self, lsa: Lsa) -> bool:
         """Store ``lsa`` if it is newer than what we have. True when stored."""
@@ -72,7 +74,19 @@ class LinkStateDb:
 
     def serving(self, key: str) -> list[str]:
         """Reachable routers with a connector for ``key``, sorted by id."""
-        return sorted(r for r, (c, _) in self.services.items() if key in c)
+        return list(self._serving(key))
+
+    def _serving(self, key: str) -> tuple[str, ...]:
+        # Cached per key until services change (compute() replaces the dict).
+        services = self.services
+        if self._serving_src is not services:
+            self._serving_src = services
+            self._serving_cache = {}
+        got = self._serving_cache.get(key)
+        if got is None:
+            got = tuple(sorted(r for r, (c, _) in services.items() if key in c))
+            self._serving_cache[key] = got
+        return got
 
     def listening(self, key: str) -> list[str]:
         return sorted(r for r, (_, li) in self.services.items() if key in li)
@@ -93,7 +107,13 @@ class LinkStateDb:
         Routers in ``avoid`` (refused recently) are used only when nothing else
         serves the key; routers in ``exclude`` (tried already) never.
         """
-        usable = [r for r in self.serving(key) if r not in exclude]
+        serving = self._serving(key)
+        if len(serving) == 1 and not exclude:
+            # One target: it wins whatever the scores (the round robin still turns).
+            n = self._rr.get(key, 0)
+            self._rr[key] = n + 1
+            return serving[0]
+        usable = [r for r in serving if r not in exclude]
         if not usable:
             return None
         usable = [r for r in usable if r not in avoid] or usable

@@ -23,7 +23,7 @@ from typing import Any
 
 from skiff_router import __version__, tls
 from skiff_router.admin import AdminServer
-from skiff_router.codec import MAX_DATA, Mcast
+from skiff_router.codec import HEADER_SIZE, MAX_DATA, Mcast
 from skiff_router.config import (
     Config,
     ConfigError,
@@ -138,7 +138,8 @@ class LocalConn(asyncio.BufferedProtocol):
         buf = self.router.rbuf
         if allow is None or allow <= 0:
             return buf  # the flow is gone (or paused a moment late): data is dropped
-        return buf[: min(allow, MAX_DATA)]
+        # Read behind room for a frame header: the core frames it in place.
+        return buf[HEADER_SIZE : HEADER_SIZE + min(allow, MAX_DATA)]
 
     def buffer_updated(self, nbytes: int) -> None:
         core = self.core
@@ -146,7 +147,7 @@ class LocalConn(asyncio.BufferedProtocol):
         allow = core.read_allowance(lid)
         if allow is None or allow <= 0:
             return
-        core.local_data(lid, bytes(self.router.rbuf[:nbytes]))
+        core.local_read(lid, self.router.rbuf, nbytes)
         if nbytes >= allow and not self.rpaused and self.transport is not None:
             # Credit exhausted: stop reading so TCP pushes back on the sender.
             self.rpaused = True
@@ -395,12 +396,15 @@ class Router:
     admin: AdminServer | None = None
     subscribers: dict[str, set[Subscriber]] = field(default_factory=dict)
     reloads: int = 0
-    rbuf: memoryview = field(default_factory=lambda: memoryview(bytearray(MAX_DATA)))
+    rbuf: memoryview = field(default_factory=lambda: memoryview(bytearray(HEADER_SIZE + MAX_DATA)))
     _tls_sha: dict[str, str | None] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _ticker: asyncio.Task[None] | None = None
     _watcher: asyncio.Task[None] | None = None
     _rr: dict[str, int] = field(default_factory=dict)
+    # Connectors per routing key, rebuilt whenever self.connectors is replaced.
+    _by_key: dict[str, list[ConnectorRt]] = field(default_factory=dict)
+    _by_key_src: dict[str, ConnectorRt] | None = None
     _stopped: asyncio.Event | None = None
     _reload_lock: asyncio.Lock | None = None
     _pumping: bool = False
@@ -773,11 +777,18 @@ class Router:
     def _connector_order(self, key: str) -> list[ConnectorRt]:
         """Connectors for ``key``: up ones first, fewest open flows first, ties
         round-robin; connectors in backoff last (tried when nothing else is left)."""
-        matching = [c for c in self.connectors.values() if c.cfg.routing_key == key]
+        if self._by_key_src is not self.connectors:
+            by_key: dict[str, list[ConnectorRt]] = {}
+            for c in self.connectors.values():
+                by_key.setdefault(c.cfg.routing_key, []).append(c)
+            self._by_key, self._by_key_src = by_key, self.connectors
+        matching = self._by_key.get(key)
         if not matching:
             return []
         n = self._rr.get(key, 0)
         self._rr[key] = n + 1
+        if len(matching) == 1:
+            return matching
         k = n % len(matching)
         rotated = matching[k:] + matching[:k]
         now = asyncio.get_running_loop().time()
