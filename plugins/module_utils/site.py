@@ -37,6 +37,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 
 DEFAULT_LINK_PORT = 55671
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROUTER_MODES = ("interior", "edge")
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
 
 
@@ -52,6 +53,7 @@ class SiteParams:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9191
     log_level: str = "info"
+    mode: str = "interior"
     router_python: str = ""
     router_user: str = "skiff"
     image: str = ""
@@ -79,6 +81,14 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
         )
     if params.log_level not in LOG_LEVELS:
         raise SkiffError(f"must be one of {', '.join(LOG_LEVELS)}", field="log_level")
+    if params.mode not in ROUTER_MODES:
+        raise SkiffError(f"must be one of {', '.join(ROUTER_MODES)}", field="mode")
+    if params.mode == "edge" and params.link_access:
+        raise SkiffError(
+            "an edge router accepts no links; set link_access to false, or make it an "
+            "interior router",
+            field="mode",
+        )
     admin = {
         "host": validation.host(params.admin_host, "admin_host"),
         "port": validation.port(params.admin_port, "admin_port"),
@@ -113,6 +123,8 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
                 field="admin_port",
             )
     sections = {"site": params.name, "log_level": params.log_level, "admin": admin}
+    # The router's default (interior) stays implicit, so existing configs compare equal.
+    sections["mode"] = "edge" if params.mode == "edge" else None
     sections["link_access"] = link_access
     options: dict[str, Any] = {}
     if params.platform in ("systemd", "podman"):

@@ -24,7 +24,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
 SITE_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Sections of router.json owned by the site module; everything else belongs to another module.
-SITE_SECTIONS = ("site", "log_level", "admin", "link_access")
+SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access")
 LIST_SECTIONS = ("links", "listeners", "connectors")
 
 DIR_MODE = 0o700
@@ -266,7 +266,16 @@ class SiteStore:
 
 def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
     """Keys in the contract's order so that the file (and its sha256) is stable."""
-    order = ("site", "log_level", "admin", "link_access", "links", "listeners", "connectors")
+    order = (
+        "site",
+        "mode",
+        "log_level",
+        "admin",
+        "link_access",
+        "links",
+        "listeners",
+        "connectors",
+    )
     ordered = {key: config[key] for key in order if key in config}
     for key, value in config.items():
         ordered.setdefault(key, value)

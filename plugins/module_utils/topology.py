@@ -70,8 +70,16 @@ def _check_platform(site: SiteVars) -> None:
 
 
 def _check_link_access(site: SiteVars) -> None:
+    mode = site.get("skiff_router_mode", "interior")
+    if mode not in ("interior", "edge"):
+        site.problem("skiff_router_mode", f"must be interior or edge, got {mode!r}")
     if not site.get("skiff_link_access", False):
         return
+    if mode == "edge":
+        site.problem(
+            "skiff_link_access",
+            "an edge router accepts no links; set it to false or make the site interior",
+        )
     endpoint = site.get("skiff_link_endpoint")
     if not isinstance(endpoint, dict):
         site.problem(
@@ -148,6 +156,11 @@ def _check_links(site: SiteVars, sites: dict[str, SiteVars]) -> None:
                 f"{where}.to",
                 f"'{target}' is not a host in the skiff_sites group; "
                 f"name one of: {', '.join(sorted(sites)) or '(none)'}",
+            )
+        elif sites[target].get("skiff_router_mode", "interior") == "edge":
+            site.problem(
+                f"{where}.to",
+                f"site '{target}' is an edge router; link to an interior site instead",
             )
         elif not sites[target].get("skiff_link_access", False):
             site.problem(

@@ -119,6 +119,15 @@ options:
     type: str
     choices: [debug, info, warning, error]
     default: info
+  mode:
+    description:
+      - V(interior) routers compute routes and carry traffic between sites.
+      - V(edge) routers dial one or more interior sites and take no part in
+        route computation; they never carry traffic between other sites and
+        accept no links (O(link_access) must be false).
+    type: str
+    choices: [interior, edge]
+    default: interior
   router_python:
     description:
       - Python interpreter that runs C(python -m skiff_router); it must have the
@@ -234,6 +243,7 @@ def argument_spec() -> dict:
             "choices": ["debug", "info", "warning", "error"],
             "default": "info",
         },
+        "mode": {"type": "str", "choices": ["interior", "edge"], "default": "interior"},
         "router_python": {"type": "str"},
         **BASE_DIR_ARGUMENT_SPEC,
     }

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def fleet_hosts(ports: list[int]) -> dict:
-    """north -> west -> east, with east serving the echo key."""
+    """north (edge) -> west -> east, with east serving the echo key."""
     admin_e, admin_w, admin_n, link_e, link_w, lis_w, lis_n, backend = ports
     return {
         "east": {
@@ -48,6 +48,8 @@ def fleet_hosts(ports: list[int]) -> dict:
             "skiff_listeners": [{"name": "echo", "routing_key": "echo", "port": lis_w}],
         },
         "north": {
+            # An edge router: it dials an interior and never carries transit traffic.
+            "skiff_router_mode": "edge",
             "skiff_admin_port": admin_n,
             "skiff_links": [{"to": "west", "cost": 2}],
             "skiff_listeners": [{"name": "echo", "routing_key": "echo", "port": lis_n}],
@@ -119,6 +121,7 @@ def test_every_site_sees_every_other(fleet) -> None:
         reachable = {r["id"] for r in status["routers"] if r["reachable"]}
         assert reachable == {"east", "west", "north"}
         assert status["routing_keys"]["echo"]["connectors"] == ["east"]
+        assert status["mode"] == ("edge" if site == "north" else "interior")
 
 
 def test_second_run_changes_nothing(fleet) -> None:

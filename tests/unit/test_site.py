@@ -209,3 +209,16 @@ def test_starting_to_accept_links_reloads_without_restart(tmp_path, services, fl
     assert "reload the router" in result.actions
     assert fleet[tmp_path / "east"].calls[-1] == "reload"
     assert "stop" not in fleet[tmp_path / "east"].calls
+
+
+def test_edge_mode_is_written_and_interior_stays_implicit(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    assert "mode" not in json.loads(paths.config.read_text())
+    assert not run_site(params(tmp_path, mode="interior"), False, **services).changed
+    edge = run_site(params(tmp_path, mode="edge"), False, **services)
+    assert edge.changed and fleet[paths.root].calls[-1] == "reload"
+    assert json.loads(paths.config.read_text())["mode"] == "edge"
+    assert edge.diff["after"]["config"]["mode"] == "edge"
+    with pytest.raises(SkiffError, match="mode: an edge router accepts no links"):
+        run_site(params(tmp_path, mode="edge", **ACCEPTING), False, **services)

@@ -161,3 +161,20 @@ def test_listener_distribution_must_be_known() -> None:
         problems_after(lambda f: f["west"]["skiff_listeners"][0].update(distribution="closest"))
         == []
     )
+
+
+def test_edge_sites_accept_no_links() -> None:
+    found = problems_after(lambda f: f["west"].update(skiff_router_mode="edge"))
+    assert (
+        "host 'west': skiff_link_access: an edge router accepts no links; set it to false or make the site interior"
+        in found
+    )
+    assert (
+        "host 'north': skiff_links[0].to: site 'west' is an edge router; link to an interior site instead"
+        in found
+    )
+
+    def north_edge(fleet):
+        fleet["north"]["skiff_router_mode"] = "edge"
+
+    assert problems_after(north_edge) == []
