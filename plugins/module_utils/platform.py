@@ -92,6 +92,20 @@ class Platform(ABC):
         return []
 
 
+def check_config_problems(path: Path, returncode: int, stdout: str) -> list[str] | None:
+    """What `skiff-router check-config` found: [] when the config is fine, the
+    `<field>: <what>` lines when it is not, None when the command failed otherwise."""
+    if returncode == 0:
+        return []
+    prefix = f"{path}: "
+    problems = [
+        line[len(prefix) :] if line.startswith(prefix) else line
+        for line in stdout.splitlines()
+        if line.strip()
+    ]
+    return problems if returncode == 2 and problems else None
+
+
 def _load(name: str) -> type[Platform]:
     if name == "local":
         from ansible_collections.skiff.fleet.plugins.module_utils import platform_local

@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.platform import Platform
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
+    Platform,
+    check_config_problems,
+)
 from ansible_collections.skiff.fleet.plugins.module_utils.store import ensure_dir
 
 STATUS_TIMEOUT = 2.0
@@ -190,15 +193,8 @@ class LocalPlatform(Platform):
                 "router_python to a Python that has skiff_router installed",
                 field="router_python",
             ) from None
-        if done.returncode == 0:
-            return []
-        prefix = f"{path}: "
-        problems = [
-            line[len(prefix) :] if line.startswith(prefix) else line
-            for line in done.stdout.splitlines()
-            if line.strip()
-        ]
-        if done.returncode == 2 and problems:
+        problems = check_config_problems(path, done.returncode, done.stdout)
+        if problems is not None:
             return problems
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SkiffError(

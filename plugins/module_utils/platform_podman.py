@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import check_config_problems
 from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd import (
     HEADER,
     SystemdPlatform,
@@ -190,15 +191,8 @@ class PodmanPlatform(SystemdPlatform):
             ],
             timeout=120,
         )  # fmt: skip
-        if done.returncode == 0:
-            return []
-        prefix = f"{path}: "
-        problems = [
-            line[len(prefix) :] if line.startswith(prefix) else line
-            for line in done.stdout.splitlines()
-            if line.strip()
-        ]
-        if done.returncode == 2 and problems:
+        problems = check_config_problems(path, done.returncode, done.stdout)
+        if problems is not None:
             return problems
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SkiffError(

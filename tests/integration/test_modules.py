@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fleet_harness import free_ports
 
 from ansible_collections.skiff.fleet.plugins.module_utils.platform_local import LocalPlatform
 from ansible_collections.skiff.fleet.plugins.module_utils.store import SiteMetadata, SitePaths
@@ -32,20 +32,6 @@ def have_router() -> bool:
         [sys.executable, "-c", "import skiff_router"], capture_output=True, check=False
     )
     return done.returncode == 0
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out (high, free), so parallel runs do not clash."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def router_pids(base_dir: Path) -> list[int]:
