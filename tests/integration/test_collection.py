@@ -25,6 +25,9 @@ def test_module_documentation_renders(module: str) -> None:
     assert f"skiff.fleet.{module}" in proc.stdout
     assert "EXAMPLES" in proc.stdout and "RETURN VALUES" in proc.stdout
     assert "WARNING" not in proc.stderr, proc.stderr
+    if module == "site":
+        for platform in ("local", "systemd", "podman"):
+            assert f"`{platform}' runs it" in proc.stdout, platform
 
 
 def test_role_documentation_renders() -> None:
