@@ -204,15 +204,10 @@ class SystemdPlatform(LocalPlatform):
             if self.unit_path.exists():
                 raise
             return [(f"write the unit {self.unit}", False), (f"enable {self.unit}", False)]
-        actions: list[tuple[str, bool]] = []
-        for path, text in self.unit_files().items():
-            try:
-                current = path.read_text()
-            except FileNotFoundError:
-                current = None
-            if current != text:
-                verb = "write" if current is None else "update"
-                actions.append((f"{verb} {path}", current is not None))
+        actions: list[tuple[str, bool]] = [
+            (f"{'write' if current is None else 'update'} {path}", current is not None)
+            for path, (current, _text) in self._stale_unit_files().items()
+        ]
         if not self._is_enabled():
             actions.append((f"enable {self.unit}", False))
         drift = self._ownership_drift()
@@ -220,19 +215,25 @@ class SystemdPlatform(LocalPlatform):
             actions.append((f"give {self.user} the router's files ({len(drift)} paths)", False))
         return actions
 
-    def install(self) -> None:
-        self.require_systemd()
-        changed = False
+    def _stale_unit_files(self) -> dict[Path, tuple[str | None, str]]:
+        """Unit files whose content on disk (None: missing) is not what it must be."""
+        stale: dict[Path, tuple[str | None, str]] = {}
         for path, text in self.unit_files().items():
             try:
-                current = path.read_text()
+                current: str | None = path.read_text()
             except FileNotFoundError:
                 current = None
             if current != text:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, text.encode(), PUBLIC_MODE)
-                changed = True
-        if changed:
+                stale[path] = (current, text)
+        return stale
+
+    def install(self) -> None:
+        self.require_systemd()
+        stale = self._stale_unit_files()
+        for path, (_current, text) in stale.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text.encode(), PUBLIC_MODE)
+        if stale:
             self._systemctl("daemon-reload")
         if not self._is_enabled():
             self._systemctl("enable", self.unit)
