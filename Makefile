@@ -100,8 +100,11 @@ molecule-setup: setup $(CURDIR)/.cache/podman.ok $(MOLECULE_STAMP) $(PODMAN_COLL
 images: molecule-setup
 	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) bash scripts/build-test-images .cache/images
 
+# The scenario's container and network names are fixed: one molecule run at a
+# time per machine (other checkouts on the same machine wait for the lock).
 molecule: images
-	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) PY_COLORS=0 ANSIBLE_NOCOLOR=1 molecule test -s default
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) PY_COLORS=0 ANSIBLE_NOCOLOR=1 \
+	  flock /tmp/skiff-molecule.lock molecule test -s default
 
 build: setup
 	ansible-galaxy collection build --force --output-path build/
