@@ -84,12 +84,13 @@ class ConfigApplier:
                 field="router.json",
             )
 
-    def write(self, config: dict[str, Any]) -> tuple[bytes | None, bytes]:
-        """Validate and write `config`; returns (previous bytes, new bytes)."""
+    def write(self, config: dict[str, Any], *, checked: bool = False) -> tuple[bytes | None, bytes]:
+        """Validate (unless `checked` already) and write `config`; returns (previous, new bytes)."""
         previous = self.platform.config.read()
         data = dump_json(config)
         if data != previous:
-            self.validate(data)
+            if not checked:
+                self.validate(data)
             self.platform.config.write(data)
         return previous, data
 

@@ -88,13 +88,17 @@ def platform_options(params: SiteParams, *, strict: bool = True) -> dict[str, An
         options["router_user"] = params.router_user
     if params.platform in ("podman", "kubernetes"):
         if not params.image and strict:
-            raise SkiffError(
-                f"required with platform {params.platform}: the router image", field="image"
+            where = (
+                "an image the cluster can pull (build it from router/Containerfile, see the README)"
+                if params.platform == "kubernetes"
+                else "the router image"
             )
+            raise SkiffError(f"required with platform {params.platform}: {where}", field="image")
         if params.image:
             options["image"] = params.image
     if params.platform == "kubernetes":
         options["replicas"] = params.replicas
+        options["admin_port"] = params.admin_port
         options.update({k: v for k, v in (params.kube or {}).items() if v not in (None, "", {})})
     elif params.replicas != 1 and strict:
         raise SkiffError(
@@ -334,6 +338,10 @@ class SiteRunner:
         if self.check_mode or not result.changed:
             return
 
+        applier = ConfigApplier(self.store, platform, wait=self.wait)
+        # The new config is checked before anything is written.
+        if config_changed:
+            applier.validate(config_bytes)
         ensure_dir(paths.root)
         if ca_reason:
             issued_ca = pki.create_ca(site)
@@ -343,9 +351,8 @@ class SiteRunner:
         if server_reason:
             self._issue_server(platform, ca, hosts)
 
-        applier = ConfigApplier(self.store, platform, wait=self.wait)
         previous_error = ((status or {}).get("config") or {}).get("error")
-        previous, data = applier.write(config)
+        previous, data = applier.write(config, checked=True)
         self.store.write_metadata(wanted.metadata)
         platform.install()
 

@@ -10,7 +10,9 @@ short_description: Create, update or remove a skiff site and run its router
 version_added: 0.1.0
 description:
   - Manages one site of a skiff application network on the managed host, in
-    C(<base_dir>/<name>/) (mode 0700).
+    C(<base_dir>/<name>/) (mode 0700). With O(platform=kubernetes) the module
+    runs on the controller, C(<base_dir>/<name>/) holds only C(site.json), and
+    the site is a namespace (see O(kube)).
   - Creates the site CA, and when O(link_access=true) the router's server
     certificate whose subject alternative names are the link endpoint host
     (IP SAN for an IP address, DNS SAN otherwise). Certificates are reissued
@@ -66,8 +68,17 @@ options:
         its server and link keys (0600); the CA key and issued tokens stay root-only.
         Config changes reload the router (C(systemctl reload), SIGHUP); unit or
         image changes restart it.
+      - V(kubernetes) runs the router as the Deployment C(skiff-router) in the
+        namespace O(kube.namespace), with its config in the ConfigMap
+        C(skiff-router), keys in the Secrets C(skiff-ca), C(skiff-server),
+        C(skiff-links) and C(skiff-tokens), the link Service C(skiff-link) and
+        one Service per listener. Objects are applied server-side (field
+        manager C(skiff)); check mode and C(--diff) use the server's dry run.
+        Config and key changes reach the running pods without a restart (the
+        pod annotation C(skiff.io/refresh)); a new image rolls the Deployment.
+        Needs the C(kubernetes) Python library on the controller.
     type: str
-    choices: [local, systemd, podman]
+    choices: [local, systemd, podman, kubernetes]
     default: local
   router_user:
     description:
@@ -79,7 +90,73 @@ options:
     description:
       - Router image with O(platform=podman), e.g. C(localhost/skiff-router:latest).
         It must be on the host (the role M(skiff.fleet.site) can build it).
+      - With O(platform=kubernetes), an image the cluster can pull, built from
+        C(router/Containerfile) and pushed to your registry.
     type: str
+  replicas:
+    description:
+      - Router pods of a O(platform=kubernetes) site. This version runs one.
+    type: int
+    default: 1
+  kube:
+    description:
+      - Settings of a O(platform=kubernetes) site.
+    type: dict
+    suboptions:
+      namespace:
+        description: Namespace of the site; defaults to O(name). Created when missing (if allowed).
+        type: str
+      context:
+        description: Context of the kubeconfig; defaults to its current context.
+        type: str
+      kubeconfig:
+        description: Path of the kubeconfig on the controller; defaults to C($KUBECONFIG) or C(~/.kube/config).
+        type: path
+      link_service_type:
+        description:
+          - Type of the Service C(skiff-link) other sites dial. With V(nodeport)
+            O(link_endpoint.port) is the node port and O(link_endpoint.host) a
+            node's address; with V(loadbalancer) a missing O(link_endpoint.host)
+            is the load balancer's address once it has one; with V(clusterip) it
+            is C(skiff-link.<namespace>.svc).
+        type: str
+        choices: [clusterip, nodeport, loadbalancer]
+        default: clusterip
+      service_annotations:
+        description: Annotations copied onto C(skiff-link) (for cloud load balancers).
+        type: dict
+      resources:
+        description:
+          - Requests and limits of the C(router) and C(agent) containers, e.g.
+            C({router: {limits: {memory: 1Gi}}}); unset values keep the defaults.
+        type: dict
+      apply:
+        description:
+          - V(false) renders the manifests into O(kube.manifests_dir) instead of
+            applying them; no cluster is contacted.
+        type: bool
+        default: true
+      manifests_dir:
+        description:
+          - With O(kube.apply=false), where C(<name>.yaml) (every object but
+            Secrets, stable order) and C(<name>.secrets/<secret>.yaml) (0600) are
+            written. State (CA, keys, tokens) is read back from there.
+        type: path
+      force_conflicts:
+        description:
+          - Take over fields another field manager set on skiff's objects
+            (server-side apply C(force)). Without it such a conflict fails the task.
+        type: bool
+        default: false
+      rollout_timeout:
+        description: Seconds to wait for the Deployment to roll out (and a load balancer address).
+        type: int
+        default: 300
+      router_path:
+        description:
+          - Directory with the C(skiff_router) package for C(check-config) on the
+            controller, when O(router_python) does not have it installed.
+        type: path
   link_access:
     description:
       - Whether other sites may link to this one (the site then accepts
@@ -94,9 +171,10 @@ options:
     type: dict
     suboptions:
       host:
-        description: Host name or IP address other sites dial.
+        description:
+          - Host name or IP address other sites dial. Required except with
+            O(platform=kubernetes), where the Service provides one.
         type: str
-        required: true
       port:
         description: Port other sites dial; the router also binds this port.
         type: int
@@ -173,6 +251,29 @@ EXAMPLES = r"""
     base_dir: /etc/skiff
     image: localhost/skiff-router:latest
 
+- name: A site in the namespace east of a cluster, reached through a load balancer
+  skiff.fleet.site:
+    name: east
+    platform: kubernetes
+    base_dir: ~/.cache/skiff/sites
+    image: registry.example.com/skiff-router:0.1.0
+    link_access: true
+    kube:
+      context: prod
+      link_service_type: loadbalancer
+
+- name: The same site's manifests for GitOps, no cluster contacted
+  skiff.fleet.site:
+    name: east
+    platform: kubernetes
+    base_dir: ~/.cache/skiff/sites
+    image: registry.example.com/skiff-router:0.1.0
+    link_access: true
+    link_endpoint: {host: east.example.com, port: 443}
+    kube:
+      apply: false
+      manifests_dir: ./manifests
+
 - name: Remove a site
   skiff.fleet.site:
     name: west
@@ -195,6 +296,12 @@ ca_certificate:
     - PEM of the site CA certificate (public). Null in check mode before the CA exists.
   returned: state is present
   type: str
+link_endpoints:
+  description: Where other sites dial this site (what its tokens carry).
+  returned: state is present
+  type: list
+  elements: dict
+  sample: [{"host": "203.0.113.7", "port": 55671}]
 actions:
   description: What was done, or in check mode what would be done.
   returned: always
@@ -204,7 +311,9 @@ actions:
 diff:
   description:
     - C(before) and C(after) of the config sections this module owns and of
-      C(site.json). Never contains keys.
+      C(site.json), and with O(platform=kubernetes) of the changed objects
+      (C(objects), as the server's dry run makes them, without the fields the
+      server writes). Never contains keys (Secret values are fingerprints).
   returned: when something changed or differs
   type: dict
 """
@@ -224,14 +333,39 @@ def argument_spec() -> dict:
     return {
         "name": {"type": "str", "required": True},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "platform": {"type": "str", "choices": ["local", "systemd", "podman"], "default": "local"},
+        "platform": {
+            "type": "str",
+            "choices": ["local", "systemd", "podman", "kubernetes"],
+            "default": "local",
+        },
         "router_user": {"type": "str", "default": "skiff"},
         "image": {"type": "str"},
+        "replicas": {"type": "int", "default": 1},
+        "kube": {
+            "type": "dict",
+            "options": {
+                "namespace": {"type": "str"},
+                "context": {"type": "str"},
+                "kubeconfig": {"type": "path"},
+                "link_service_type": {
+                    "type": "str",
+                    "choices": ["clusterip", "nodeport", "loadbalancer"],
+                    "default": "clusterip",
+                },
+                "service_annotations": {"type": "dict"},
+                "resources": {"type": "dict"},
+                "apply": {"type": "bool", "default": True},
+                "manifests_dir": {"type": "path"},
+                "force_conflicts": {"type": "bool", "default": False},
+                "rollout_timeout": {"type": "int", "default": 300},
+                "router_path": {"type": "path"},
+            },
+        },
         "link_access": {"type": "bool", "default": False},
         "link_endpoint": {
             "type": "dict",
             "options": {
-                "host": {"type": "str", "required": True},
+                "host": {"type": "str"},
                 "port": {"type": "int", "default": 55671},
             },
         },
@@ -255,7 +389,7 @@ def main() -> None:
         lambda params, check_mode: run_site(
             SiteParams.from_module(params), check_mode, default_python=default_router_python()
         ),
-        required_if=[("link_access", True, ("link_endpoint",)), ("platform", "podman", ("image",))],
+        required_if=[("platform", "podman", ("image",))],
     )
 
 
