@@ -127,8 +127,10 @@ options:
         type: dict
       resources:
         description:
-          - Requests and limits of the C(router) and C(agent) containers, e.g.
-            C({router: {limits: {memory: 1Gi}}}); unset values keep the defaults.
+          - >-
+            Requests and limits of the C(router) and C(agent) containers, for
+            example C({"router": {"limits": {"memory": "1Gi"}}}); unset values
+            keep the defaults.
         type: dict
       apply:
         description:
