@@ -68,6 +68,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 ROLLOUT_TIMEOUT = 300.0
 POLL_SECONDS = 1.0
 WILDCARD_HOSTS = ("0.0.0.0", "::")
+_OVERLAY_KNOWN: dict[tuple[str, str], bool] = {}
 _SECRET_LINE = re.compile(r"PRIVATE KEY|skiff1\.[A-Za-z0-9_-]{16,}")
 # Kinds a site's objects are found under when it is removed (Deployment first).
 REMOVE_ORDER = ("Deployment", "Service", "ConfigMap", "Secret", "RoleBinding", "Role",
@@ -405,7 +406,6 @@ class KubernetesPlatform(Platform):
         self._changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]] = []
         self._stale_link_service = False
         self._planned = False
-        self._overlay_known: bool | None = None
 
     def _validate(self, options: dict[str, Any]) -> None:
         if not km.is_dns1123_label(self.namespace):
@@ -475,10 +475,11 @@ class KubernetesPlatform(Platform):
         Transitional: routers before the overlay feature reject the key, and the
         image is built from the same router; drop this probe once every router has it.
         """
-        if self._overlay_known is None:
+        key = (self.metadata.router_python, str(self.metadata.options.get("router_path")))
+        if key not in _OVERLAY_KNOWN:
             probe = json.dumps({"site": self.metadata.name, "overlay": km.OVERLAY_PATH}).encode()
-            self._overlay_known = "overlay: unknown key" not in self._router_check(probe)
-        return self._overlay_known
+            _OVERLAY_KNOWN[key] = "overlay: unknown key" not in self._router_check(probe)
+        return _OVERLAY_KNOWN[key]
 
     def _live_link_service(self) -> dict[str, Any] | None:
         if not self.applies:

@@ -1,0 +1,382 @@
+"""API tier: the kubernetes platform over real HTTP against an emulated API server.
+
+The module logic (site, token, link, listener) runs unchanged; only the API
+server is a stand-in (tests/integration/kube_apiserver.py, real response shapes
+of a Kubernetes API server). Each failure names the site, the field and what
+to do, and leaves every object as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import pytest
+from cryptography import x509
+from kube_apiserver import KubeApiServer
+
+from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
+from ansible_collections.skiff.fleet.plugins.module_utils import platform as platform_module
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.link import LinkParams, run_link
+from ansible_collections.skiff.fleet.plugins.module_utils.service import (
+    LISTENER,
+    ServiceParams,
+    run_service,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.store import SiteMetadata, SitePaths
+from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
+from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import decode
+
+IMAGE = "registry.example.com/skiff-router:0.1.0"
+
+
+@pytest.fixture
+def api():
+    with KubeApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api, tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = closed.getsockname()[1]
+    return api.kubeconfig(tmp_path / "kubeconfig", down_port=down)
+
+
+@pytest.fixture(autouse=True)
+def fresh_platforms():
+    # Each module run is a new process in Ansible: no platform object outlives a test.
+    platform_module._INSTANCES.clear()
+    yield
+    platform_module._INSTANCES.clear()
+
+
+def site(tmp_path, kubeconfig, name="east", **overrides) -> SiteParams:
+    kube = {"kubeconfig": str(kubeconfig), "context": "emulator", "rollout_timeout": 5}
+    kube.update(overrides.pop("kube", {}))
+    values = dict(
+        name=name,
+        platform="kubernetes",
+        base_dir=str(tmp_path / "base"),
+        image=IMAGE,
+        router_python=sys.executable,
+        link_access=True,
+        kube=kube,
+    )
+    values.update(overrides)
+    return SiteParams(**values)
+
+
+def run(params, check=False):
+    platform_module._INSTANCES.clear()
+    return run_site(params, check, default_python=sys.executable)
+
+
+def test_four_steps_against_the_api(api, tmp_path, kubeconfig):
+    params = site(tmp_path, kubeconfig)
+    check = run(params, check=True)
+    assert check.changed
+    assert "create namespace east" in check.actions
+    assert "create Deployment skiff-router" in check.actions
+    assert api.writes() == []  # check mode: reads and nothing else
+
+    applied = run(params)
+    assert applied.changed
+    assert "start the router" in applied.actions
+    assert api.kinds("east") == sorted(
+        [("ConfigMap", "skiff-router"), ("Deployment", "skiff-router"),
+         ("Role", "skiff-agent"), ("RoleBinding", "skiff-agent"),
+         ("Secret", "skiff-ca"), ("Secret", "skiff-server"),
+         ("Service", "skiff-link"), ("ServiceAccount", "skiff-agent"),
+         ("Pod", f"skiff-router-{api.router_pods('east')[0]['metadata']['name'].split('-')[2]}-0")]
+    )  # fmt: skip
+    # Every object went through server-side apply with skiff's field manager, each
+    # write after a dry run of the same object.
+    for request in api.writes():
+        if request["method"] == "PATCH":
+            assert request["query"]["fieldManager"] == ["skiff"]
+    applies = [r for r in api.requests if r["content_type"] == "application/apply-patch+yaml"]
+    assert all(
+        any("All" in earlier["query"].get("dryRun", []) and earlier["path"] == r["path"]
+            for earlier in applies[:i])
+        for i, r in enumerate(applies) if "dryRun" not in r["query"]
+    )  # fmt: skip
+    config = json.loads(api.get("ConfigMap", "east", "skiff-router")["data"]["router.json"])
+    assert config["link_access"]["cert"] == "/etc/skiff/server/tls.crt"
+    assert config["admin"]["host"] == "0.0.0.0"
+    meta = json.loads((tmp_path / "base" / "east" / "site.json").read_text())
+    assert meta["link_endpoints"] == [{"host": "skiff-link.east.svc", "port": 55671}]
+
+    writes = len(api.writes())
+    again_check = run(params, check=True)
+    assert not again_check.changed, again_check.actions
+    again = run(params)
+    assert not again.changed, again.actions
+    assert len(api.writes()) == writes  # idempotent: not one write
+
+
+def test_server_certificate_names_the_service_and_the_load_balancer(api, tmp_path, kubeconfig):
+    api.load_balancer_address = "203.0.113.9"
+    params = site(tmp_path, kubeconfig, kube={"link_service_type": "loadbalancer"})
+    result = run(params)
+    assert result.values["link_endpoints"] == [{"host": "203.0.113.9", "port": 55671}]
+    assert any("the link address is known now" in a for a in result.actions)
+    secret = km.secret_data(api.get("Secret", "east", "skiff-server"))
+    cert = x509.load_pem_x509_certificate(secret["tls.crt"])
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = set(sans.get_values_for_type(x509.DNSName))
+    assert {"skiff-link", "skiff-link.east", "skiff-link.east.svc",
+            "skiff-link.east.svc.cluster.local"} <= names  # fmt: skip
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["203.0.113.9"]
+    assert not run(params).changed
+
+
+def test_diff_shows_what_changes_and_ignores_what_the_server_writes(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    deployment_rv = api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"]
+    newer = site(tmp_path, kubeconfig, image=IMAGE.replace("0.1.0", "0.2.0"))
+    check = run(newer, check=True)
+    assert "update Deployment skiff-router (spec.template)" in check.actions
+    before = check.diff["before"]["objects"]["Deployment/skiff-router"]
+    after = check.diff["after"]["objects"]["Deployment/skiff-router"]
+    assert set(check.diff["after"]["objects"]) == {"Deployment/skiff-router"}
+    for obj in (before, after):
+        assert "status" not in obj
+        assert not {"resourceVersion", "managedFields", "uid", "generation"} & set(obj["metadata"])
+    images = [c["image"] for c in after["spec"]["template"]["spec"]["containers"]]
+    assert images == [IMAGE.replace("0.1.0", "0.2.0")] * 2
+    # Server defaults are on both sides (the dry run), so they are no difference.
+    container = after["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert (
+        api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"]
+        == deployment_rv
+    )
+    rolled = run(newer)
+    assert rolled.changed
+    assert api.get("Deployment", "east", "skiff-router")["metadata"]["generation"] == 2
+    assert not run(newer).changed
+
+
+def test_listener_becomes_a_service_and_reaches_pods_without_restart(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    pods_before = [p["metadata"]["uid"] for p in api.router_pods("east")]
+    template_rv = api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"]
+    listener = ServiceParams(site="east", name="backend", base_dir=str(tmp_path / "base"),
+                             host="0.0.0.0", port=8080)  # fmt: skip
+    platform_module._INSTANCES.clear()
+    added = run_service(LISTENER, listener, False)
+    assert added.changed
+    service = api.get("Service", "east", "backend")
+    assert service["spec"]["ports"][0]["port"] == 8080
+    assert service["spec"]["selector"] == km.selector_labels(km.KubeSite("east", "east", IMAGE))
+    pods = api.router_pods("east")
+    assert [p["metadata"]["uid"] for p in pods] == pods_before  # no restart
+    assert (
+        api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"] == template_rv
+    )
+    config_text = api.get("ConfigMap", "east", "skiff-router")["data"]["router.json"]
+    for pod in pods:
+        assert pod["metadata"]["annotations"][km.REFRESH_ANNOTATION]
+        # The pod reports the new config: the refresh made the kubelet sync it.
+        assert api.pod_state[("east", pod["metadata"]["name"])].synced["router.json"] == config_text
+    removed = run_service(LISTENER, ServiceParams(site="east", name="backend",
+                                                  base_dir=str(tmp_path / "base"), state="absent"), False)  # fmt: skip
+    assert removed.changed and api.get("Service", "east", "backend") is None
+
+
+def test_without_the_refresh_the_wait_names_the_stale_pod(api, tmp_path, kubeconfig, monkeypatch):
+    from ansible_collections.skiff.fleet.plugins.module_utils import platform_kubernetes
+
+    run(site(tmp_path, kubeconfig))
+    monkeypatch.setattr(platform_kubernetes.KubernetesPlatform, "reload", lambda self: None)
+    monkeypatch.setattr(platform_kubernetes.KubernetesPlatform, "config_wait_seconds", 0.5)
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig, log_level="debug"))
+    assert "site 'east'" in str(failure.value)
+    assert "still runs config sha256" in str(failure.value)
+    assert "the previous config was restored" in str(failure.value)
+    restored = json.loads(api.get("ConfigMap", "east", "skiff-router")["data"]["router.json"])
+    assert restored["log_level"] == "info"
+
+
+def test_links_and_tokens_live_in_secrets_and_keep_the_pod_template(api, tmp_path, kubeconfig):
+    east = site(tmp_path, kubeconfig)
+    run(east)
+    west = site(tmp_path, kubeconfig, name="west", link_access=False)
+    run(west)
+    platform_module._INSTANCES.clear()
+    token = run_token(TokenParams(site="east", name="west", base_dir=east.base_dir), False)
+    assert decode(token.values["token"]).endpoints == [
+        {"host": "skiff-link.east.svc", "port": 55671}
+    ]
+    tokens = km.secret_data(api.get("Secret", "east", "skiff-tokens"))
+    assert sorted(tokens) == ["west.json", "west.tls.crt", "west.tls.key"]
+    platform_module._INSTANCES.clear()
+    again = run_token(TokenParams(site="east", name="west", base_dir=east.base_dir), False)
+    assert not again.changed and again.values["token"] == token.values["token"]
+
+    template_rv = api.get("Deployment", "west", "skiff-router")["metadata"]["resourceVersion"]
+    platform_module._INSTANCES.clear()
+    link = run_link(
+        LinkParams(site="west", base_dir=west.base_dir, token=token.values["token"]), False
+    )
+    assert link.changed
+    assert link.values["link"]["key"] == "/etc/skiff/links/east.tls.key"
+    links = km.secret_data(api.get("Secret", "west", "skiff-links"))
+    assert sorted(links) == ["east.ca.crt", "east.tls.crt", "east.tls.key"]
+    config_text = api.get("ConfigMap", "west", "skiff-router")["data"]["router.json"]
+    assert "PRIVATE KEY" not in config_text
+    assert (
+        api.get("Deployment", "west", "skiff-router")["metadata"]["resourceVersion"] == template_rv
+    )
+    platform_module._INSTANCES.clear()
+    assert not run_link(LinkParams(site="west", base_dir=west.base_dir,
+                                   token=token.values["token"]), False).changed  # fmt: skip
+
+
+def test_status_through_the_pod_proxy_and_log_without_secrets(api, tmp_path, kubeconfig):
+    params = site(tmp_path, kubeconfig)
+    run(params)
+    metadata = SiteMetadata.from_dict(json.loads((tmp_path / "base/east/site.json").read_text()))
+    platform = platform_module.get_platform(
+        "kubernetes", SitePaths(tmp_path / "base/east"), metadata
+    )
+    (status,) = platform.statuses()
+    assert status["site"] == "east" and len(status["config"]["sha256"]) == 64
+    proxied = [r["path"] for r in api.requests if "/proxy/" in r["path"]]
+    assert proxied[-1].endswith(":9191/proxy/v1/status")
+    assert platform.log_tail() == ["router started", "link west up"]
+
+
+# -- bad input and refusals: a message naming site, field and what to do; nothing torn down ------
+
+
+def snapshot(api, namespace="east"):
+    return {key: api.get(*key[:1], namespace, key[1]) for key in api.kinds(namespace)}
+
+
+def test_forbidden_verb(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    before = snapshot(api)
+    api.fail("PATCH", "ConfigMap", 403, "Forbidden")
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig, log_level="debug"))
+    message = str(failure.value)
+    assert message.startswith("site 'east': kube.context: forbidden (403) on checking ConfigMap")
+    assert 'cannot patch resource "configmaps"' in message
+    assert "Rights skiff needs" in message
+    assert snapshot(api) == before
+
+
+def test_conflict_with_another_field_manager(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    deployment = api.objects[("Deployment", "east", "skiff-router")]
+    deployment["spec"]["replicas"] = 3  # `kubectl scale` did this
+    api.set_owner("Deployment", "east", "skiff-router", "kubectl", ("spec", "replicas"))
+    before = snapshot(api)
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig), check=True)
+    message = str(failure.value)
+    assert "site 'east': kube.force_conflicts: conflict (409)" in message
+    assert ".spec.replicas" in message and "skiff_kube_force_conflicts" in message
+    assert snapshot(api) == before
+    forced = run(site(tmp_path, kubeconfig, kube={"force_conflicts": True}))
+    assert "update Deployment skiff-router (spec.replicas)" in forced.actions
+    assert api.get("Deployment", "east", "skiff-router")["spec"]["replicas"] == 1
+
+
+def test_invalid_node_port(api, tmp_path, kubeconfig):
+    params = site(tmp_path, kubeconfig, link_endpoint={"host": "node1.example.net", "port": 80},
+                  kube={"link_service_type": "nodeport"})  # fmt: skip
+    with pytest.raises(SkiffError) as failure:
+        run(params)
+    message = str(failure.value)
+    assert message.startswith("site 'east': spec.ports[0].nodePort: the cluster rejects")
+    assert "skiff_link_endpoint.port" in message and "30000-32767" in message
+
+
+def test_missing_namespace_that_may_not_be_created(api, tmp_path, kubeconfig):
+    api.fail("POST", "Namespace", 403, "Forbidden")
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig))
+    message = str(failure.value)
+    assert message.startswith("site 'east': kube.namespace: namespace east does not exist")
+    assert "kubectl create namespace east" in message
+    assert api.writes() == [r for r in api.requests if r["method"] == "POST"]
+
+
+def test_namespaced_user_who_may_not_read_namespaces(api, tmp_path, kubeconfig):
+    api.namespaces.add("east")
+    api.fail("GET", "Namespace", 403, "Forbidden")
+    assert run(site(tmp_path, kubeconfig)).changed
+    assert not run(site(tmp_path, kubeconfig)).changed
+
+
+def test_unreachable_cluster(api, tmp_path, kubeconfig):
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig, kube={"context": "down"}))
+    message = str(failure.value)
+    assert message.startswith(
+        "site 'east': kube.context: cannot reach the Kubernetes API at http://127.0.0.1:"
+    )
+    assert "Nothing was changed" in message
+
+
+def test_unknown_context_and_missing_kubeconfig(api, tmp_path, kubeconfig):
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig, kube={"context": "prod"}))
+    assert str(failure.value) == (
+        f"site 'east': kube.context: context 'prod' is not in kubeconfig {kubeconfig} (it has: "
+        "emulator, down, stale); set skiff_kube_context to one of them"
+    )
+    with pytest.raises(
+        SkiffError, match=r"kube\.kubeconfig: kubeconfig /nonexistent does not exist"
+    ):
+        run(site(tmp_path, kubeconfig, kube={"kubeconfig": "/nonexistent"}))
+    with pytest.raises(SkiffError, match=r"kube\.kubeconfig: the cluster refused the credentials"):
+        run(site(tmp_path, kubeconfig, kube={"context": "stale"}))
+    assert api.writes() == []
+
+
+def test_rollout_that_never_becomes_ready_names_the_pod(api, tmp_path, kubeconfig):
+    api.image_pull_error = 'Back-off pulling image "registry.example.com/skiff-router:0.1.0"'
+    with pytest.raises(SkiffError) as failure:
+        run(site(tmp_path, kubeconfig, kube={"rollout_timeout": 1}))
+    message = str(failure.value)
+    assert (
+        "kube.rollout_timeout: Deployment skiff-router in namespace east: 0 of 1 replicas ready"
+        in message
+    )
+    assert "container router waiting: ImagePullBackOff" in message
+    assert "skiff_kube_image" in message
+    # Nothing is torn down: the Deployment stays for `kubectl describe`.
+    assert api.get("Deployment", "east", "skiff-router") is not None
+
+
+def test_bad_listener_for_a_pod_is_refused_before_anything_changes(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    before = snapshot(api)
+    platform_module._INSTANCES.clear()
+    with pytest.raises(SkiffError) as failure:
+        run_service(LISTENER, ServiceParams(site="east", name="Backend_1", base_dir=str(tmp_path / "base"),
+                                            host="127.0.0.1", port=9191), False)  # fmt: skip
+    message = str(failure.value)
+    assert message.startswith("site 'east': listener 'Backend_1': router.json: the router rejects")
+    assert "DNS-1123" in message and "use 0.0.0.0" in message and "the admin port" in message
+    assert snapshot(api) == before
+
+
+def test_removal_deletes_every_object_of_the_site(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    check = run(site(tmp_path, kubeconfig, state="absent"), check=True)
+    assert "delete Deployment skiff-router" in check.actions
+    assert api.kinds("east") != []
+    assert run(site(tmp_path, kubeconfig, state="absent")).changed
+    assert api.kinds("east") == []
+    assert "east" in api.namespaces  # the namespace may hold other things: it stays
+    assert not run(site(tmp_path, kubeconfig, state="absent")).changed
