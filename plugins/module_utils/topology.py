@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-PLATFORMS_AVAILABLE = ("local", "systemd", "podman")
-PLATFORMS_PLANNED = ("kubernetes",)
+PLATFORMS_AVAILABLE = ("local", "systemd", "podman", "kubernetes")
 SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Names that become Kubernetes object names (namespaces, listener Services).
+DNS1123_LABEL = SITE_NAME
+KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")
 DEFAULT_ADMIN_PORT = 9191
 LOCAL_CONNECTIONS = ("local",)
 
@@ -54,19 +56,71 @@ def _is_port(value: Any) -> bool:
 
 def _check_platform(site: SiteVars) -> None:
     platform = site.get("skiff_platform", "local")
-    if platform in PLATFORMS_AVAILABLE:
-        return
-    if platform in PLATFORMS_PLANNED:
-        site.problem(
-            "skiff_platform",
-            f"platform '{platform}' is not available in this version of skiff.fleet; "
-            f"use one of: {', '.join(PLATFORMS_AVAILABLE)}",
-        )
-    else:
+    if platform == "kubernetes":
+        _check_kubernetes(site)
+    elif platform not in PLATFORMS_AVAILABLE:
         site.problem(
             "skiff_platform",
             f"unknown platform '{platform}'; use one of: {', '.join(PLATFORMS_AVAILABLE)}",
         )
+
+
+def _check_kubernetes(site: SiteVars) -> None:
+    """A kubernetes site is driven from the controller and becomes objects in a namespace."""
+    if site.get("ansible_connection") not in LOCAL_CONNECTIONS:
+        site.problem(
+            "ansible_connection",
+            "a kubernetes site is managed from the controller: set ansible_connection: local "
+            "(and ansible_python_interpreter to a Python with the kubernetes library)",
+        )
+    namespace = site.get("skiff_kube_namespace") or site.site_name
+    if not isinstance(namespace, str) or not DNS1123_LABEL.match(namespace):
+        site.problem(
+            "skiff_kube_namespace",
+            f"'{namespace}' is not a namespace name (lower-case letters, digits and '-', "
+            "at most 63 characters)",
+        )
+    access = site.get("skiff_kube_link_access", "clusterip")
+    if access not in KUBE_LINK_ACCESS:
+        site.problem(
+            "skiff_kube_link_access", f"must be one of {', '.join(KUBE_LINK_ACCESS)}, got {access!r}"
+        )
+    if not site.get("skiff_kube_image"):
+        site.problem(
+            "skiff_kube_image",
+            "required: the router image in a registry the cluster pulls from (build it from "
+            "router/Containerfile, see the README)",
+        )
+    if site.get("skiff_router_replicas", 1) != 1:
+        site.problem("skiff_router_replicas", "this version runs one router pod per site; use 1")
+    apply = site.get("skiff_kube_apply", True)
+    if not apply and not site.get("skiff_kube_manifests_dir"):
+        site.problem(
+            "skiff_kube_manifests_dir",
+            "required when skiff_kube_apply is false: the directory the manifests are written to",
+        )
+    endpoint = site.get("skiff_link_endpoint")
+    host = endpoint.get("host") if isinstance(endpoint, dict) else None
+    if site.get("skiff_link_access", False) and not host:
+        if access == "nodeport":
+            site.problem(
+                "skiff_link_endpoint.host",
+                "required with skiff_kube_link_access nodeport: a node address other sites reach",
+            )
+        elif access == "loadbalancer" and not apply:
+            site.problem(
+                "skiff_link_endpoint.host",
+                "required in render-only mode (skiff_kube_apply: false): the load balancer's "
+                "address cannot be learnt without a cluster",
+            )
+    for index, listener in enumerate(site.get("skiff_listeners", []) or []):
+        name = listener.get("name") if isinstance(listener, dict) else None
+        if isinstance(name, str) and not DNS1123_LABEL.match(name):
+            site.problem(
+                f"skiff_listeners[{index}].name",
+                f"'{name}' names the listener's Service in a kubernetes site: use lower-case "
+                "letters, digits and '-'",
+            )
 
 
 def _check_link_access(site: SiteVars) -> None:
@@ -75,12 +129,15 @@ def _check_link_access(site: SiteVars) -> None:
         site.problem("skiff_router_mode", f"must be interior or edge, got {mode!r}")
     if not site.get("skiff_link_access", False):
         return
+    kubernetes = site.get("skiff_platform", "local") == "kubernetes"
     if mode == "edge":
         site.problem(
             "skiff_link_access",
             "an edge router accepts no links; set it to false or make the site interior",
         )
     endpoint = site.get("skiff_link_endpoint")
+    if kubernetes and not endpoint:
+        return  # the Service gives the address (checked with the platform)
     if not isinstance(endpoint, dict):
         site.problem(
             "skiff_link_endpoint",
@@ -88,8 +145,10 @@ def _check_link_access(site: SiteVars) -> None:
             "sites dial>, port: <1-65535>}",
         )
         return
-    if not endpoint.get("host") or not isinstance(endpoint.get("host"), str):
+    if not kubernetes and (not endpoint.get("host") or not isinstance(endpoint.get("host"), str)):
         site.problem("skiff_link_endpoint.host", "must be a non-empty host name or address")
+    if kubernetes and "port" not in endpoint:
+        return
     if not _is_port(endpoint.get("port")):
         site.problem(
             "skiff_link_endpoint.port",
@@ -180,6 +239,8 @@ def _port(value: Any) -> int:
 def _bound_ports(site: SiteVars) -> list[tuple[str, int]]:
     """(field, port) for every port the site's router binds on its machine."""
     bound: list[tuple[str, int]] = []
+    if site.get("skiff_platform", "local") == "kubernetes":
+        return bound  # its ports are its pods', not the controller's
     admin = site.get("skiff_admin_port", DEFAULT_ADMIN_PORT)
     if _is_port(admin):
         bound.append(("skiff_admin_port", _port(admin)))

@@ -380,3 +380,90 @@ def test_removal_deletes_every_object_of_the_site(api, tmp_path, kubeconfig):
     assert api.kinds("east") == []
     assert "east" in api.namespaces  # the namespace may hold other things: it stays
     assert not run(site(tmp_path, kubeconfig, state="absent")).changed
+
+
+# -- render-only (GitOps): files, no cluster ------------------------------------------------------
+
+
+def rendered(tmp_path, **overrides) -> SiteParams:
+    kube = {"apply": False, "manifests_dir": str(tmp_path / "manifests")}
+    kube.update(overrides.pop("kube", {}))
+    values = dict(
+        name="east",
+        platform="kubernetes",
+        base_dir=str(tmp_path / "base"),
+        image=IMAGE,
+        router_python=sys.executable,
+        link_access=True,
+        link_endpoint={"host": "east.example.com", "port": 443},
+        kube=kube,
+    )
+    values.update(overrides)
+    return SiteParams(**values)
+
+
+def test_render_only_is_stable_private_and_reads_its_state_back(tmp_path):
+    import stat
+
+    out = tmp_path / "manifests"
+    check = run(rendered(tmp_path), check=True)
+    assert check.changed and not out.exists()
+    first = run(rendered(tmp_path))
+    assert first.changed and "start the router" not in first.actions
+    site_file = out / "east.yaml"
+    secret_files = sorted(p.name for p in (out / "east.secrets").iterdir())
+    assert secret_files == ["skiff-ca.yaml", "skiff-server.yaml"]
+    assert stat.S_IMODE((out / "east.secrets").stat().st_mode) == 0o700
+    for path in (out / "east.secrets").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(site_file.stat().st_mode) == 0o644
+    text = site_file.read_text()
+    assert "kind: Secret" not in text and "PRIVATE KEY" not in text
+    kinds = [doc["kind"] for doc in km.from_yaml(site_file.read_bytes())]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment"]
+    snapshot_bytes = {p: p.read_bytes() for p in out.rglob("*.yaml")}
+    mtimes = {p: p.stat().st_mtime_ns for p in snapshot_bytes}
+
+    # A re-run (a fresh controller: no site.json) finds CA and keys in the files.
+    import shutil
+
+    shutil.rmtree(tmp_path / "base")
+    again = run(rendered(tmp_path))
+    assert again.actions == [f"create site directory {tmp_path / 'base' / 'east'}",
+                             f"write {tmp_path / 'base' / 'east' / 'site.json'}"]  # fmt: skip
+    assert {p: p.read_bytes() for p in out.rglob("*.yaml")} == snapshot_bytes
+    assert {p: p.stat().st_mtime_ns for p in snapshot_bytes} == mtimes
+    assert not run(rendered(tmp_path)).changed
+
+    # A token and a listener change only data files; the Deployment stays byte-identical.
+    platform_module._INSTANCES.clear()
+    token = run_token(TokenParams(site="east", name="west", base_dir=str(tmp_path / "base")), False)
+    assert decode(token.values["token"]).endpoints == [{"host": "east.example.com", "port": 443}]
+    assert (out / "east.secrets" / "skiff-tokens.yaml").exists()
+    platform_module._INSTANCES.clear()
+    listener = ServiceParams(site="east", name="backend", base_dir=str(tmp_path / "base"),
+                             host="0.0.0.0", port=8080)  # fmt: skip
+    added = run_service(LISTENER, listener, False)
+    assert any("render-only: written to" in a for a in added.actions)
+    documents = {
+        (d["kind"], d["metadata"]["name"]): d for d in km.from_yaml(site_file.read_bytes())
+    }
+    assert ("Service", "backend") in documents
+    deployment_before = [
+        d for d in km.from_yaml(snapshot_bytes[site_file]) if d["kind"] == "Deployment"
+    ]
+    assert [documents[("Deployment", "skiff-router")]] == deployment_before
+
+    removed = run(rendered(tmp_path, state="absent"))
+    assert removed.changed and list(out.rglob("*.yaml")) == []
+
+
+def test_render_only_needs_what_no_cluster_can_tell(tmp_path):
+    with pytest.raises(
+        SkiffError, match=r"kube\.manifests_dir: is required when kube\.apply is false"
+    ):
+        run(rendered(tmp_path, kube={"manifests_dir": None}))
+    lb = rendered(tmp_path, link_endpoint={"port": 443}, kube={"link_service_type": "loadbalancer"})
+    with pytest.raises(SkiffError, match="link_endpoint: host is required in render-only mode"):
+        run(lb)
+    assert not (tmp_path / "manifests").exists()

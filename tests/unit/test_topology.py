@@ -106,8 +106,57 @@ def test_unknown_platform() -> None:
     found = problems_after(lambda f: f["west"].update(skiff_platform="mainframe"))
     assert found == [
         "host 'west': skiff_platform: unknown platform 'mainframe'; "
-        "use one of: local, systemd, podman"
+        "use one of: local, systemd, podman, kubernetes"
     ]
+
+
+KUBE = {
+    "skiff_platform": "kubernetes",
+    "skiff_kube_image": "registry.example.com/skiff-router:0.1.0",
+}
+
+
+def test_kubernetes_sites_are_accepted_and_bind_no_controller_port() -> None:
+    # Same admin and link ports as east on the controller: pods have their own.
+    def change(fleet):
+        fleet["k8s"] = {**LOCAL, **KUBE, "skiff_link_access": True,
+                        "skiff_listeners": [{"name": "backend", "port": 18080}],
+                        "skiff_links": [{"to": "east"}]}  # fmt: skip
+
+    assert problems_after(change) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (
+            {"ansible_connection": "ssh"},
+            "ansible_connection: a kubernetes site is managed from the controller",
+        ),
+        ({"skiff_kube_image": ""}, "skiff_kube_image: required"),
+        (
+            {"skiff_kube_namespace": "Team_A"},
+            "skiff_kube_namespace: 'Team_A' is not a namespace name",
+        ),
+        ({"skiff_kube_link_access": "ingress"}, "skiff_kube_link_access: must be one of clusterip"),
+        ({"skiff_router_replicas": 2}, "skiff_router_replicas: this version runs one router pod"),
+        (
+            {"skiff_kube_apply": False},
+            "skiff_kube_manifests_dir: required when skiff_kube_apply is false",
+        ),
+        (
+            {"skiff_kube_link_access": "nodeport", "skiff_link_access": True},
+            "skiff_link_endpoint.host: required with skiff_kube_link_access nodeport",
+        ),
+        (
+            {"skiff_listeners": [{"name": "Backend", "port": 80}]},
+            "skiff_listeners[0].name: 'Backend' names the listener's Service",
+        ),
+    ],
+)
+def test_kubernetes_site_problems(values, problem) -> None:
+    found = problems_after(lambda f: f.update(k8s={**LOCAL, **KUBE, **values}))
+    assert len(found) == 1 and found[0].startswith(f"host 'k8s': {problem}"), found
 
 
 def test_link_access_without_endpoint() -> None:
