@@ -83,7 +83,8 @@ def _check_kubernetes(site: SiteVars) -> None:
     access = site.get("skiff_kube_link_access", "clusterip")
     if access not in KUBE_LINK_ACCESS:
         site.problem(
-            "skiff_kube_link_access", f"must be one of {', '.join(KUBE_LINK_ACCESS)}, got {access!r}"
+            "skiff_kube_link_access",
+            f"must be one of {', '.join(KUBE_LINK_ACCESS)}, got {access!r}",
         )
     if not site.get("skiff_kube_image"):
         site.problem(
