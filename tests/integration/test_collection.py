@@ -28,6 +28,9 @@ def test_module_documentation_renders(module: str) -> None:
     if module == "site":
         for platform in ("local", "systemd", "podman"):
             assert f"`{platform}' runs it" in proc.stdout, platform
+        assert "`kubernetes' runs the router as the Deployment" in proc.stdout
+        for option in ("link_service_type", "manifests_dir", "force_conflicts"):
+            assert option in proc.stdout, option
 
 
 def test_role_documentation_renders() -> None:
@@ -42,6 +45,11 @@ def test_role_documentation_renders() -> None:
     assert proc.returncode == 0, proc.stderr
     for variable in ("skiff_link_endpoint", "skiff_links", "skiff_listeners", "skiff_connectors"):
         assert variable in proc.stdout
+    for variable in ("skiff_kube_namespace", "skiff_kube_context", "skiff_kube_kubeconfig",
+                     "skiff_kube_link_access", "skiff_kube_service_annotations",
+                     "skiff_kube_image", "skiff_router_replicas", "skiff_kube_apply",
+                     "skiff_kube_manifests_dir"):  # fmt: skip
+        assert variable in proc.stdout, variable
 
 
 def test_build_leaves_out_tests_and_build_outputs(tmp_path) -> None:
