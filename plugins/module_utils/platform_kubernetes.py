@@ -68,7 +68,6 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 ROLLOUT_TIMEOUT = 300.0
 POLL_SECONDS = 1.0
 WILDCARD_HOSTS = ("0.0.0.0", "::")
-_OVERLAY_KNOWN: dict[tuple[str, str], bool] = {}
 _SECRET_LINE = re.compile(r"PRIVATE KEY|skiff1\.[A-Za-z0-9_-]{16,}")
 # Kinds a site's objects are found under when it is removed (Deployment first).
 REMOVE_ORDER = ("Deployment", "Service", "ConfigMap", "Secret", "RoleBinding", "Role",
@@ -465,21 +464,8 @@ class KubernetesPlatform(Platform):
         out = dict(sections, admin=dict(sections["admin"], host="0.0.0.0"))
         if sections.get("link_access") is not None:
             out["link_access"] = dict(sections["link_access"], host="0.0.0.0", port=km.LINK_PORT)
-        if self._router_knows_overlay():
-            out["overlay"] = km.OVERLAY_PATH
+        out["overlay"] = km.OVERLAY_PATH
         return out
-
-    def _router_knows_overlay(self) -> bool:
-        """Whether the bundled router accepts the `overlay` field (docs/design.md).
-
-        Transitional: routers before the overlay feature reject the key, and the
-        image is built from the same router; drop this probe once every router has it.
-        """
-        key = (self.metadata.router_python, str(self.metadata.options.get("router_path")))
-        if key not in _OVERLAY_KNOWN:
-            probe = json.dumps({"site": self.metadata.name, "overlay": km.OVERLAY_PATH}).encode()
-            _OVERLAY_KNOWN[key] = "overlay: unknown key" not in self._router_check(probe)
-        return _OVERLAY_KNOWN[key]
 
     def _live_link_service(self) -> dict[str, Any] | None:
         if not self.applies:
