@@ -304,6 +304,12 @@ def fleet_problems(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -
     return [problem for site in sites.values() for problem in site.problems]
 
 
+def _render_only(values: dict[str, Any]) -> bool:
+    apply = values.get("skiff_kube_apply", True)
+    off = apply is False or str(apply).lower() in ("false", "no", "0")
+    return values.get("skiff_platform") == "kubernetes" and off
+
+
 def dialers(hostvars: dict[str, dict[str, Any]], site_hosts: list[str], host: str) -> list[str]:
     """The hosts whose skiff_links point at `host`: each gets a token issued by `host`."""
     found = []
@@ -320,6 +326,9 @@ def network_of(hostvars: dict[str, dict[str, Any]], site_hosts: list[str], host:
     Links are undirected for reachability, so this is the connected component:
     the routers `host` must see once the network has converged.
     """
+    # A render-only kubernetes site runs nothing until its manifests are applied:
+    # no router there to be reached, nor to carry traffic.
+    site_hosts = [h for h in site_hosts if h == host or not _render_only(hostvars.get(h, {}))]
     neighbours: dict[str, set[str]] = {name: set() for name in site_hosts}
     for other in site_hosts:
         for link in hostvars.get(other, {}).get("skiff_links") or []:
