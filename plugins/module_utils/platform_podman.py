@@ -29,7 +29,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd impor
     SystemdPlatform,
     run,
 )
-from ansible_collections.skiff.fleet.plugins.module_utils.store import PUBLIC_MODE
+from ansible_collections.skiff.fleet.plugins.module_utils.store import PUBLIC_MODE, ensure_dir
 
 DEFAULT_IMAGE = "localhost/skiff-router:latest"
 QUADLET_DIR = Path("/etc/containers/systemd")
@@ -184,7 +184,9 @@ class PodmanPlatform(SystemdPlatform):
         return actions
 
     def check_config(self, data: bytes) -> list[str]:
-        # The container sees the site directory only: the candidate goes there.
+        # The container sees the site directory only: the candidate goes there
+        # (on a first run, before anything else was written to it).
+        ensure_dir(self.paths.root)
         fd, tmp = tempfile.mkstemp(prefix=".router.check.", suffix=".json", dir=self.paths.root)
         try:
             os.fchmod(fd, PUBLIC_MODE)

@@ -96,3 +96,18 @@ def test_metadata_options_round_trip():
     meta = SiteMetadata(name="east", platform="podman", options={"image": "x"})
     assert SiteMetadata.from_dict(meta.to_dict()) == meta
     assert "options" not in SiteMetadata(name="east").to_dict()
+
+
+def test_podman_checks_a_first_config_before_the_site_directory_exists(tmp_path, monkeypatch):
+    platform = make("podman", tmp_path, monkeypatch, image="img")
+    seen = []
+
+    def check_file(path):
+        seen.append((path.parent, path.read_bytes()))
+        return []
+
+    monkeypatch.setattr(platform, "check_config_file", check_file)
+    assert not platform.paths.root.exists()
+    assert platform.check_config(b'{"site": "east"}') == []
+    assert seen == [(platform.paths.root, b'{"site": "east"}')]
+    assert list(platform.paths.root.iterdir()) == []  # the candidate is gone again
