@@ -63,6 +63,7 @@ class Tuning:
     invalid_retry: float = 300.0  # a 422 is retried with the same body only this late
     conflict_retry: float = 1.0  # 409: the watch brings the current object meanwhile
     router_retry: float = 1.0
+    partial_overlay_after: float = 30.0  # first overlay with a source still unknown
 
 
 def _api_problem(kind: str, namespace: str, exc: ApiError, what: str) -> Problem:
@@ -305,9 +306,9 @@ class OverlayFile:
         return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, data: dict[str, Any]) -> bool:
+        if self.written is not None and data == self.previous:
+            return False  # same content (a file written by hand may differ in layout only)
         raw = self.render(data)
-        if raw == self.written:
-            return False
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
@@ -377,6 +378,7 @@ class Agent:
         )
         self.health: http.server.ThreadingHTTPServer | None = None
         self.heartbeat = clock()
+        self.partial_after = clock() + self.tuning.partial_overlay_after
         self.failures: dict[str, _Failure] = {}
         self.action_problems: dict[str, Problem] = {}
         self.other_problems: dict[str, Problem] = {}  # router, overlay: keyed by what
@@ -525,13 +527,12 @@ class Agent:
             announcements_complete=self.book.complete(now, self.cfg.ttl),
         )
         outcome = reconcile(self.cfg, inputs)
-        if any(
-            part is not None
-            for part in (
-                outcome.pod_connectors,
-                outcome.service_connectors,
-                outcome.proxy_listeners,
-            )
+        parts = (outcome.pod_connectors, outcome.service_connectors, outcome.proxy_listeners)
+        known = [p is not None for p in parts]
+        # A fresh start writes once every source is known (one reload, not two); a part
+        # that stays unknown (e.g. pods forbidden) holds the rest back only for a while.
+        if all(known) or (
+            any(known) and (self.overlay.written is not None or now >= self.partial_after)
         ):
             data = assemble_overlay(outcome, self.overlay.previous)
             try:
@@ -548,7 +549,9 @@ class Agent:
                     "overlay", self.cfg.overlay, f"cannot write: {exc.strerror or exc}"
                 )
         acted = self._act(outcome.actions, now)
-        if outcome.exposed is not None:
+        if not self.cfg.expose:
+            pass
+        elif outcome.exposed is not None:
             self.exposed_names = [e.name for e in outcome.exposed]
             self._announce(encode(self.cfg.site, outcome.exposed, self.cfg.ttl), now)
         elif self.last_payload is not None:

@@ -220,22 +220,31 @@ class KubeApi:
         try:
             if resp.status >= 400:
                 raise _status_error(resp.status, resp.read(MAX_MESSAGE * 4))
+            # read1 (not readline): a connection cut between chunks raises IncompleteRead
+            # here, where readline would report it as a clean end of the stream.
+            buffer = bytearray()
             while True:
-                line = resp.readline(MAX_LINE + 1)
-                if not line:
+                data = resp.read1(65536)
+                if not data:
+                    if buffer.strip():
+                        raise ApiError(0, "Dropped", f"watch {path}: stream ended mid-event")
                     return
-                if len(line) > MAX_LINE or not line.endswith(b"\n"):
-                    if len(line) > MAX_LINE:
-                        raise ApiError(0, "TooLarge", f"watch {path}: event over {MAX_LINE} bytes")
-                    raise ApiError(0, "Dropped", f"watch {path}: stream ended mid-event")
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    raise ApiError(0, "BadJSON", f"watch {path}: an event is not JSON") from None
-                if isinstance(event, dict):
-                    yield event
+                buffer += data
+                *lines, rest = buffer.split(b"\n")
+                if len(rest) > MAX_LINE:
+                    raise ApiError(0, "TooLarge", f"watch {path}: event over {MAX_LINE} bytes")
+                buffer = bytearray(rest)
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        raise ApiError(
+                            0, "BadJSON", f"watch {path}: an event is not JSON"
+                        ) from None
+                    if isinstance(event, dict):
+                        yield event
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, socket.timeout | TimeoutError):
                 raise ApiError(

@@ -346,7 +346,7 @@ def reconcile(cfg: AgentConfig, inputs: Inputs) -> Outcome:
         pod_connectors = []
 
     if not cfg.expose:
-        return Outcome(pod_connectors, [], [], [], [], problems)
+        return Outcome(pod_connectors, [], [], [], None, problems)
     if inputs.services is None:
         return Outcome(pod_connectors, None, None, [], None, problems)
 
