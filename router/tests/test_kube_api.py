@@ -237,7 +237,9 @@ def test_api_away_keeps_last_good_then_catches_up(srv: FakeApiServer, tmp_path: 
         fault = srv.fail(503, resource="pods", count=-1)
         srv.drop_watches()
         eventually(
-            lambda: any(p["object"] == "api/pods" and "503" in p["message"] for p in problems(agent)),
+            lambda: any(
+                p["object"] == "api/pods" and "503" in p["message"] for p in problems(agent)
+            ),
             "503 reported",
         )
         srv.put("pods", NS, ready_pod("db-1", "10.0.0.11", app="db"))  # while we cannot see
@@ -300,9 +302,7 @@ def test_slow_and_stalled_streams(srv: FakeApiServer, tmp_path: Path) -> None:
         eventually(lambda: names(agent, "connectors") == ["db@db-0"], "slow event applied")
         srv.slow = 1.5  # stalls longer than the read timeout: given up, resumed
         srv.put("pods", NS, ready_pod("db-1", "10.0.0.11", app="db"))
-        eventually(
-            lambda: any("silent" in p["message"] for p in problems(agent)), "stall reported"
-        )
+        eventually(lambda: any("silent" in p["message"] for p in problems(agent)), "stall reported")
         srv.slow = 0.0
         eventually(lambda: "db@db-1" in names(agent, "connectors"), "resumed and applied")
 
@@ -332,7 +332,11 @@ def test_command_line(srv: FakeApiServer, tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 2
-    for field in ("namespace: is required", "overlay: must be an absolute path", "connectors[0].port"):
+    for field in (
+        "namespace: is required",
+        "overlay: must be an absolute path",
+        "connectors[0].port",
+    ):
         assert field in out.stdout, out.stdout
 
     srv.put("pods", NS, ready_pod("db-0", "10.0.0.10", app="db"))
