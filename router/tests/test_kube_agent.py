@@ -340,3 +340,68 @@ def test_garbage_on_the_multicast_address_is_reported_not_fatal(
                 await until(lambda: owned(srv, "west") == ["web"], "a good one still works")
 
     run(main())
+
+
+def test_api_away_keeps_announcing_the_last_good_set(srv: FakeApiServer, tmp_path: Path) -> None:
+    async def main() -> None:
+        east = Site.create(tmp_path, "east")
+        srv.put("services", "east", service("web", [80], {"skiff.io/expose": "true"}))
+        async with routers(east) as rs:
+            received: list[dict[str, Any]] = []
+            sub = rs["east"].subscribe(ANNOUNCE_ADDRESS)
+
+            async def collect() -> None:
+                while (msg := await sub.queue.get()) is not None:
+                    received.append(json.loads(msg.payload))
+
+            task = asyncio.create_task(collect())
+            agent = agent_for(srv, tmp_path, "east", east.admin_port)
+            async with agents(agent):
+                await until(lambda: received, "an announcement")
+                srv.fail(503, resource="services", count=-1)
+                srv.drop_watches()
+                await until(
+                    lambda: any(p["object"] == "api/services" for p in problems(agent)),
+                    "the API failure reported",
+                )
+                count = len(received)
+                # Longer than the ttl (3 s): the other sites must not lose "web".
+                await until(lambda: len(received) >= count + 4, "repeats while the API is away")
+                assert all(
+                    r["services"] == [{"name": "web", "routing_key": "web", "ports": [80]}]
+                    for r in received
+                )
+                assert names(agent, "connectors") == ["service/web:80"]
+            rs["east"].unsubscribe(sub)
+            task.cancel()
+
+    run(main())
+
+
+def test_router_restart_withdraws_nothing(srv: FakeApiServer, tmp_path: Path) -> None:
+    async def main() -> None:
+        west = Site.create(tmp_path, "west")
+        agent = agent_for(srv, tmp_path, "west", west.admin_port, proxy_ports=proxy_ports())
+        async with routers(west) as rs:
+            agent.start()
+            await until(lambda: agent.status().get("multicast", {}).get("subscribed"), "subscribed")
+            announce(rs["west"], "east", ("web", "web", (80,)))
+            await until(lambda: owned(srv, "west") == ["web"], "proxy made")
+            await until(lambda: names(agent, "listeners") == ["proxy/web:80"], "listener")
+        try:
+            await until(
+                lambda: not agent.status().get("multicast", {}).get("subscribed"), "router gone"
+            )
+            await asyncio.sleep(4)  # longer than the ttl, without a router
+            assert owned(srv, "west") == ["web"]
+            assert names(agent, "listeners") == ["proxy/web:80"]
+            async with routers(west) as rs:
+                await until(lambda: agent.status().get("multicast", {}).get("subscribed"), "back")
+                announce(rs["west"], "east", ("web", "web", (80,)))
+                await asyncio.sleep(1)
+                assert owned(srv, "west") == ["web"]
+                assert not [r for r in srv.writes() if r.method == "DELETE"]
+        finally:
+            await asyncio.to_thread(agent.stop)
+
+    run(main())

@@ -384,3 +384,17 @@ def test_command_line(srv: FakeApiServer, tmp_path: Path) -> None:
     assert overlay_path.read_bytes() == raw  # stopping leaves the overlay in force
     assert srv.token not in output
     assert "overlay written" in output
+
+
+def test_a_source_forbidden_for_good_holds_the_first_overlay_back_only_a_while(
+    srv: FakeApiServer, tmp_path: Path
+) -> None:
+    from kube_testkit import FAST
+
+    tuning = type(FAST)(**{**FAST.__dict__, "partial_overlay_after": 0.5})
+    srv.put("pods", NS, ready_pod("db-0", "10.0.0.10", app="db"))
+    srv.fail(403, resource="services", count=-1)
+    with running(agent_for(srv, tmp_path, connectors=DB, tuning=tuning)) as agent:
+        eventually(lambda: names(agent, "connectors") == ["db@db-0"], "pods' part written")
+        assert any(p["object"] == "api/services" for p in problems(agent))
+        assert srv.writes() == []
