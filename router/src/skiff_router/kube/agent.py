@@ -34,7 +34,7 @@ from skiff_router.codec import MAX_DATA
 from skiff_router.kube.api import ApiError, KubeApi, in_cluster
 from skiff_router.kube.config import AgentConfig, AgentConfigError, load
 from skiff_router.kube.exposure import ANNOUNCE_ADDRESS, AnnouncementBook, Problem, encode
-from skiff_router.kube.listwatch import ListRequest, ListWatch
+from skiff_router.kube.listwatch import ListRequest, ListWatch, WatchRequest
 from skiff_router.kube.objects import pod_from_api, service_from_api
 from skiff_router.kube.plan import Create, Delete, Inputs, Patch, assemble_overlay, reconcile
 
@@ -177,7 +177,9 @@ class Watcher(threading.Thread):
             except ApiError as exc:
                 if self.stop.is_set():
                     return
-                if exc.status == 410:
+                if exc.status == 410 and (
+                    isinstance(req, WatchRequest) or req.continue_token is not None
+                ):
                     log.info("%s: resourceVersion expired (410 Gone); listing again", self.kind)
                     with self.lock:
                         self.lw.expired()
@@ -273,13 +275,18 @@ class Subscriber(threading.Thread):
                         self.events.put(("subscribed",))
                     else:
                         self.events.put(("message", *item))
-                error = "the router ended the subscription"
+                error: str | None = "the router ended the subscription"
+            except TimeoutError:
+                # Subscribed but nothing announced for a while (not even by us): subscribe again.
+                error = None if subscribed else "the router does not answer"
             except OSError as exc:
                 error = str(exc) or type(exc).__name__
             if subscribed:
-                self.events.put(("unsubscribed", error))
+                self.events.put(("unsubscribed",))
             if self.stop.is_set():
                 return
+            if error is None:
+                continue
             self.events.put(("router-error", error))
             self.stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
@@ -466,7 +473,9 @@ class Agent:
         while not self.stop_event.is_set():
             now = self.clock()
             self.heartbeat = now
-            deadlines = [now + 1.0, self.next_announce]
+            deadlines = [now + 1.0]
+            if self.cfg.expose and self.last_payload is not None:
+                deadlines.append(self.next_announce)  # the periodic repeat
             expiry = self.book.next_expiry()
             if expiry is not None:
                 deadlines.append(expiry)
