@@ -395,11 +395,17 @@ class Agent:
         self.exposed_names: list[str] = []
         self.proxies: list[str] = []
         self.subscribed = False
-        self.lock = threading.Lock()  # guards the status for the health thread
+        self.lock = threading.Lock()  # the status (health thread), the pending-change flag
         self._status: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
+        self._change_pending = False
 
     def _notify(self) -> None:
+        # One pending notice is enough: the main loop reads the caches, not the events.
+        with self.lock:
+            if self._change_pending:
+                return
+            self._change_pending = True
         self.events.put(("changed",))
 
     # -- life cycle
@@ -504,6 +510,9 @@ class Agent:
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         now = self.clock()
+        if kind == "changed":
+            with self.lock:
+                self._change_pending = False
         if kind == "subscribed":
             self.book.subscribed(now)
             self.subscribed = True
