@@ -405,3 +405,25 @@ def test_router_restart_withdraws_nothing(srv: FakeApiServer, tmp_path: Path) ->
             await asyncio.to_thread(agent.stop)
 
     run(main())
+
+
+def test_api_away_on_writes_defers_the_rest(srv: FakeApiServer, tmp_path: Path) -> None:
+    async def main() -> None:
+        west = Site.create(tmp_path, "west")
+        async with routers(west) as rs:
+            agent = agent_for(srv, tmp_path, "west", west.admin_port, proxy_ports=proxy_ports())
+            fault = srv.fail(503, method="POST", resource="services", count=-1)
+            async with agents(agent):
+                await until(
+                    lambda: agent.status().get("multicast", {}).get("subscribed"), "subscribed"
+                )
+                announce(
+                    rs["west"], "east", ("a", "a", (80,)), ("b", "b", (80,)), ("c", "c", (80,))
+                )
+                await until(lambda: srv.count("POST", "services") >= 4, "retries")
+                tried = {r.body["metadata"]["name"] for r in srv.writes() if r.method == "POST"}
+                assert tried == {"a"}  # one probe per backoff round, not one per Service
+                fault.count = 0
+                await until(lambda: owned(srv, "west") == ["a", "b", "c"], "all made")
+
+    run(main())

@@ -590,11 +590,16 @@ class Agent:
                 self.action_problems.pop(name, None)
         acted = False
         assert self.services is not None or not actions
+        away: _Failure | None = None  # the API is away: the rest waits as long
         for action in actions:
             fingerprint = json.dumps(action.__dict__, sort_keys=True, default=str)
             failure = self.failures.get(action.name)
             if failure and failure.fingerprint == fingerprint and now < failure.retry_at:
                 continue
+            if away is not None:
+                self.failures[action.name] = _Failure(fingerprint, away.retry_at, away.delay)
+                continue
+            self.heartbeat = self.clock()  # a slow API is not a stuck agent
             path = f"/api/v1/namespaces/{self.cfg.namespace}/services"
             verb = type(action).__name__.lower()
             try:
@@ -607,6 +612,8 @@ class Agent:
                     obj = None
             except ApiError as exc:
                 self._action_failed(action, verb, exc, fingerprint, failure, now)
+                if exc.status == 0 or exc.status >= 500:
+                    away = self.failures[action.name]
                 continue
             log.info("proxy Service %s: %s", action.name, DONE[verb])
             assert self.services is not None
