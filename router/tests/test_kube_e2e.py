@@ -25,25 +25,10 @@ from router_testkit import Site, free_port, run, tcp_server, wait_for
 from test_kube_agent import agents, owned, until
 from test_network import echo_roundtrip
 
-from skiff_router.config import ConfigError, load
-from skiff_router.config import validate as validate_router_config
+from skiff_router.config import load
 from skiff_router.runtime import Router
 
-
-def _router_has_overlay() -> bool:
-    try:
-        validate_router_config({"site": "x", "overlay": "/run/skiff/overlay.json"})
-    except ConfigError:
-        return False
-    return True
-
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not _router_has_overlay(), reason="the router has no overlay support (config field)"
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -127,6 +112,10 @@ def test_annotation_at_one_site_gives_a_working_proxy_at_the_other(
                     "east's connector reachable from west",
                 )
                 assert f"service/web:{backend}" in names(east_agent, "connectors")
+                for r in rs.values():  # read from the overlay, accepted whole
+                    assert r.status()["overlay"]["error"] is None
+                [lst] = [x for x in rs["west"].status()["listeners"] if x["name"] == name]
+                assert lst["source"] == "overlay" and lst["port"] == target
 
                 payload = os.urandom(3 << 20)
                 echoed = await echo_roundtrip(target, payload)
