@@ -1,7 +1,7 @@
 """skiff.fleet.site with platform kubernetes, run for real by ansible-playbook.
 
 Render-only mode writes files; the apply mode talks to the emulated API server
-(kube_apiserver.py) over HTTP, from the module process Ansible starts, exactly
+(kube_api_emulator.py) over HTTP, from the module process Ansible starts, exactly
 as it would talk to a cluster.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fleet_harness import BIN, REPO, ansible_env
-from kube_apiserver import KubeApiServer
+from kube_api_emulator import KubeApiServer
 
 pytestmark = pytest.mark.integration
 

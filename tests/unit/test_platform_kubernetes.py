@@ -1,7 +1,7 @@
 """API tier: the kubernetes platform over real HTTP against an emulated API server.
 
 The module logic (site, token, link, listener) runs unchanged; only the API
-server is a stand-in (tests/integration/kube_apiserver.py, real response shapes
+server is a stand-in (tests/integration/kube_api_emulator.py, real response shapes
 of a Kubernetes API server). Each failure names the site, the field and what
 to do, and leaves every object as it was.
 """
@@ -14,7 +14,7 @@ import sys
 
 import pytest
 from cryptography import x509
-from kube_apiserver import KubeApiServer
+from kube_api_emulator import KubeApiServer
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
 from ansible_collections.skiff.fleet.plugins.module_utils import platform as platform_module
