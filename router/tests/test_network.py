@@ -462,10 +462,10 @@ def test_slow_reader_does_not_stall_other_flows(tmp_path: Path) -> None:
                 assert await asyncio.wait_for(echo_roundtrip(lport, payload), TIMEOUT) == payload
                 # Memory per flow stays bounded: queued bytes in the cores are at most
                 # a window per direction.
-                from skiff_router.core import INITIAL_WINDOW
+                from skiff_router.flows import INITIAL_WINDOW
 
                 for r in rs.values():
-                    for flow in r.core.flows.values():
+                    for flow in r.core.flows.by_id.values():
                         for end in flow.ends:
                             assert sum(map(len, end.queue)) <= INITIAL_WINDOW
                 w1.transport.abort()
