@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from skiff_router import __version__, tls
+from skiff_router import __version__, eventloop, tls
 from skiff_router.actions import (
     CloseLink,
     CloseLocal,
@@ -270,11 +270,12 @@ class Router:
         self._ticker = asyncio.create_task(self._tick())
         self._watcher = asyncio.create_task(self._watch())
         log.info(
-            "router %s of site %s (%s) started (skiff-router %s)",
+            "router %s of site %s (%s) started (skiff-router %s on %s %s)",
             self.cfg.router_id,
             self.cfg.site,
             self.cfg.mode,
             __version__,
+            *eventloop.describe(asyncio.get_running_loop()),
         )
         self.event("router-started")
 
@@ -777,11 +778,14 @@ class Router:
         acc = cfg.link_access
         now = asyncio.get_running_loop().time()
         ready, why = self.readiness()
+        loop_name, loop_version = eventloop.describe(asyncio.get_running_loop())
         return {
             "site": cfg.site,
             "router_id": cfg.router_id,
             "mode": cfg.mode.value,
             "version": __version__,
+            "event_loop": loop_name,
+            "event_loop_version": loop_version,
             "ready": ready,
             "not_ready": why,
             "config": {
