@@ -67,15 +67,15 @@ class Net:
         for _ in range(max_rounds):
             moved = False
             for name, core in self.cores.items():
-                self.actions[name] += core.take_actions()
-                for h, data in core.pending_writes():
+                self.actions[name] += core.outbox.take_actions()
+                for h, data in core.outbox.take_writes():
                     dest = self.wires.get((name, h))
                     if dest is not None:
                         moved = True
                         self.cores[dest[0]].link_data(dest[1], b"".join(data), self.now)
             if not moved:
                 for name, core in self.cores.items():
-                    self.actions[name] += core.take_actions()
+                    self.actions[name] += core.outbox.take_actions()
                 return
         raise AssertionError("network did not settle")
 
@@ -375,8 +375,10 @@ def test_credit_bounds_a_flow_without_stalling_others() -> None:
     send(a, la2, b"other")
     net.run()
     assert delivered(net.take("b"), lb2) == b"other"
-    # Draining flow 1 grants credit back and the reader resumes.
+    # Draining flow 1 grants credit back, a frame the I/O layer writes at once,
+    # and the reader resumes.
     b.flows.local_consumed(lb1, INITIAL_WINDOW)
+    assert b.outbox.urgent and b.outbox.queued > 0
     net.run()
     assert ResumeRead(la1) in net.take("a")
     assert a.flows.read_allowance(la1)
@@ -395,7 +397,8 @@ def test_window_violation_and_unknown_flow_close_link() -> None:
     b.link_data(hb, big, net.now)
     assert hb not in b.topology.links
     assert any(
-        isinstance(x, CloseLink) and "exceeded its window" in x.reason for x in b.take_actions()
+        isinstance(x, CloseLink) and "exceeded its window" in x.reason
+        for x in b.outbox.take_actions()
     )
     # DATA for a flow id that was never opened is a protocol error too.
     net2, _, d = pair()

@@ -7,7 +7,7 @@ from collections import Counter
 from skiff_router.codec import Lsa
 from skiff_router.config import ConnectorConfig, Distribution
 from skiff_router.routing import LinkStateDb
-from skiff_router.targets import DOWN_BACKOFF, ConnectorChoice, SiteChoice
+from skiff_router.targets import DOWN_BACKOFF, RESOLVE_TTL, ConnectorChoice, SiteChoice
 
 
 def conn(name: str, key: str = "k", port: int = 1) -> ConnectorConfig:
@@ -78,3 +78,17 @@ def test_sites_closest_balanced_refused_and_excluded() -> None:
     for _ in range(3):
         sites.count("k", "t1", -1)
     assert sites.outstanding["k"] == {}
+
+
+def test_connector_addresses_are_cached_best_first_and_dropped_on_refusal() -> None:
+    cc = ConnectorChoice()
+    cc.configure([ConnectorConfig("web", "web", "web.internal", 80)])
+    c = cc.by_name["web"]
+    assert ConnectorChoice.cached_addresses(c, 0.0) == ()
+    assert ConnectorChoice.resolved(c, ["::1", "127.0.0.1", "::1"], 0.0) == ("::1", "127.0.0.1")
+    ConnectorChoice.worked(c, "127.0.0.1")  # the second address took the connection
+    assert ConnectorChoice.cached_addresses(c, RESOLVE_TTL - 0.1) == ("127.0.0.1", "::1")
+    assert ConnectorChoice.cached_addresses(c, RESOLVE_TTL) == ()  # looked up again
+    ConnectorChoice.resolved(c, ["10.0.0.7"], 10.0)
+    ConnectorChoice.refused(c, "Connection refused", 11.0)
+    assert ConnectorChoice.cached_addresses(c, 11.0) == ()  # it may have moved

@@ -93,21 +93,33 @@ Action = (
 class Outbox:
     """Actions and link output collected while the core handles one input."""
 
-    __slots__ = ("actions", "dirty")
+    __slots__ = ("actions", "dirty", "queued", "urgent")
 
     def __init__(self) -> None:
         self.actions: list[Action] = []
         # Links with queued frames, by handle; a link closed meanwhile stays here
         # until its CLOSE frame has been taken.
         self.dirty: dict[int, Link] = {}
+        # What decides between writing now and at the end of the event-loop turn
+        # (small frames of many flows together): bytes queued, and whether a frame
+        # someone waits on (credit) is among them.
+        self.queued = 0
+        self.urgent = False
 
     def send(self, link: Link, ftype: FrameType, flow: int = 0, payload: bytes = b"") -> None:
         link.proto.send(ftype, flow, payload)
         self.dirty[link.handle] = link
+        self.queued += len(payload)
+
+    def send_urgent(self, link: Link, ftype: FrameType, flow: int, payload: bytes) -> None:
+        """A frame the peer is waiting for (credit): the I/O layer writes it at once."""
+        self.send(link, ftype, flow, payload)
+        self.urgent = True
 
     def send_frame(self, link: Link, frame: bytes) -> None:
         link.proto.send_frame(frame)
         self.dirty[link.handle] = link
+        self.queued += len(frame)
 
     def take_actions(self) -> list[Action]:
         actions, self.actions = self.actions, []
@@ -121,4 +133,6 @@ class Outbox:
             if pieces:
                 out.append((h, pieces))
         self.dirty.clear()
+        self.queued = 0
+        self.urgent = False
         return out

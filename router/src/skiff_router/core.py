@@ -1,8 +1,8 @@
 """Router core (sans-I/O): one router's state, fed by the I/O layer.
 
 The I/O layer reports link bytes, link and socket events and the time; the
-core answers with frames per link (``pending_writes``) and actions
-(``take_actions``). Nothing here blocks or touches a socket, so whole
+core answers through its ``outbox``: frames per link (``take_writes``) and
+actions (``take_actions``). Nothing here blocks or touches a socket, so whole
 networks of cores are tested over a fake network.
 
 The work is split by job, each component in its own module:
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from skiff_router.actions import Action, Direction, Outbox
+from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
 from skiff_router.config import Mode
 from skiff_router.flows import Clock, Flows
@@ -67,15 +67,6 @@ class RouterCore:
             FrameType.LSA: t.on_lsa,
             FrameType.MCAST: m.on_mcast,
         }
-
-    # -- output for the I/O layer -------------------------------------------------------
-
-    def take_actions(self) -> list[Action]:
-        return self.outbox.take_actions()
-
-    def pending_writes(self) -> list[tuple[int, list[bytes]]]:
-        """Output pieces per link handle (including a closed link's CLOSE frame)."""
-        return self.outbox.take_writes()
 
     # -- links -----------------------------------------------------------------------------
 

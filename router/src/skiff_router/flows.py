@@ -45,6 +45,7 @@ from skiff_router.codec import (
     encode_window,
 )
 from skiff_router.config import Distribution
+from skiff_router.link import LinkPhase
 from skiff_router.targets import SiteChoice
 from skiff_router.topology import Link, Topology
 
@@ -58,6 +59,7 @@ MAX_ATTEMPTS = 3  # targets tried for one flow before the client is reset
 # backend here, so a peer cannot open without bound.
 MAX_LINK_FLOWS = 50_000
 _DATA = FrameType.DATA
+_CLOSED = LinkPhase.CLOSED
 
 
 class Clock:
@@ -176,7 +178,7 @@ class Flows:
         first = end is ends[0]
         out = ends[1] if first else ends[0]
         link = out.link
-        if link is None or out.queue or out.credit < n or link.proto.closed:
+        if link is None or out.queue or out.credit < n or link.proto.phase is _CLOSED:
             self._data_in(end, bytes(buf[HEADER_SIZE : HEADER_SIZE + n]))
             return
         HEADER.pack_into(buf, 0, _DATA, 0, out.ident, n)
@@ -201,7 +203,8 @@ class Flows:
         """``n`` bytes delivered to the local socket have left our buffers."""
         end = self.locals.get(lid)
         if end is not None:
-            self._release(end.flow.other(end), n)
+            ends = end.flow.ends
+            self._release(ends[1] if end is ends[0] else ends[0], n)
 
     def local_reset(self, lid: int) -> None:
         end = self.locals.get(lid)
@@ -371,7 +374,8 @@ class Flows:
         if inn.link is not None:
             inn.to_grant += n
             if inn.to_grant >= GRANT_THRESHOLD:
-                self._out.send(inn.link, FrameType.WINDOW, inn.ident, encode_window(inn.to_grant))
+                grant = encode_window(inn.to_grant)
+                self._out.send_urgent(inn.link, FrameType.WINDOW, inn.ident, grant)
                 inn.allowance += inn.to_grant
                 inn.to_grant = 0
         else:
@@ -477,6 +481,7 @@ class Flows:
         for e in flow.ends:
             if e.link is None:
                 self._out.actions.append(CloseLocal(e.ident, abort=False))
+        flow.ends.clear()  # no flow <-> end cycle left for the garbage collector
         flog.debug("flow %d finished", flow.id)
 
     def _reset(self, flow: Flow, origin: End | None, reason: str) -> None:
@@ -492,6 +497,7 @@ class Flows:
             elif e is not origin and e.link.handle in links:
                 payload = reason.encode("ascii", "replace")[:64]
                 self._out.send(e.link, FrameType.RESET, e.ident, payload)
+        flow.ends.clear()  # no flow <-> end cycle left for the garbage collector
         flog.debug("flow %d reset: %s", flow.id, reason)
 
     def _drop(self, flow: Flow) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import random
+import socket
 import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,7 +65,7 @@ from skiff_router.plan import (
     reload_plan,
     services,
 )
-from skiff_router.targets import ConnectorChoice
+from skiff_router.targets import Connector, ConnectorChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
 
@@ -79,6 +82,7 @@ RETRY_BIND = 2.0  # retry listeners / link access that could not bind
 WATCH_INTERVAL = 1.0  # poll the config, overlay and TLS files for changes
 EVENTS_ADDRESS = "skiff.events"  # network-wide router events (multicast)
 MAX_PUMP_ROUNDS = 64
+WRITE_AT = 32 * 1024  # link bytes queued that are written at once, not at the end of the turn
 
 
 class DialerState(StrEnum):
@@ -184,6 +188,16 @@ class OverlayState:
         }
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_address(host: str) -> bool:
+    """An IP address literal (connected to as is), not a name to look up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _file_sha(path: str) -> str | None:
     try:
         with open(path, "rb") as f:
@@ -233,6 +247,8 @@ class Router:
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._pumping = False
+        self._write_scheduled = False
+        self._loop = asyncio.get_running_loop()
 
     @property
     def cfg(self) -> Config:
@@ -397,34 +413,51 @@ class Router:
     # -- core actions ----------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Carry out what the core asked for; call after every core input."""
+        """Carry out what the core asked for; call after every core input.
+
+        Small link frames are written once per event-loop turn (``_write_links``):
+        what the sockets ready in one turn produce for a link leaves as one TLS
+        write, not one per socket. Bulk data (WRITE_AT bytes queued) and credit
+        go at once: a sender waits for them."""
         if self._pumping:
             return  # the running pump picks the new work up
         self._pumping = True
         try:
-            core = self.core
+            outbox = self.core.outbox
+            local = self.locals
             for _ in range(MAX_PUMP_ROUNDS):
-                writes = core.pending_writes()
-                actions = core.take_actions()
-                if not writes and not actions:
+                if outbox.urgent or outbox.queued >= WRITE_AT:
+                    self._write_links()
+                elif outbox.dirty and not self._write_scheduled:
+                    self._write_scheduled = True
+                    self._loop.call_soon(self._write_links_soon)
+                if not outbox.actions:
                     return
-                for h, pieces in writes:
-                    lc = self.links.get(h)
-                    if lc is not None:
-                        lc.write(pieces)
-                for a in actions:
-                    self._act(a)
-            asyncio.get_running_loop().call_soon(self.pump)
+                for a in outbox.take_actions():
+                    if type(a) is Deliver:  # the common case, without a dispatch
+                        conn = local.get(a.lid)
+                        if conn is not None:
+                            conn.deliver(a.data)
+                    else:
+                        self._act(a)
+            self._loop.call_soon(self.pump)
         finally:
             self._pumping = False
 
+    def _write_links_soon(self) -> None:
+        self._write_scheduled = False
+        self._write_links()
+
+    def _write_links(self) -> None:
+        links = self.links
+        for h, pieces in self.core.outbox.take_writes():
+            lc = links.get(h)
+            if lc is not None:
+                lc.write(pieces)
+
     def _act(self, a: Any) -> None:
         cls = type(a)
-        if cls is Deliver:
-            conn = self.locals.get(a.lid)
-            if conn is not None:
-                conn.deliver(a.data)
-        elif cls is ResumeRead:
+        if cls is ResumeRead:
             conn = self.locals.get(a.lid)
             if conn is not None:
                 conn.resume()
@@ -449,6 +482,7 @@ class Router:
         elif cls is CloseLink:
             lc = self.links.get(a.link)
             if lc is not None:
+                self._write_links()  # the link's last frames (its CLOSE) go first
                 lc.close(a.reason)
 
     def _link_established(self, a: LinkEstablished) -> None:
@@ -626,13 +660,12 @@ class Router:
     async def _connect(self, lid: int, key: str) -> None:
         """Connect a flow that arrived for ``key`` to one of our connectors."""
         core = self.core
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         for c in self.connectors.order(key, loop.time()):
             cc = c.cfg
-            conn = LocalConn(self, lid, connector=c)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await loop.create_connection(lambda c=conn: c, cc.host, cc.port)  # type: ignore[misc]
+                    await self._connect_to(c, lid)
             except (TimeoutError, OSError) as exc:
                 ConnectorChoice.refused(c, tls.describe(exc), loop.time())
                 flog.info("connector %s (%s:%d): %s", cc.name, cc.host, cc.port, c.error)
@@ -643,6 +676,30 @@ class Router:
         if self.core is core:
             core.flows.local_connect_failed(lid)
             self.pump()
+
+    async def _connect_to(self, c: Connector, lid: int) -> None:
+        """Connect to one connector: its host's addresses in turn (a host name is
+        looked up once per RESOLVE_TTL, not per flow)."""
+        loop = self._loop
+        host, port = c.cfg.host, c.cfg.port
+        if _is_address(host):
+            addresses: tuple[str, ...] = (host,)
+        else:
+            addresses = ConnectorChoice.cached_addresses(c, loop.time())
+            if not addresses:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = ConnectorChoice.resolved(c, (i[4][0] for i in infos), loop.time())
+        error: OSError = OSError(f"{host}: no address")
+        for address in addresses:
+            conn = LocalConn(self, lid, connector=c)
+            try:
+                await loop.create_connection(lambda c=conn: c, address, port)  # type: ignore[misc]
+            except OSError as exc:
+                error = exc
+                continue
+            ConnectorChoice.worked(c, address)
+            return
+        raise error
 
     def _set_services(self, op: SetServices) -> None:
         self.core.topology.set_services(op.listener_keys, op.connector_keys)

@@ -17,6 +17,7 @@ from skiff_router.config import ConnectorConfig, Distribution
 from skiff_router.routing import LinkStateDb
 
 DOWN_BACKOFF = 2.0  # a target that refused a flow gets no new flows for this long
+RESOLVE_TTL = 5.0  # a connector host name's addresses are looked up again after this
 
 
 class SiteChoice:
@@ -105,6 +106,10 @@ class Connector:
     flows: int = 0  # open connections
     down_until: float = 0.0
     error: str | None = None  # the last connect error
+    # The host name's addresses, the one that last worked first; a lookup per new
+    # flow would cost more than the connect itself.
+    addresses: tuple[str, ...] = ()
+    resolved_until: float = 0.0
 
 
 class ConnectorChoice:
@@ -151,6 +156,24 @@ class ConnectorChoice:
     @staticmethod
     def refused(c: Connector, error: str, now: float) -> None:
         c.error, c.down_until = error, now + DOWN_BACKOFF
+        c.resolved_until = 0.0  # look the name up again: it may have moved
+
+    @staticmethod
+    def cached_addresses(c: Connector, now: float) -> tuple[str, ...]:
+        """The host's addresses if looked up recently, else ()."""
+        return c.addresses if c.resolved_until > now else ()
+
+    @staticmethod
+    def resolved(c: Connector, addresses: Iterable[str], now: float) -> tuple[str, ...]:
+        c.addresses = tuple(dict.fromkeys(addresses))
+        c.resolved_until = now + RESOLVE_TTL
+        return c.addresses
+
+    @staticmethod
+    def worked(c: Connector, address: str) -> None:
+        """``address`` took the connection: try it first next time."""
+        if c.addresses and c.addresses[0] != address:
+            c.addresses = (address, *(a for a in c.addresses if a != address))
 
     @staticmethod
     def closed(c: Connector) -> None:

@@ -33,6 +33,7 @@ class LocalConn(asyncio.BufferedProtocol):
     """One TCP socket of a flow (listener client or connector connection)."""
 
     __slots__ = (
+        "allow",
         "connector",
         "core",
         "done",
@@ -63,6 +64,7 @@ class LocalConn(asyncio.BufferedProtocol):
         self.rpaused = False
         self.wpaused = False
         self.owed = 0  # bytes written but not yet handed back to the core as consumed
+        self.allow = 0  # what the flow accepted when the read buffer was handed out
         self.done = False  # we closed or aborted it on purpose
 
     # -- asyncio callbacks -----------------------------------------------------------
@@ -101,19 +103,18 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         allow = self.flows.read_allowance(self.lid)
+        self.allow = allow or 0  # buffer_updated follows at once, with nothing in between
         buf = self.router.rbuf
-        if allow is None or allow <= 0:
+        if not allow or allow < 0:
             return buf  # the flow is gone (or paused a moment late): data is dropped
         # Read behind room for a frame header: the core frames it in place.
         return buf[HEADER_SIZE : HEADER_SIZE + min(allow, MAX_DATA)]
 
     def buffer_updated(self, nbytes: int) -> None:
-        flows = self.flows
-        lid = self.lid
-        allow = flows.read_allowance(lid)
-        if allow is None or allow <= 0:
+        allow = self.allow
+        if allow <= 0:
             return
-        flows.local_read(lid, self.router.rbuf, nbytes)
+        self.flows.local_read(self.lid, self.router.rbuf, nbytes)
         if nbytes >= allow and not self.rpaused and self.transport is not None:
             # Credit exhausted: stop reading so TCP pushes back on the sender.
             self.rpaused = True
@@ -137,6 +138,7 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         router = self.router
+        self.transport = None  # no protocol <-> transport cycle left behind
         if router.locals.get(self.lid) is self:
             del router.locals[self.lid]
         if self.connector is not None:
