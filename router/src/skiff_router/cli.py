@@ -15,6 +15,7 @@ from typing import Any
 from skiff_router import __version__, eventloop
 from skiff_router import log as logsetup
 from skiff_router.config import ConfigError, load
+from skiff_router.kube import agent as kube_agent
 
 log = logging.getLogger("router")
 
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--admin", default="http://127.0.0.1:9191")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.set_defaults(func=cmd_status)
+
+    kube_agent.register(sub)
     return p
 
 
