@@ -36,6 +36,8 @@ class PathUnderTest:
     name: str
     entries: dict[str, int]
     relays: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    # skiff: the event loop its routers report in /v1/status (None: not reported)
+    event_loop: str | None = None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -181,6 +183,12 @@ def skiff(procs: Procs, workdir: Path, targets: Mapping[str, int]) -> PathUnderT
     path = PathUnderTest("skiff", entries, {"router-a": pa, "router-b": pb})
     try:
         wait_keys(a, list(targets), pa)
+        loops = {
+            f"{st['event_loop']} {st.get('event_loop_version', '')}".strip()
+            for st in (a.status(), b.status())
+            if "event_loop" in st
+        }
+        path.event_loop = loops.pop() if len(loops) == 1 else None
     except BaseException:
         path.stop(procs)
         raise

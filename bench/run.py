@@ -265,8 +265,12 @@ def start_peers(
 
 
 def event_loop_of(running: dict[str, paths.PathUnderTest]) -> str:
+    """What the skiff routers run on: as their /v1/status says (e.g. "uvloop 0.23.0"),
+    or, for a router that does not say, whether uvloop's extension is mapped."""
     if "skiff" not in running:
         return "?"
+    if running["skiff"].event_loop:
+        return running["skiff"].event_loop
     pids = running["skiff"].pids.values()
     return "uvloop" if pids and all(uses_uvloop(p) for p in pids) else "asyncio"
 

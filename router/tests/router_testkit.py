@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import ipaddress
 import json
-import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from skiff_router import eventloop
 
 T = TypeVar("T")
 
@@ -237,13 +238,9 @@ class Site:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run, on uvloop when SKIFF_TEST_UVLOOP=1 (the production loop when installed)."""
-    if os.environ.get("SKIFF_TEST_UVLOOP") == "1":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
+    """asyncio.run on the loop the router runs on (uvloop when installed;
+    SKIFF_ROUTER_LOOP=asyncio runs these tests on the fallback)."""
+    return eventloop.run(lambda: coro)
 
 
 async def wait_for(

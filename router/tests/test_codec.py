@@ -15,7 +15,6 @@ from skiff_router.codec import (
     HEADER_SIZE,
     LINK_FRAMES,
     MAX_PAYLOAD,
-    Frame,
     FrameDecoder,
     FrameType,
     Hello,
@@ -27,7 +26,6 @@ from skiff_router.codec import (
     decode_open,
     decode_reason,
     decode_window,
-    encode,
     encode_frame,
     encode_hello,
     encode_lsa,
@@ -35,24 +33,39 @@ from skiff_router.codec import (
     encode_window,
 )
 
+Frame = tuple[FrameType, int, bytes]
+
 
 @st.composite
 def frames(draw: st.DrawFn) -> Frame:
     t = draw(st.sampled_from(list(FrameType)))
     flow = 0 if t in LINK_FRAMES else draw(st.integers(1, 0xFFFFFFFF))
     payload = draw(st.binary(max_size=2048))
-    return Frame(t, flow, payload)
+    return (t, flow, payload)
+
+
+def decoded(dec: FrameDecoder, data: bytes) -> list[Frame]:
+    """Frames as (type, flow, bytes): DATA payloads may be views of ``data``."""
+    return [(t, flow, bytes(p)) for t, flow, p in dec.feed(data)]
 
 
 @given(st.lists(frames(), max_size=20), st.integers(1, 64))
 def test_round_trip_any_split(fs: list[Frame], chunk: int) -> None:
-    wire = b"".join(encode(f) for f in fs)
+    wire = b"".join(encode_frame(*f) for f in fs)
     dec = FrameDecoder()
     out: list[Frame] = []
     for i in range(0, len(wire), chunk):
-        out += dec.feed(wire[i : i + chunk])
+        out += decoded(dec, wire[i : i + chunk])
     assert out == fs
     assert dec.buffered == 0
+
+
+@given(st.lists(frames(), max_size=10))
+def test_data_payloads_are_views_of_the_chunk_fed(fs: list[Frame]) -> None:
+    wire = b"".join(encode_frame(*f) for f in fs)
+    for t, _, payload in FrameDecoder().feed(wire):
+        # Whole DATA frames from an immutable chunk are not copied.
+        assert isinstance(payload, memoryview if t is FrameType.DATA else bytes)
 
 
 @settings(max_examples=500)
@@ -61,8 +74,8 @@ def test_any_bytes_parse_or_protocol_error(data: bytes, chunk: int) -> None:
     dec = FrameDecoder()
     try:
         for i in range(0, len(data), chunk):
-            for f in dec.feed(data[i : i + chunk]):
-                assert isinstance(f, Frame)
+            for t, flow, _ in dec.feed(data[i : i + chunk]):
+                assert isinstance(t, FrameType) and 0 <= flow <= 0xFFFFFFFF
     except ProtocolError as exc:
         assert exc.reason
         with pytest.raises(ProtocolError):
@@ -90,7 +103,7 @@ def test_max_payload_accepted() -> None:
     dec = FrameDecoder()
     wire = encode_frame(FrameType.DATA, 3, b"x" * MAX_PAYLOAD)
     assert dec.feed(wire[:HEADER_SIZE]) == []
-    assert dec.feed(wire[HEADER_SIZE:]) == [Frame(FrameType.DATA, 3, b"x" * MAX_PAYLOAD)]
+    assert decoded(dec, wire[HEADER_SIZE:]) == [(FrameType.DATA, 3, b"x" * MAX_PAYLOAD)]
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from skiff_router.codec import FrameType, encode_frame
-from skiff_router.core import (
-    INITIAL_WINDOW,
+import pytest
+
+from skiff_router.actions import (
     Action,
     CloseLink,
     CloseLocal,
@@ -15,9 +15,19 @@ from skiff_router.core import (
     DeliverEof,
     LinkEstablished,
     ResumeRead,
-    RouterCore,
 )
-from skiff_router.link import DEAD_AFTER, LinkClosed, LinkProtocol, LinkUp
+from skiff_router.codec import HEADER_SIZE, FrameType, encode_frame
+from skiff_router.config import Mode
+from skiff_router.core import RouterCore
+from skiff_router.flows import INITIAL_WINDOW
+from skiff_router.link import (
+    DEAD_AFTER,
+    TRANSITIONS,
+    LinkClosed,
+    LinkPhase,
+    LinkProtocol,
+    LinkUp,
+)
 
 
 @dataclass
@@ -57,15 +67,15 @@ class Net:
         for _ in range(max_rounds):
             moved = False
             for name, core in self.cores.items():
-                self.actions[name] += core.take_actions()
-                for h, data in core.pending_writes():
+                self.actions[name] += core.outbox.take_actions()
+                for h, data in core.outbox.take_writes():
                     dest = self.wires.get((name, h))
                     if dest is not None:
                         moved = True
                         self.cores[dest[0]].link_data(dest[1], b"".join(data), self.now)
             if not moved:
                 for name, core in self.cores.items():
-                    self.actions[name] += core.take_actions()
+                    self.actions[name] += core.outbox.take_actions()
                 return
         raise AssertionError("network did not settle")
 
@@ -87,10 +97,22 @@ class Net:
 def pair() -> tuple[Net, RouterCore, RouterCore]:
     net = Net()
     a, b = net.add("a"), net.add("b")
-    a.set_services({"k"}, set())
-    b.set_services(set(), {"k"})
+    a.topology.set_services({"k"}, set())
+    b.topology.set_services(set(), {"k"})
     net.connect("a", "b")
     return net, a, b
+
+
+def send(core: RouterCore, lid: int, data: bytes) -> None:
+    """A local socket read ``data`` (the I/O layer's one way in: a read buffer with
+    room for a frame header in front)."""
+    buf = memoryview(bytearray(HEADER_SIZE + len(data)))
+    buf[HEADER_SIZE:] = data
+    core.flows.local_read(lid, buf, len(data))
+
+
+def out(proto: LinkProtocol) -> bytes:
+    return b"".join(proto.take_output())
 
 
 def delivered(actions: list[Action], lid: int) -> bytes:
@@ -103,19 +125,39 @@ def delivered(actions: list[Action], lid: int) -> bytes:
 def test_hello_exchange_and_id_check() -> None:
     d = LinkProtocol("west", dialer=True, now=0, expected_site="east", cost=3)
     a = LinkProtocol("east", dialer=False, now=0)
-    assert a.receive_data(d.data_to_send(), 0) == [LinkUp("west", 3, "interior", "west")]
-    assert d.receive_data(a.data_to_send(), 0) == [LinkUp("east", 3, "interior", "east")]
+    assert a.receive_data(out(d), 0) == [LinkUp("west", 3, Mode.INTERIOR, "west")]
+    assert d.receive_data(out(a), 0) == [LinkUp("east", 3, Mode.INTERIOR, "east")]
     assert d.allocate_flow_id() % 2 == 1 and a.allocate_flow_id() % 2 == 0
 
 
 def test_id_mismatch_closes_with_public_reason_only() -> None:
     d = LinkProtocol("west", dialer=True, now=0, expected_site="south")
     a = LinkProtocol("east", dialer=False, now=0)
-    a.receive_data(d.data_to_send(), 0)
-    (ev,) = d.receive_data(a.data_to_send(), 0)
+    a.receive_data(out(d), 0)
+    (ev,) = d.receive_data(out(a), 0)
     assert isinstance(ev, LinkClosed) and "expected 'south'" in ev.reason
-    (ev2,) = a.receive_data(d.data_to_send(), 0)
+    (ev2,) = a.receive_data(out(d), 0)
     assert ev2 == LinkClosed("closed by peer: unexpected site")
+
+
+def test_link_phases_follow_the_table() -> None:
+    # CLOSED is final and nothing leads back to HELLO.
+    assert TRANSITIONS[LinkPhase.CLOSED] == frozenset()
+    assert all(LinkPhase.HELLO not in to for to in TRANSITIONS.values())
+    d = LinkProtocol("west", dialer=True, now=0)
+    a = LinkProtocol("east", dialer=False, now=0)
+    assert d.phase is LinkPhase.HELLO
+    a.receive_data(out(d), 0)
+    d.receive_data(out(a), 0)
+    assert d.phase is LinkPhase.UP and d.up
+    assert d.fail("going away", "closing") == LinkClosed("going away")
+    assert d.phase is LinkPhase.CLOSED
+    with pytest.raises(RuntimeError, match="from closed to up"):
+        d._to(LinkPhase.UP)
+    # A closed link reads and sends nothing more.
+    assert d.receive_data(encode_frame(FrameType.PING), 1) == []
+    d.send(FrameType.PING)
+    assert out(d) == encode_frame(FrameType.CLOSE, 0, b"closing")
 
 
 def test_frames_before_hello_and_garbage_close_the_link() -> None:
@@ -123,23 +165,23 @@ def test_frames_before_hello_and_garbage_close_the_link() -> None:
     (ev,) = a.receive_data(encode_frame(FrameType.PING), 0)
     assert isinstance(ev, LinkClosed) and "before HELLO" in ev.reason
     b = LinkProtocol("east", dialer=False, now=0)
-    b.data_to_send()
+    out(b)
     (ev,) = b.receive_data(b"\xff" * 20, 0)
     assert isinstance(ev, LinkClosed)
     # Only the generic code goes to the peer, never the internal detail.
-    assert b.data_to_send() == encode_frame(FrameType.CLOSE, 0, b"protocol error")
+    assert out(b) == encode_frame(FrameType.CLOSE, 0, b"protocol error")
 
 
 def test_keepalive_and_dead_neighbour() -> None:
     net, a, b = pair()
     for _ in range(10):
         net.tick(0.5)  # pings flow, links stay up
-    assert a.neighbours() == {"b": 1}
+    assert a.topology.neighbours() == {"b": 1}
     # Stop delivering: the neighbour is declared dead within DEAD_AFTER + a tick.
     net.wires.clear()
     for _ in range(int(DEAD_AFTER / 0.5) + 2):
         net.tick(0.5)
-    assert a.neighbours() == {} and b.neighbours() == {}
+    assert a.topology.neighbours() == {} and b.topology.neighbours() == {}
     assert net.take("a", CloseLink)
 
 
@@ -147,29 +189,32 @@ def test_two_routers_of_one_site_are_two_routers() -> None:
     """Replicas: distinct router ids, one site; linked to each other and to another site."""
     net = Net()
     ea, eb, w = net.add("east.a", "east"), net.add("east.b", "east"), net.add("west")
-    eb.set_services(set(), {"k"})
-    w.set_services({"k"}, set())
+    eb.topology.set_services(set(), {"k"})
+    w.topology.set_services({"k"}, set())
     net.connect("east.b", "east.a")  # one site's routers linked to each other
     net.connect("west", "east.a")
-    assert ea.neighbours() == {"east.b": 1, "west": 1}
-    assert {r["id"]: r["site"] for r in w.routers_status()} == {
+    assert ea.topology.neighbours() == {"east.b": 1, "west": 1}
+    assert {r["id"]: r["site"] for r in w.topology.routers_status()} == {
         "east.a": "east",
         "east.b": "east",
         "west": "west",
     }
-    assert w.db.routes["east.b"].next_hop == "east.a"
-    la = w.open_flow("k")
+    assert w.topology.db.routes["east.b"].next_hop == "east.a"
+    la = w.flows.open("k")
     assert la is not None
     net.run()
     (conn,) = net.take("east.b", ConnectLocal)
-    assert eb.local_connected(conn.lid)  # type: ignore[attr-defined]
-    w.local_data(la, b"to the second replica")
+    assert eb.flows.local_connected(conn.lid)  # type: ignore[attr-defined]
+    send(w, la, b"to the second replica")
     net.run()
     assert delivered(net.take("east.b"), conn.lid) == b"to the second replica"  # type: ignore[attr-defined]
     # A router announcing another site than its link expects is refused.
     net.add("south")
     net.connect("south", "east.b", expected="west")
-    assert "south" not in eb.neighbours() and "east.b" not in net.cores["south"].neighbours()
+    assert (
+        "south" not in eb.topology.neighbours()
+        and "east.b" not in net.cores["south"].topology.neighbours()
+    )
 
 
 # -- routing over cores --------------------------------------------------------------------
@@ -183,23 +228,29 @@ def test_lsa_exchange() -> None:
         "k": (["b"], ["a"], True)
     }
     assert ks["k"]["targets"] == [{"router": "b", "cost": 1, "outstanding": 0, "down": False}]
-    assert [r["id"] for r in b.routers_status()] == ["a", "b"]
+    assert [r["id"] for r in b.topology.routers_status()] == ["a", "b"]
 
 
 def test_multi_hop_and_convergence() -> None:
     net = Net()
     for n in ("north", "west", "east", "south"):
         net.add(n)
-    net.cores["east"].set_services(set(), {"k"})
+    net.cores["east"].topology.set_services(set(), {"k"})
     net.connect("north", "west")
     hwe, _ = net.connect("west", "east")
     net.connect("north", "south", cost=5)
     net.connect("south", "east", cost=5)
     north = net.cores["north"]
-    assert north.db.routes["east"].cost == 2 and north.db.routes["east"].next_hop == "west"
+    assert (
+        north.topology.db.routes["east"].cost == 2
+        and north.topology.db.routes["east"].next_hop == "west"
+    )
     # Lose west-east: north converges to the expensive path through south.
     net.cut("west", hwe)
-    assert north.db.routes["east"].cost == 10 and north.db.routes["east"].next_hop == "south"
+    assert (
+        north.topology.db.routes["east"].cost == 10
+        and north.topology.db.routes["east"].next_hop == "south"
+    )
     assert north.keys_status()["k"]["reachable"]
 
 
@@ -207,12 +258,12 @@ def test_multi_hop_and_convergence() -> None:
 
 
 def open_flow(net: Net, a: RouterCore, b: RouterCore) -> tuple[int, int]:
-    lid = a.open_flow("k")
+    lid = a.flows.open("k")
     assert lid is not None
     net.run()
     (conn,) = net.take("b", ConnectLocal)
     assert isinstance(conn, ConnectLocal) and conn.key == "k"
-    assert b.local_connected(conn.lid)
+    assert b.flows.local_connected(conn.lid)
     net.run()
     return lid, conn.lid
 
@@ -220,64 +271,64 @@ def open_flow(net: Net, a: RouterCore, b: RouterCore) -> tuple[int, int]:
 def test_flow_open_data_half_close_both_ways() -> None:
     net, a, b = pair()
     la, lb = open_flow(net, a, b)
-    a.local_data(la, b"hello")
+    send(a, la, b"hello")
     net.run()
     acts = net.take("b")
     assert delivered(acts, lb) == b"hello"
-    b.local_consumed(lb, 5)
+    b.flows.local_consumed(lb, 5)
     # Client half-closes; server still answers.
-    a.local_eof(la)
+    a.flows.local_eof(la)
     net.run()
     assert DeliverEof(lb) in net.take("b")
-    b.local_data(lb, b"world")
-    b.local_eof(lb)
+    send(b, lb, b"world")
+    b.flows.local_eof(lb)
     net.run()
     acts = net.take("a")
     assert delivered(acts, la) == b"world"
     assert acts[-2:] == [DeliverEof(la), CloseLocal(la, abort=False)]
     assert CloseLocal(lb, abort=False) in net.take("b")
-    assert not a.flows and not b.flows
-    assert a.flows_total == 1
+    assert not a.flows.by_id and not b.flows.by_id
+    assert a.flows.total == 1
 
 
 def test_connect_failure_resets_listener_side() -> None:
     net, a, b = pair()
-    la = a.open_flow("k")
+    la = a.flows.open("k")
     net.run()
     (conn,) = net.take("b", ConnectLocal)
-    b.local_connect_failed(conn.lid)  # type: ignore[attr-defined]
+    b.flows.local_connect_failed(conn.lid)  # type: ignore[attr-defined]
     net.run()
     assert CloseLocal(la, abort=True) in net.take("a")  # type: ignore[arg-type]
-    assert not a.flows and not b.flows
+    assert not a.flows.by_id and not b.flows.by_id
 
 
 def test_reset_propagates_both_ways_over_three_hops() -> None:
     net = Net()
     for n in ("n", "w", "e"):
         net.add(n)
-    net.cores["e"].set_services(set(), {"k"})
+    net.cores["e"].topology.set_services(set(), {"k"})
     net.connect("n", "w")
     net.connect("w", "e")
     n, w, e = net.cores["n"], net.cores["w"], net.cores["e"]
-    la = n.open_flow("k")
+    la = n.flows.open("k")
     assert la is not None
     net.run()
     (conn,) = net.take("e", ConnectLocal)
-    e.local_connected(conn.lid)  # type: ignore[attr-defined]
-    n.local_data(la, b"x")
+    e.flows.local_connected(conn.lid)  # type: ignore[attr-defined]
+    send(n, la, b"x")
     net.run()
     assert delivered(net.take("e"), conn.lid) == b"x"  # type: ignore[attr-defined]
-    assert len(w.flows) == 1
-    e.local_reset(conn.lid)  # type: ignore[attr-defined]
+    assert len(w.flows.by_id) == 1
+    e.flows.local_reset(conn.lid)  # type: ignore[attr-defined]
     net.run()
     assert CloseLocal(la, abort=True) in net.take("n")
-    assert not n.flows and not w.flows and not e.flows
+    assert not n.flows.by_id and not w.flows.by_id and not e.flows.by_id
 
 
 def test_link_loss_resets_flows() -> None:
     net, a, b = pair()
     la, lb = open_flow(net, a, b)
-    (h,) = a.links
+    (h,) = a.topology.links
     net.cut("a", h)
     assert CloseLocal(la, abort=True) in net.take("a")
     assert CloseLocal(lb, abort=True) in net.take("b")
@@ -285,22 +336,22 @@ def test_link_loss_resets_flows() -> None:
 
 def test_no_connector_means_no_flow() -> None:
     net, a, b = pair()
-    assert a.open_flow("missing") is None
-    b.set_services(set(), set())
+    assert a.flows.open("missing") is None
+    b.topology.set_services(set(), set())
     net.run()
-    assert a.open_flow("k") is None
+    assert a.flows.open("k") is None
 
 
 def test_local_connector_is_used_directly() -> None:
     net = Net()
     a = net.add("a")
-    a.set_services({"k"}, {"k"})
-    la = a.open_flow("k")
+    a.topology.set_services({"k"}, {"k"})
+    la = a.flows.open("k")
     assert la is not None
     net.run()
     (conn,) = net.take("a", ConnectLocal)
-    a.local_connected(conn.lid)  # type: ignore[attr-defined]
-    a.local_data(la, b"ping")
+    a.flows.local_connected(conn.lid)  # type: ignore[attr-defined]
+    send(a, la, b"ping")
     net.run()
     assert delivered(net.take("a"), conn.lid) == b"ping"  # type: ignore[attr-defined]
 
@@ -312,86 +363,89 @@ def test_credit_bounds_a_flow_without_stalling_others() -> None:
     chunk = b"z" * 65536
     read = 0
     # The client of flow 1 writes as long as the router lets it read.
-    while (allow := a.read_allowance(la1)) and read < 10 * INITIAL_WINDOW:
+    while (allow := a.flows.read_allowance(la1)) and read < 10 * INITIAL_WINDOW:
         n = min(allow, len(chunk))
-        a.local_data(la1, chunk[:n])
+        send(a, la1, chunk[:n])
         read += n
         net.run()
     # Flow 1's receiver never drains: at most link window + queue in flight.
     assert read == 2 * INITIAL_WINDOW
     assert len(delivered(net.take("b"), lb1)) == INITIAL_WINDOW
     # Flow 2 still flows.
-    a.local_data(la2, b"other")
+    send(a, la2, b"other")
     net.run()
     assert delivered(net.take("b"), lb2) == b"other"
-    # Draining flow 1 grants credit back and the reader resumes.
-    b.local_consumed(lb1, INITIAL_WINDOW)
+    # Draining flow 1 grants credit back, a frame the I/O layer writes at once,
+    # and the reader resumes.
+    b.flows.local_consumed(lb1, INITIAL_WINDOW)
+    assert b.outbox.urgent and b.outbox.queued > 0
     net.run()
     assert ResumeRead(la1) in net.take("a")
-    assert a.read_allowance(la1)
+    assert a.flows.read_allowance(la1)
 
 
 def test_window_violation_and_unknown_flow_close_link() -> None:
     net, a, b = pair()
     open_flow(net, a, b)
-    (ha,) = a.links
-    (hb,) = b.links
-    fid = next(iter(a.links[ha].flows))
+    (ha,) = a.topology.links
+    (hb,) = b.topology.links
+    fid = next(iter(a.topology.links[ha].flows))
     # A misbehaving peer sends beyond the window: only that link closes.
     big = b"".join(
         encode_frame(FrameType.DATA, fid, b"x" * 65536) for _ in range(INITIAL_WINDOW // 65536 + 1)
     )
     b.link_data(hb, big, net.now)
-    assert hb not in b.links
+    assert hb not in b.topology.links
     assert any(
-        isinstance(x, CloseLink) and "exceeded its window" in x.reason for x in b.take_actions()
+        isinstance(x, CloseLink) and "exceeded its window" in x.reason
+        for x in b.outbox.take_actions()
     )
     # DATA for a flow id that was never opened is a protocol error too.
     net2, _, d = pair()
-    (hd,) = d.links
+    (hd,) = d.topology.links
     d.link_data(hd, encode_frame(FrameType.DATA, 99, b"x"), net2.now)
-    assert hd not in d.links
+    assert hd not in d.topology.links
 
 
 def test_open_refused_downstream_resets_the_sender() -> None:
     """A router that cannot serve an OPEN (connector gone, route gone) must say so."""
     # The connector is withdrawn while the OPEN is on the wire.
     net, a, b = pair()
-    a.open_flow("k")
-    b.set_services(set(), set())
+    a.flows.open("k")
+    b.topology.set_services(set(), set())
     net.run()
-    assert a.flows == {} and b.flows == {}
+    assert a.flows.by_id == {} and b.flows.by_id == {}
     assert any(isinstance(x, CloseLocal) and x.abort for x in net.take("a"))
 
     # The next hop is lost while the OPEN is on the wire.
     net = Net()
     for name in ("n", "w", "e"):
         net.add(name)
-    net.cores["e"].set_services(set(), {"k"})
+    net.cores["e"].topology.set_services(set(), {"k"})
     net.connect("n", "w")
     w_end, e_end = net.connect("w", "e")
     net.run()
     net.take("n")
     n, w = net.cores["n"], net.cores["w"]
-    n.open_flow("k")
+    n.flows.open("k")
     far = net.wires.pop(("w", w_end))
     net.wires.pop(far)
     w.link_lost(w_end, "cut")
     net.cores["e"].link_lost(e_end, "cut")
     net.run()
-    assert n.flows == {} and w.flows == {}
+    assert n.flows.by_id == {} and w.flows.by_id == {}
     assert any(isinstance(x, CloseLocal) and x.abort for x in net.take("n"))
 
 
 def test_open_flows_per_link_are_capped(monkeypatch) -> None:
-    import skiff_router.core as core_module
+    import skiff_router.flows as flows_module
 
-    monkeypatch.setattr(core_module, "MAX_LINK_FLOWS", 3)
+    monkeypatch.setattr(flows_module, "MAX_LINK_FLOWS", 3)
     net, a, b = pair()
     for _ in range(5):
-        a.open_flow("k")
+        a.flows.open("k")
     net.run()
     # Three flows reach the connector side; the rest are refused, not queued.
-    assert len(b.flows) == 3
-    assert len(a.flows) == 3
+    assert len(b.flows.by_id) == 3
+    assert len(a.flows.by_id) == 3
     assert sum(isinstance(x, CloseLocal) and x.abort for x in net.take("a")) == 2

@@ -4,37 +4,39 @@ from __future__ import annotations
 
 from collections import Counter
 
-from test_core import Net, delivered
+from test_core import Net, delivered, send
 
+from skiff_router.actions import CloseLocal, ConnectLocal, McastDeliver
 from skiff_router.codec import FrameType, encode_frame
-from skiff_router.core import CloseLocal, ConnectLocal, McastDeliver, RouterCore
+from skiff_router.config import Mode
+from skiff_router.core import RouterCore
 
 
 def star(n_targets: int = 3, costs: list[int] | None = None) -> tuple[Net, RouterCore]:
     """Origin ``o`` linked to targets t0..tN-1, each with a connector for ``k``."""
     net = Net()
     o = net.add("o")
-    o.set_services({"k"}, set())
+    o.topology.set_services({"k"}, set())
     for i in range(n_targets):
-        net.add(f"t{i}").set_services(set(), {"k"})
+        net.add(f"t{i}").topology.set_services(set(), {"k"})
         net.connect("o", f"t{i}", cost=(costs or [1] * n_targets)[i])
     return net, o
 
 
 def open_and_accept(net: Net, o: RouterCore, dist: str = "balanced") -> tuple[int, str]:
     """Open a flow from o; the chosen target's connector takes it. Returns (lid, target)."""
-    lid = o.open_flow("k", dist)
+    lid = o.flows.open("k", dist)
     assert lid is not None
     net.run()
     hits = [(n, a) for n in net.cores if n != "o" for a in net.take(n, ConnectLocal)]
     ((target, conn),) = hits
-    assert net.cores[target].local_connected(conn.lid)  # type: ignore[attr-defined]
+    assert net.cores[target].flows.local_connected(conn.lid)  # type: ignore[attr-defined]
     net.run()
     return lid, target
 
 
 def close_flow(net: Net, o: RouterCore, lid: int) -> None:
-    o.local_reset(lid)
+    o.flows.local_reset(lid)
     net.run()
 
 
@@ -56,7 +58,7 @@ def test_balanced_avoids_a_loaded_target() -> None:
     for lid, target in held:
         if target != "t0":
             close_flow(net, o, lid)
-    assert o.outstanding["k"] == {"t0": 10}
+    assert o.sites.outstanding["k"] == {"t0": 10}
     counts: Counter[str] = Counter()
     for _ in range(60):
         lid, target = open_and_accept(net, o)
@@ -67,22 +69,22 @@ def test_balanced_avoids_a_loaded_target() -> None:
 
 def test_balanced_prefers_local_until_loaded() -> None:
     net, o = star(2)
-    o.set_services({"k"}, {"k"})  # o has a connector too (cost 0)
-    lid = o.open_flow("k")
+    o.topology.set_services({"k"}, {"k"})  # o has a connector too (cost 0)
+    lid = o.flows.open("k")
     net.run()
     (conn,) = net.take("o", ConnectLocal)
     assert isinstance(conn, ConnectLocal)
-    o.local_connected(conn.lid)
+    o.flows.local_connected(conn.lid)
     net.run()
     # One flow outstanding locally: now local (0 + 1) ties with the remotes (1 + 0).
     picks = set()
     for _ in range(6):
-        lid2 = o.open_flow("k")
+        lid2 = o.flows.open("k")
         net.run()
         for n in net.cores:
             for a in net.take(n, ConnectLocal):
                 picks.add(n)
-                net.cores[n].local_connect_failed(a.lid)  # type: ignore[attr-defined]
+                net.cores[n].flows.local_connect_failed(a.lid)  # type: ignore[attr-defined]
         net.run()
         del lid2
     assert {"t0", "t1"} <= picks
@@ -100,24 +102,24 @@ def test_closest_picks_least_cost_and_spreads_ties() -> None:
 
 def test_refused_target_is_retried_elsewhere_with_the_data() -> None:
     net, o = star(2, costs=[1, 2])
-    lid = o.open_flow("k", "closest")
+    lid = o.flows.open("k", "closest")
     assert lid is not None
-    o.local_data(lid, b"hello ")
-    o.local_data(lid, b"world")
-    o.local_eof(lid)
+    send(o, lid, b"hello ")
+    send(o, lid, b"world")
+    o.flows.local_eof(lid)
     net.run()
     (c0,) = net.take("t0", ConnectLocal)
-    net.cores["t0"].local_connect_failed(c0.lid)  # type: ignore[attr-defined]
+    net.cores["t0"].flows.local_connect_failed(c0.lid)  # type: ignore[attr-defined]
     net.run()
     # The client was not reset: the flow moved to t1 with everything it sent.
     assert CloseLocal(lid, abort=True) not in net.take("o")
     (c1,) = net.take("t1", ConnectLocal)
     t1 = net.cores["t1"]
-    assert t1.local_connected(c1.lid)  # type: ignore[attr-defined]
+    assert t1.flows.local_connected(c1.lid)  # type: ignore[attr-defined]
     net.run()
     acts = net.take("t1")
     assert delivered(acts, c1.lid) == b"hello world"  # type: ignore[attr-defined]
-    assert o.retries == 1
+    assert o.flows.retries == 1
     assert o.keys_status()["k"]["targets"][0] == {
         "router": "t0",
         "cost": 1,
@@ -136,30 +138,30 @@ def test_refused_target_is_retried_elsewhere_with_the_data() -> None:
 
 def test_no_other_target_resets_the_client() -> None:
     net, o = star(1)
-    lid = o.open_flow("k")
+    lid = o.flows.open("k")
     net.run()
     (c0,) = net.take("t0", ConnectLocal)
-    net.cores["t0"].local_connect_failed(c0.lid)  # type: ignore[attr-defined]
+    net.cores["t0"].flows.local_connect_failed(c0.lid)  # type: ignore[attr-defined]
     net.run()
     assert CloseLocal(lid, abort=True) in net.take("o")  # type: ignore[arg-type]
-    assert not o.flows and o.outstanding.get("k", {}) == {}
+    assert not o.flows.by_id and o.sites.outstanding.get("k", {}) == {}
 
 
 def test_several_links_between_one_pair() -> None:
     net = Net()
     a, b = net.add("a"), net.add("b")
-    b.set_services(set(), {"k"})
+    b.topology.set_services(set(), {"k"})
     h1, _ = net.connect("a", "b", cost=5)
     h2, _ = net.connect("a", "b", cost=2)
-    assert a.db.routes["b"].cost == 2
-    lid = a.open_flow("k")
+    assert a.topology.db.routes["b"].cost == 2
+    lid = a.flows.open("k")
     net.run()
     assert lid is not None
-    (flow,) = a.flows.values()
+    (flow,) = a.flows.by_id.values()
     assert flow.ends[1].link is not None and flow.ends[1].link.handle == h2
     # Losing the cheap link keeps the pair connected over the other one.
     net.cut("a", h2)
-    assert a.db.routes["b"].cost == 5
+    assert a.topology.db.routes["b"].cost == 5
     assert b.keys_status()["k"]["reachable"]
     assert a.keys_status()["k"]["reachable"]
     del h1
@@ -183,8 +185,8 @@ def test_multicast_reaches_each_router_exactly_once_in_order() -> None:
         net.take(name)
     n = 50
     for i in range(n):
-        net.cores["a"].publish("news", f"a{i}".encode())
-        net.cores["d"].publish("news", f"d{i}".encode())
+        net.cores["a"].multicast.publish("news", f"a{i}".encode())
+        net.cores["d"].multicast.publish("news", f"d{i}".encode())
         if i % 7 == 0:
             net.run()
     net.run()
@@ -200,8 +202,8 @@ def test_malformed_multicast_closes_only_that_link() -> None:
     a = net.cores["a"]
     (h, _) = next((h, d) for (src, h), d in net.wires.items() if src == "a")
     a.link_data(h, encode_frame(FrameType.MCAST, 0, b"\x05ab"), net.now)
-    assert h not in a.links
-    assert len(a.links) == 1  # the other link of a is untouched
+    assert h not in a.topology.links
+    assert len(a.topology.links) == 1  # the other link of a is untouched
 
 
 # -- edges -------------------------------------------------------------------------------
@@ -212,11 +214,11 @@ def edge_net() -> Net:
     net = Net()
     net.add("i1")
     net.add("i2")
-    net.add("o").set_services({"k"}, set())
-    e = RouterCore("e", net.now, seq=0, mode="edge")
+    net.add("o").topology.set_services({"k"}, set())
+    e = RouterCore("e", net.now, seq=0, mode=Mode.EDGE)
     net.cores["e"] = e
     net.actions["e"] = []
-    e.set_services({"k2"}, {"k"})
+    e.topology.set_services({"k2"}, {"k"})
     net.connect("i1", "i2")
     net.connect("o", "i1")
     net.connect("e", "i1")
@@ -228,18 +230,18 @@ def test_edge_is_advertised_by_its_interiors_and_reached_through_them() -> None:
     net = edge_net()
     o, e = net.cores["o"], net.cores["e"]
     assert o.keys_status()["k"]["connectors"] == ["e"]
-    assert o.db.routes["e"].next_hop == "i1" and o.db.routes["e"].cost == 2
-    assert "e" not in net.cores["i1"].db.lsas  # no LSA of its own in the network
-    assert {r["id"]: r["mode"] for r in o.routers_status()}["e"] == "edge"
+    assert o.topology.db.routes["e"].next_hop == "i1" and o.topology.db.routes["e"].cost == 2
+    assert "e" not in net.cores["i1"].topology.db.lsas  # no LSA of its own in the network
+    assert {r["id"]: r["mode"] for r in o.topology.routers_status()}["e"] == "edge"
     # The edge routes to everything through its interiors.
-    assert e.db.routes["o"].next_hop == "i1"
+    assert e.topology.db.routes["o"].next_hop == "i1"
     assert e.keys_status()["k2"]["listeners"] == ["e"]
     lid, target = None, None
-    lid = o.open_flow("k")
+    lid = o.flows.open("k")
     net.run()
     (conn,) = net.take("e", ConnectLocal)
-    assert e.local_connected(conn.lid)  # type: ignore[attr-defined]
-    o.local_data(lid, b"via edge")  # type: ignore[arg-type]
+    assert e.flows.local_connected(conn.lid)  # type: ignore[attr-defined]
+    send(o, lid, b"via edge")  # type: ignore[arg-type]
     net.run()
     assert delivered(net.take("e"), conn.lid) == b"via edge"  # type: ignore[attr-defined]
     del target
@@ -252,15 +254,15 @@ def test_edge_never_transit_and_survives_losing_one_interior() -> None:
     i2 = net.cores["i2"]
     cut = next(h for (src, h), (dst, _) in net.wires.items() if src == "i2" and dst == "i1")
     net.cut("i2", cut)
-    assert "i2" not in o.db.routes  # i2 is reachable only through e: not a path
-    assert "o" not in i2.db.routes
+    assert "i2" not in o.topology.db.routes  # i2 is reachable only through e: not a path
+    assert "o" not in i2.topology.db.routes
     # e lost i1: still reachable through i2? Only if i2 connects to the rest; relink.
     net.connect("i2", "i1")
     h_e_i1 = next(h for (src, h), (dst, _) in net.wires.items() if src == "e" and dst == "i1")
     net.cut("e", h_e_i1)
     assert o.keys_status()["k"]["connectors"] == ["e"]
-    assert o.db.routes["e"].cost == 1 + 1 + 3
-    lid = o.open_flow("k")
+    assert o.topology.db.routes["e"].cost == 1 + 1 + 3
+    lid = o.flows.open("k")
     net.run()
     assert lid is not None and net.take("e", ConnectLocal)
 
@@ -269,7 +271,7 @@ def test_edge_does_not_forward_transit_opens_or_multicast() -> None:
     net = edge_net()
     e = net.cores["e"]
     net.take("i2")
-    net.cores["i1"].publish("x", b"1")
+    net.cores["i1"].multicast.publish("x", b"1")
     net.run()
     got = [a for a in net.take("i2", McastDeliver)]
     assert len(got) == 1  # via i1 directly; e did not echo it

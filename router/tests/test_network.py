@@ -462,10 +462,10 @@ def test_slow_reader_does_not_stall_other_flows(tmp_path: Path) -> None:
                 assert await asyncio.wait_for(echo_roundtrip(lport, payload), TIMEOUT) == payload
                 # Memory per flow stays bounded: queued bytes in the cores are at most
                 # a window per direction.
-                from skiff_router.core import INITIAL_WINDOW
+                from skiff_router.flows import INITIAL_WINDOW
 
                 for r in rs.values():
-                    for flow in r.core.flows.values():
+                    for flow in r.core.flows.by_id.values():
                         for end in flow.ends:
                             assert sum(map(len, end.queue)) <= INITIAL_WINDOW
                 w1.transport.abort()
@@ -559,5 +559,30 @@ def test_status_reports_new_config_only_once_fully_applied(tmp_path: Path) -> No
             assert after["config"]["sha256"] != old_sha
             (busy,) = [x for x in after["listeners"] if x["name"] == "busy"]
             assert busy["state"] == "error"
+
+    run(main())
+
+
+def test_connector_by_host_name_is_looked_up_once_and_falls_back(tmp_path: Path) -> None:
+    """A connector's host name is resolved once per RESOLVE_TTL, not per flow; of its
+    addresses, the one that takes connections is tried first from then on."""
+
+    async def main() -> None:
+        east, west = two_sites(tmp_path)
+        async with tcp_server() as echo_port:
+            east.connectors.append(
+                {"name": "k", "routing_key": "k", "host": "localhost", "port": echo_port}
+            )
+            lport = west.listen("k")
+            async with routers(east, west) as rs:
+                await wait_for(lambda: reachable(rs["west"], "k"), TIMEOUT, "reachable")
+                assert await asyncio.wait_for(echo_roundtrip(lport, b"one"), 10) == b"one"
+                c = rs["east"].connectors.by_name["k"]
+                assert c.addresses == ("127.0.0.1",)
+                # Two addresses, the first refusing (nothing listens on 127.0.0.2).
+                c.addresses = ("127.0.0.2", "127.0.0.1")
+                assert await asyncio.wait_for(echo_roundtrip(lport, b"two"), 10) == b"two"
+                assert c.addresses == ("127.0.0.1", "127.0.0.2")
+                assert rs["east"].status()["connectors"][0]["error"] is None
 
     run(main())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from skiff_router.codec import Lsa
+from skiff_router.config import Distribution
 from skiff_router.routing import STALE_AFTER, LinkStateDb, Route, shortest_paths
+from skiff_router.targets import SiteChoice
 
 
 def lsa(
@@ -64,14 +66,19 @@ def test_tie_spread_round_robin_and_local_preferred() -> None:
         lsa("b", {"a": 1}, conn={"k"}),
         lsa("c", {"a": 1}, conn={"k"}),
     )
-    picks = [db.choose("k") for _ in range(4)]
-    assert sorted(picks) == ["b", "b", "c", "c"]
+    sites = SiteChoice()
+
+    def choose(key: str) -> str | None:
+        return sites.choose(db, key, Distribution.BALANCED, 0.0)
+
+    picks = [choose("k") for _ in range(4)]
+    assert sorted(picks) == ["b", "b", "c", "c"]  # type: ignore[type-var]
     assert picks[0] != picks[1]
     # A local connector (cost 0) wins.
     db.update(lsa("a", {"b": 1, "c": 1}, conn={"k"}, seq=2))
     db.compute()
-    assert {db.choose("k") for _ in range(4)} == {"a"}
-    assert db.choose("other") is None
+    assert {choose("k") for _ in range(4)} == {"a"}
+    assert choose("other") is None
 
 
 def test_link_loss_converges_and_stale_purged() -> None:
@@ -81,12 +88,13 @@ def test_link_loss_converges_and_stale_purged() -> None:
         lsa("b", {"a": 1, "c": 1}),
         lsa("c", {"b": 1}, conn={"k"}),
     )
-    assert db.choose("k") == "c"
+    sites = SiteChoice()
+    assert sites.choose(db, "k", Distribution.BALANCED, 0.0) == "c"
     db.update(lsa("b", {"a": 1}, seq=2))  # b lost c
     db.compute()
     assert "c" not in db.routes
-    assert db.choose("k") is None
-    assert db.serving("k") == []
+    assert sites.choose(db, "k", Distribution.BALANCED, 0.0) is None
+    assert db.serving("k") == ()
     assert not db.purge(100.0)
     assert db.purge(100.0 + STALE_AFTER)
     assert "c" not in db.lsas

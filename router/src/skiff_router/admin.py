@@ -20,16 +20,15 @@ import contextlib
 import json
 import logging
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import Any
 
 try:
     from skiff_router import metrics
-except ImportError:  # prometheus-client is optional: everything but /metrics works without it
+except ImportError:  # without prometheus-client everything but /metrics works
     metrics = None  # type: ignore[assignment]
 from skiff_router.codec import MAX_DATA, valid_address
-
-if TYPE_CHECKING:
-    from skiff_router.runtime import Router
+from skiff_router.view import MulticastPort, RouterView
 
 log = logging.getLogger("admin")
 
@@ -38,14 +37,7 @@ MAX_HEADERS = 64
 REQUEST_TIMEOUT = 5.0
 MAX_BODY = MAX_DATA - 1024  # a multicast payload fits one frame with its header
 MCAST_PREFIX = "/v1/multicast/"
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    503: "Service Unavailable",
-}
+NO_METRICS = b"metrics need the prometheus-client Python package (pip install prometheus-client)\n"
 
 
 class _Stream(Exception):
@@ -56,10 +48,11 @@ class _Stream(Exception):
 
 
 class AdminServer:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, view: RouterView, multicast: MulticastPort) -> None:
+        self.view = view
+        self.multicast = multicast
         self.server: asyncio.Server | None = None
-        self.registry = metrics.registry_for(router) if metrics is not None else None
+        self.registry = metrics.registry_for(view) if metrics is not None else None
         self._streams: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int) -> None:
@@ -87,7 +80,7 @@ class AdminServer:
             writer.transport.abort()
             return
         head = (
-            f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         try:
@@ -127,27 +120,27 @@ class AdminServer:
             if length > MAX_BODY:
                 return 413, "text/plain", f"payload over {MAX_BODY} bytes\n".encode()
             body = await reader.readexactly(length)
-            seq = self.router.publish(address, body)
-            out = {"origin": self.router.cfg.router_id, "seq": seq, "address": address}
+            seq = self.multicast.publish(address, body)
+            out = {"origin": self.view.router_id, "seq": seq, "address": address}
             return 200, "application/json", json.dumps(out).encode() + b"\n"
         if method != "GET":
             return 405, "text/plain", b"method not allowed\n"
         if target == "/healthz":
             return 200, "text/plain", b"ok"
         if target == "/readyz":
-            ready, why = self.router.ready
+            ready, why = self.view.readiness()
             if ready:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", ("not ready: " + "; ".join(why) + "\n").encode()
         if target == "/v1/status":
-            status: dict[str, Any] = self.router.status()
+            status: dict[str, Any] = self.view.status()
             return 200, "application/json", json.dumps(status, indent=2).encode() + b"\n"
         if target == "/v1/flows":
-            flows = self.router.core.flows_status()
+            flows = self.view.flows_status()
             return 200, "application/json", json.dumps(flows).encode() + b"\n"
         if target == "/metrics":
             if metrics is None or self.registry is None:
-                return 501, "text/plain", b"metrics need the prometheus-client package\n"
+                return 501, "text/plain", NO_METRICS
             return 200, metrics.CONTENT_TYPE, metrics.render(self.registry)
         return 404, "text/plain", b"not found\n"
 
@@ -156,8 +149,7 @@ class AdminServer:
     ) -> None:
         """Multicast subscription: one JSON object per line, the first one
         ``{"subscribed": address}`` once messages are being collected."""
-        router = self.router
-        sub = router.subscribe(address)
+        sub = self.multicast.subscribe(address)
         self._streams.add(writer)
         gone = asyncio.ensure_future(reader.read(1))  # the client leaving ends the stream
         try:
@@ -188,7 +180,7 @@ class AdminServer:
         except OSError:
             pass
         finally:
-            router.unsubscribe(sub)
+            self.multicast.unsubscribe(sub)
             self._streams.discard(writer)
             gone.cancel()
             if sub.dropped:

@@ -10,24 +10,14 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from skiff_router import __version__
+from skiff_router import __version__, eventloop
 from skiff_router import log as logsetup
 from skiff_router.config import ConfigError, load
 from skiff_router.kube import agent as kube_agent
 
 log = logging.getLogger("router")
-
-
-def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    try:
-        import uvloop  # optional: faster event loop
-    except ImportError:
-        return asyncio.run(main())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main())
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -70,7 +60,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         await router.stop()
         return 0
 
-    return _run_loop(main)
+    try:
+        return eventloop.run(main)
+    except eventloop.LoopError as exc:
+        print(f"skiff-router: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
@@ -126,8 +120,13 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
 def format_status(s: dict[str, Any]) -> str:
     cfg = s.get("config", {})
     ready = s.get("ready")
+    rid = s.get("router_id")
     lines = [
-        f"site {s.get('site')} ({s.get('mode', 'interior')}, skiff-router {s.get('version')})"
+        f"site {s.get('site')}"
+        + (f" router {rid}" if rid and rid != s.get("site") else "")
+        + f" ({s.get('mode', 'interior')}, skiff-router {s.get('version')}"
+        + (f" on {s['event_loop']}" if s.get("event_loop") else "")
+        + ")"
         + ("" if ready is None else (", ready" if ready else ", NOT READY")),
         f"config {cfg.get('path')} sha256 {str(cfg.get('sha256'))[:12]}",
     ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from skiff_router.config import ROUTER_ID_RE, SITE_RE, router_of_site
+from skiff_router.config import MODES, ROUTER_ID_RE, SITE_RE, Mode, router_of_site
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BBII")
@@ -65,22 +65,15 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    type: FrameType
-    flow: int = 0
-    payload: bytes = b""
-    flags: int = 0
+# A decoded frame: (type, flow id, payload). A plain tuple, not a class: the
+# data path handles one per DATA frame and pays for every attribute lookup.
+RawFrame = tuple[FrameType, int, "bytes | memoryview"]
 
 
-def encode_frame(ftype: FrameType, flow: int = 0, payload: bytes = b"", flags: int = 0) -> bytes:
+def encode_frame(ftype: FrameType, flow: int = 0, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError("payload too large")
-    return HEADER.pack(ftype, flags, flow, len(payload)) + payload
-
-
-def encode(frame: Frame) -> bytes:
-    return encode_frame(frame.type, frame.flow, frame.payload, frame.flags)
+    return HEADER.pack(ftype, 0, flow, len(payload)) + payload
 
 
 # Header validation tables, indexed by the raw type byte: the FrameType (None if
@@ -96,7 +89,7 @@ class FrameDecoder:
     """Incremental decoder. Once it raised ProtocolError it stays broken.
 
     Frames are parsed straight out of each chunk fed; only a trailing partial
-    frame is buffered. ``feed_raw`` hands out (type, flow id, payload) tuples; a
+    frame is buffered. ``feed`` hands out (type, flow id, payload) tuples; a
     DATA payload taken whole from an immutable ``bytes`` chunk is a read-only
     memoryview slice of it (no copy), every other payload is ``bytes``.
     """
@@ -124,13 +117,10 @@ class FrameDecoder:
             raise ProtocolError(f"bad flow id {flow} for {t.name}")
         return t, flow, length
 
-    def feed(self, data: bytes) -> list[Frame]:
-        return [Frame(t, flow, bytes(p)) for t, flow, p in self.feed_raw(data)]
-
-    def feed_raw(self, data: bytes) -> list[tuple[FrameType, int, bytes | memoryview]]:
+    def feed(self, data: bytes) -> list[RawFrame]:
         if self._error is not None:
             raise self._error
-        frames: list[tuple[FrameType, int, bytes | memoryview]] = []
+        frames: list[RawFrame] = []
         end = len(data)
         pos = 0
         buf = self._buf
@@ -233,13 +223,13 @@ class Hello:
     router: str  # the router id
     site: str  # the site the router belongs to (replicas of one site share it)
     cost: int  # the dialer's configured link cost; the acceptor adopts it
-    mode: str = "interior"  # "edge": takes no part in routing, never forwards transit
+    mode: Mode = Mode.INTERIOR
 
 
 def encode_hello(h: Hello) -> bytes:
     d: dict[str, Any] = {"v": h.version, "id": h.router, "site": h.site, "cost": h.cost}
-    if h.mode != "interior":
-        d["mode"] = h.mode
+    if h.mode is not Mode.INTERIOR:
+        d["mode"] = h.mode.value
     return _dump(d)
 
 
@@ -248,12 +238,13 @@ def decode_hello(payload: bytes) -> Hello:
     version = _int(d.get("v"), "HELLO.v", 0, 1 << 31)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version}")
-    mode = d.get("mode", "interior")
-    if mode not in ("interior", "edge"):
+    mode = d.get("mode", Mode.INTERIOR.value)
+    if not isinstance(mode, str) or mode not in MODES:
         raise ProtocolError("HELLO.mode: unknown mode")
     router = _router(d.get("id"), "HELLO.id")
     site = _site_of(d, router, "HELLO")
-    return Hello(version, router, site, _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000), mode)
+    cost = _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000)
+    return Hello(version, router, site, cost, Mode(mode))
 
 
 @dataclass(frozen=True, slots=True)

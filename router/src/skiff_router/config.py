@@ -11,6 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,24 @@ def router_of_site(router_id: str, site: str) -> bool:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MODES = ("interior", "edge")
-DISTRIBUTIONS = ("balanced", "closest")
+
+
+class Mode(StrEnum):
+    """A router's role in the network (docs/design.md, ``mode``)."""
+
+    INTERIOR = "interior"  # takes part in routing, forwards transit traffic
+    EDGE = "edge"  # hangs off interiors, advertised by them, never transit
+
+
+class Distribution(StrEnum):
+    """How a listener's new flows pick a connector site."""
+
+    BALANCED = "balanced"  # least (path cost + flows outstanding), ties round-robin
+    CLOSEST = "closest"  # least path cost, ties round-robin
+
+
+MODES = tuple(m.value for m in Mode)
+DISTRIBUTIONS = tuple(d.value for d in Distribution)
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ class ListenerConfig:
     routing_key: str
     host: str
     port: int
-    distribution: str = "balanced"
+    distribution: Distribution = Distribution.BALANCED
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ class Config:
     site: str
     router_id: str = ""  # names this router in the network; "" = the site name
     log_level: str = "info"
-    mode: str = "interior"
+    mode: Mode = Mode.INTERIOR
     admin: Admin = Admin()
     link_access: LinkAccess | None = None
     links: tuple[LinkConfig, ...] = ()
@@ -225,12 +242,12 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         else:
             log_level = v
 
-    mode = "interior"
+    mode = Mode.INTERIOR
     if "mode" in top:
         if top["mode"] not in MODES:
             c.err("mode", f"must be one of {', '.join(MODES)}")
         else:
-            mode = top["mode"]
+            mode = Mode(top["mode"])
 
     admin = Admin()
     if top.get("admin") is not None:
@@ -319,17 +336,17 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
     for path, item in c.items(value, "listeners"):
         d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"distribution"})
         if d is not None:
-            dist = d.get("distribution", "balanced")
+            dist = d.get("distribution", Distribution.BALANCED.value)
             if dist not in DISTRIBUTIONS:
                 c.err(f"{path}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}")
-                dist = "balanced"
+                dist = Distribution.BALANCED.value
             listeners.append(
                 ListenerConfig(
                     name=c.string(d, "name", path),
                     routing_key=c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
-                    distribution=dist,
+                    distribution=Distribution(dist),
                 )
             )
     _unique(c, "listeners", [(f"listeners[{i}].name", x.name) for i, x in enumerate(listeners)])

@@ -1,44 +1,70 @@
 """Link connection state machine (sans-I/O).
 
 One instance per TLS connection between two routers. It owns the frame
-decoder, the HELLO exchange, keepalive, and flow id bookkeeping; everything
-above (routing, flows) is the router core's business.
+decoder, the HELLO exchange, keepalive and flow id bookkeeping; what the
+frames mean (routing, flows, multicast) is the router core's business.
 
-States: ``hello`` (our HELLO sent, waiting for the peer's) -> ``up`` -> ``closed``.
+The link's phases and the moves between them are the table below; nothing
+else changes ``phase``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
 
 from skiff_router.codec import (
     HEADER,
     MAX_FLOW_ID,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
-    Frame,
     FrameDecoder,
     FrameType,
     Hello,
     ProtocolError,
+    RawFrame,
     decode_hello,
     decode_reason,
     encode_hello,
 )
+from skiff_router.config import Mode
 
-PING_INTERVAL = 1.0  # seconds between keepalives when the link is otherwise idle
+PING_INTERVAL = 1.0  # seconds between keepalives
 DEAD_AFTER = 3.0  # nothing heard for this long: the neighbour is gone
 HELLO_TIMEOUT = 5.0
+
+
+class LinkPhase(Enum):
+    HELLO = "hello"  # our HELLO sent, waiting for the peer's
+    UP = "up"  # HELLOs exchanged: frames of every kind flow
+    CLOSED = "closed"  # closed by either side; nothing more is sent or read
+
+
+TRANSITIONS: dict[LinkPhase, frozenset[LinkPhase]] = {
+    LinkPhase.HELLO: frozenset({LinkPhase.UP, LinkPhase.CLOSED}),
+    LinkPhase.UP: frozenset({LinkPhase.CLOSED}),
+    LinkPhase.CLOSED: frozenset(),
+}
+
+# Frames the core sees (everything else is the link's own business).
+_TO_CORE = frozenset(FrameType) - {
+    FrameType.HELLO,
+    FrameType.PING,
+    FrameType.PONG,
+    FrameType.CLOSE,
+}
 _DATA = FrameType.DATA
+_OPEN = FrameType.OPEN
+_UP = LinkPhase.UP
+_CLOSED = LinkPhase.CLOSED
 
 
 @dataclass(frozen=True, slots=True)
 class LinkUp:
     peer: str  # the peer's router id
     cost: int
-    mode: str = "interior"  # the peer's mode
-    site: str = ""  # the peer's site ("" = its router id)
+    mode: Mode  # the peer's mode
+    site: str  # the peer's site
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +72,9 @@ class LinkClosed:
     reason: str  # detailed, for our log and status only
 
 
-@dataclass(frozen=True, slots=True)
-class FrameIn:
-    frame: Frame
-
-
-LinkEvent = LinkUp | LinkClosed | FrameIn
+# What receive_data returns: frames for the core as (type, flow id, payload)
+# tuples, in order with the link's own events.
+LinkEvent = LinkUp | LinkClosed | RawFrame
 
 
 class LinkProtocol:
@@ -63,26 +86,26 @@ class LinkProtocol:
         now: float,
         expected_site: str | None = None,
         cost: int = 1,
-        mode: str = "interior",
+        mode: Mode = Mode.INTERIOR,
         site: str = "",
     ) -> None:
         self.local_id = local_id  # our router id
         self.site = site or local_id
         self.mode = mode
-        self.peer_mode = "interior"
         self.dialer = dialer
         # The site the far router must belong to: for a dialer the link's peer,
         # for an acceptor the site named by the client certificate.
         self.expected_site = expected_site
         self.cost = cost
-        self.state = "hello"
+        self.phase = LinkPhase.HELLO
         self.peer: str | None = None  # the peer's router id, once up
         self.peer_site: str | None = None
+        self.peer_mode = Mode.INTERIOR
         self.close_reason: str | None = None
         self._decoder = FrameDecoder()
         self._out: list[bytes] = []  # header and payload pieces, joined once per write
         self._last_rx = now
-        self._last_tx = now
+        self._last_ping = now
         self._started = now
         # Flow ids: the dialer allocates odd ids, the acceptor even ones, so the
         # two sides never collide. Ids only grow; a link carries < 2**31 flows.
@@ -91,10 +114,23 @@ class LinkProtocol:
         hello = Hello(PROTOCOL_VERSION, local_id, self.site, cost, mode)
         self.send(FrameType.HELLO, 0, encode_hello(hello))
 
+    def _to(self, phase: LinkPhase) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise RuntimeError(f"link cannot go from {self.phase.value} to {phase.value}")
+        self.phase = phase
+
+    @property
+    def up(self) -> bool:
+        return self.phase is _UP
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is _CLOSED
+
     # -- output -----------------------------------------------------------------------
 
     def send(self, ftype: FrameType, flow: int = 0, payload: bytes = b"") -> None:
-        if self.state == "closed":
+        if self.phase is _CLOSED:
             return
         n = len(payload)
         if n > MAX_PAYLOAD:
@@ -105,16 +141,13 @@ class LinkProtocol:
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete, already encoded frame (header included)."""
-        if self.state != "closed":
+        if self.phase is not _CLOSED:
             self._out.append(frame)
 
     def take_output(self) -> list[bytes]:
-        """Pending output as pieces (no copy); the I/O layer joins or writelines them."""
+        """Pending output as pieces (no copy); the I/O layer joins them per write."""
         out, self._out = self._out, []
         return out
-
-    def data_to_send(self) -> bytes:
-        return b"".join(self.take_output())
 
     @property
     def has_output(self) -> bool:
@@ -127,129 +160,109 @@ class LinkProtocol:
         self._next_id += 2
         return fid
 
-    def is_own_id(self, fid: int) -> bool:
-        return (fid % 2 == 1) == self.dialer
-
     # -- input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> list[LinkEvent]:
-        out: list[LinkEvent] = []
-        for ev in self.receive(data, now):
-            if type(ev) is tuple:
-                t, fid, payload = ev
-                out.append(FrameIn(Frame(t, fid, bytes(payload))))
-            else:
-                out.append(ev)  # type: ignore[arg-type]
-        return out
-
-    def receive(self, data: bytes, now: float) -> list[Any]:
-        """Like receive_data, but frames for the core come as (type, flow id,
-        payload) tuples (a DATA payload may be a read-only memoryview)."""
-        if self.state == "closed":
+        """Bytes from the peer -> events (a DATA payload may be a read-only memoryview)."""
+        if self.phase is _CLOSED:
             return []
         self._last_rx = now
+        events: list[LinkEvent] = []
         try:
-            frames = self._decoder.feed_raw(data)
-            events: list[Any] = []
-            up = self.state == "up"
-            for frame in frames:
+            for frame in self._decoder.feed(data):
                 t, fid = frame[0], frame[1]
-                if up and t is _DATA:
-                    # The hot path: DATA on an up link; only the flow id to check.
-                    if (fid % 2 == 1) == self.dialer:
-                        if fid >= self._next_id:
-                            raise ProtocolError(f"DATA for flow {fid} that was never opened")
-                    elif fid > self._peer_max:
-                        raise ProtocolError(f"DATA for flow {fid} that was never opened")
+                if self.phase is _UP and t in _TO_CORE:
+                    if fid:
+                        self._check_flow_id(t, fid)
                     events.append(frame)
                     continue
-                ev = self._handle(frame)
+                ev = self._link_frame(t, frame[2])
                 if ev is not None:
                     events.append(ev)
-                if self.state == "closed":
+                if self.phase is _CLOSED:
                     break
-                up = self.state == "up"
-            return events
         except ProtocolError as exc:
-            return [self.fail(f"protocol error: {exc.reason}", "protocol error")]
+            events.append(self.fail(f"protocol error: {exc.reason}", "protocol error"))
+        return events
 
-    def _handle(self, frame: tuple[FrameType, int, Any]) -> Any:
-        t, fid, payload = frame
+    def _check_flow_id(self, t: FrameType, fid: int) -> None:
+        """A flow frame's id must belong to a flow that was opened at some point."""
+        if (fid & 1 == 1) == self.dialer:  # one of ours
+            if t is _OPEN or fid >= self._next_id:
+                raise ProtocolError(f"{t.name} for flow {fid} that was never opened")
+        elif t is _OPEN:
+            if fid <= self._peer_max:
+                raise ProtocolError(f"OPEN with out-of-order flow id {fid}")
+            self._peer_max = fid
+        elif fid > self._peer_max:
+            raise ProtocolError(f"{t.name} for flow {fid} that was never opened")
+
+    def _link_frame(self, t: FrameType, payload: bytes | memoryview) -> LinkEvent | None:
         if t is FrameType.CLOSE:
-            reason = decode_reason(payload)
-            self.state = "closed"
-            self.close_reason = f"closed by peer: {reason}"
+            self.close_reason = f"closed by peer: {decode_reason(bytes(payload))}"
+            self._to(_CLOSED)
             return LinkClosed(self.close_reason)
-        if self.state == "hello":
+        if self.phase is LinkPhase.HELLO:
             if t is not FrameType.HELLO:
                 raise ProtocolError(f"{t.name} before HELLO")
-            hello = decode_hello(payload)
-            site = hello.site
-            if self.expected_site is not None and site != self.expected_site:
-                return self.fail(
-                    f"peer router {hello.router!r} announced site {site!r}, "
-                    f"expected {self.expected_site!r}",
-                    "unexpected site",
-                )
-            if hello.router == self.local_id:
-                return self.fail(
-                    f"peer announced our own router id {hello.router!r}", "duplicate router id"
-                )
-            if hello.mode == "edge" and self.mode == "edge":
-                return self.fail(
-                    f"peer {hello.router!r} is an edge router like us: edges link to interiors",
-                    "edge to edge link",
-                )
-            self.peer = hello.router
-            self.peer_site = site
-            self.peer_mode = hello.mode
-            if not self.dialer:
-                self.cost = hello.cost
-            self.state = "up"
-            return LinkUp(hello.router, self.cost, hello.mode, site)
+            return self._hello(decode_hello(bytes(payload)))
         if t is FrameType.HELLO:
             raise ProtocolError("second HELLO")
         if t is FrameType.PING:
             if len(payload) > 8:
                 raise ProtocolError("PING payload too large")
-            self.send(FrameType.PONG, 0, payload)
-            return None
-        if t is FrameType.PONG:
-            return None
-        if t is FrameType.LSA or t is FrameType.MCAST:
-            return frame
-        # Flow frames: the id must belong to a flow that was opened at some point.
-        own = self.is_own_id(fid)
-        if t is FrameType.OPEN:
-            if own or fid <= self._peer_max:
-                raise ProtocolError(f"OPEN with out-of-order flow id {fid}")
-            self._peer_max = fid
-        elif (own and fid >= self._next_id) or (not own and fid > self._peer_max):
-            raise ProtocolError(f"{t.name} for flow {fid} that was never opened")
-        return frame
+            self.send(FrameType.PONG, 0, bytes(payload))
+        return None  # PONG: the time of arrival was all it carried
+
+    def _hello(self, hello: Hello) -> LinkEvent:
+        site = hello.site
+        if self.expected_site is not None and site != self.expected_site:
+            return self.fail(
+                f"peer router {hello.router!r} announced site {site!r}, "
+                f"expected {self.expected_site!r}",
+                "unexpected site",
+            )
+        if hello.router == self.local_id:
+            return self.fail(
+                f"peer announced our own router id {hello.router!r}", "duplicate router id"
+            )
+        peer_mode = hello.mode
+        if peer_mode is Mode.EDGE and self.mode is Mode.EDGE:
+            return self.fail(
+                f"peer {hello.router!r} is an edge router like us: edges link to interiors",
+                "edge to edge link",
+            )
+        self.peer, self.peer_site, self.peer_mode = hello.router, site, peer_mode
+        if not self.dialer:
+            self.cost = hello.cost
+        self._to(_UP)
+        return LinkUp(hello.router, self.cost, peer_mode, site)
 
     # -- time -------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[LinkEvent]:
-        if self.state == "closed":
-            return []
-        if self.state == "hello" and now - self._started > HELLO_TIMEOUT:
-            return [self.fail("no HELLO from peer in time", "timeout")]
+    def tick(self, now: float) -> LinkClosed | None:
+        if self.phase is _CLOSED:
+            return None
+        if self.phase is LinkPhase.HELLO and now - self._started > HELLO_TIMEOUT:
+            return self.fail("no HELLO from peer in time", "timeout")
         if now - self._last_rx > DEAD_AFTER:
-            return [self.fail(f"no traffic from peer for {now - self._last_rx:.1f}s", "timeout")]
-        if self.state == "up" and now - self._last_tx >= PING_INTERVAL:
+            return self.fail(f"no traffic from peer for {now - self._last_rx:.1f}s", "timeout")
+        if self.phase is _UP and now - self._last_ping >= PING_INTERVAL:
             self.send(FrameType.PING)
-            self._last_tx = now
-        return []
-
-    def note_sent(self, now: float) -> None:
-        """The I/O layer wrote something: an explicit PING is not needed yet."""
-        self._last_tx = now
+            self._last_ping = now
+        return None
 
     def fail(self, reason: str, public: str) -> LinkClosed:
         """Close the link: the peer gets only the short public code."""
-        if self.state != "closed":
+        if self.phase is not _CLOSED:
             self.send(FrameType.CLOSE, 0, public.encode("ascii"))
-            self.state = "closed"
+            self._to(_CLOSED)
+            self.close_reason = reason
+        return LinkClosed(self.close_reason or reason)
+
+    def lost(self, reason: str) -> LinkClosed:
+        """The transport is gone: nothing can be sent any more."""
+        if self.phase is not _CLOSED:
+            self._to(_CLOSED)
             self.close_reason = reason
         return LinkClosed(self.close_reason or reason)

@@ -1,20 +1,18 @@
-"""Prometheus metrics, built from the router's state at scrape time.
+"""Prometheus metrics, built from a router's view at scrape time.
 
-One registry per Router (several routers can share a process in tests), and
-no per-event bookkeeping on the data path: the core already counts what is
-exported here.
+One registry per router (several routers share a process in tests), and no
+per-event bookkeeping on the data path: the router already counts what is
+exported here. Every metric carries the ``site`` and ``router`` labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-if TYPE_CHECKING:
-    from skiff_router.runtime import Router
+from skiff_router.view import RouterView
 
 # What generate_latest writes; spelled out because the constant's name moved
 # between prometheus-client releases (Debian 12 ships 0.16).
@@ -22,82 +20,89 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterCollector:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    def __init__(self, view: RouterView) -> None:
+        self.view = view
 
     def collect(self) -> Iterator[Metric]:
-        r = self.router
-        core = r.core
-        site = r.cfg.site
+        st = self.view.status()
+        counters = self.view.counters()
+        me = [st["site"], st["router_id"]]
+        who = ["site", "router"]
 
-        g = GaugeMetricFamily("skiff_flows_open", "Flows open in this router", labels=["site"])
-        g.add_metric([site], len(core.flows))
-        yield g
-        c = CounterMetricFamily(
-            "skiff_flows", "Flows handled by this router since start", labels=["site"]
+        def gauge(name: str, doc: str, value: float) -> Metric:
+            g = GaugeMetricFamily(name, doc, labels=who)
+            g.add_metric(me, value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            c = CounterMetricFamily(name, doc, labels=who)
+            c.add_metric(me, value)
+            return c
+
+        flows = st["flows"]
+        yield gauge("skiff_flows_open", "Flows open in this router", flows["open"])
+        yield counter("skiff_flows", "Flows handled by this router since start", flows["total"])
+        yield counter(
+            "skiff_flow_retries", "Flows moved to another target after a refusal", flows["retried"]
         )
-        c.add_metric([site], core.flows_total)
-        yield c
-        c = CounterMetricFamily(
-            "skiff_flow_retries", "Flows moved to another target after a refusal", labels=["site"]
-        )
-        c.add_metric([site], core.retries)
-        yield c
         c = CounterMetricFamily(
             "skiff_bytes",
             "Bytes through this router per routing key; direction out = client to "
             "connector, back = connector to client",
-            labels=["site", "routing_key", "direction"],
+            labels=[*who, "routing_key", "direction"],
         )
-        for key, (out, back) in sorted(core.bytes_by_key().items()):
-            c.add_metric([site, key, "out"], out)
-            c.add_metric([site, key, "back"], back)
+        for key, v in st["routing_keys"].items():
+            c.add_metric([*me, key, "out"], v["bytes"]["out"])
+            c.add_metric([*me, key, "back"], v["bytes"]["back"])
         yield c
         g = GaugeMetricFamily(
             "skiff_link_up",
             "1 when the link is up, 0 otherwise",
-            labels=["site", "link", "direction", "peer"],
+            labels=[*who, "link", "direction", "peer"],
         )
-        for lk in r.status_links():
+        for lk in st["links"]:
             g.add_metric(
-                [site, lk["name"], lk["direction"], lk["peer"] or ""],
+                [*me, lk["name"], lk["direction"], lk["peer"] or ""],
                 1 if lk["state"] == "up" else 0,
             )
         yield g
-        c = CounterMetricFamily(
-            "skiff_route_computations", "Shortest-path recomputations", labels=["site"]
+        yield counter(
+            "skiff_route_computations",
+            "Shortest-path recomputations",
+            counters["route_computations"],
         )
-        c.add_metric([site], core.db.computations)
-        yield c
-        g = GaugeMetricFamily(
-            "skiff_routers_reachable", "Routers reachable (self included)", labels=["site"]
+        yield gauge(
+            "skiff_routers_reachable",
+            "Routers reachable (self included)",
+            sum(1 for r in st["routers"] if r["reachable"]),
         )
-        g.add_metric([site], len(core.db.routes))
-        yield g
         g = GaugeMetricFamily(
             "skiff_routing_key_reachable",
             "1 when a connector for the key is reachable",
-            labels=["site", "routing_key"],
+            labels=[*who, "routing_key"],
         )
-        for key, v in core.keys_status().items():
-            g.add_metric([site, key], 1 if v["reachable"] else 0)
+        for key, v in st["routing_keys"].items():
+            g.add_metric([*me, key], 1 if v["reachable"] else 0)
         yield g
-        c = CounterMetricFamily(
-            "skiff_multicast_received", "Multicast messages received from links", labels=["site"]
+        yield counter(
+            "skiff_multicast_received",
+            "Multicast messages received from links",
+            st["multicast"]["received"],
         )
-        c.add_metric([site], core.mcast_in)
-        yield c
-        c = CounterMetricFamily("skiff_config_reloads", "Successful reloads", labels=["site"])
-        c.add_metric([site], r.reloads)
-        yield c
-        g = GaugeMetricFamily("skiff_ready", "1 when the router is ready", labels=["site"])
-        g.add_metric([site], 1 if r.ready[0] else 0)
-        yield g
+        yield counter("skiff_config_reloads", "Successful reloads", counters["config_reloads"])
+        yield gauge("skiff_ready", "1 when the router is ready", 1 if st["ready"] else 0)
+        info = GaugeMetricFamily(
+            "skiff_router_info",
+            "Always 1: the router's version and the event loop it runs on",
+            labels=[*who, "version", "event_loop"],
+        )
+        info.add_metric([*me, st["version"], st.get("event_loop", "")], 1)
+        yield info
 
 
-def registry_for(router: Router) -> CollectorRegistry:
+def registry_for(view: RouterView) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(RouterCollector(router))  # type: ignore[arg-type]
+    reg.register(RouterCollector(view))  # type: ignore[arg-type]
     return reg
 
 

@@ -1,4 +1,5 @@
-"""Link-state database and least-cost routes (sans-I/O)."""
+"""Link-state database and least-cost routes (sans-I/O): what the network looks
+like from here. Which target a new flow takes is targets.py's business."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ class LinkStateDb:
     sites: dict[str, str] = field(default_factory=dict)  # router id -> its site
     computations: int = 0
     _unreachable_since: dict[str, float] = field(default_factory=dict)
-    _rr: dict[str, int] = field(default_factory=dict)
     _serving_src: dict | None = field(default=None, repr=False)
     _serving_cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
@@ -76,11 +76,8 @@ class LinkStateDb:
                 changed = True
         return changed
 
-    def serving(self, key: str) -> list[str]:
+    def serving(self, key: str) -> tuple[str, ...]:
         """Reachable routers with a connector for ``key``, sorted by id."""
-        return list(self._serving(key))
-
-    def _serving(self, key: str) -> tuple[str, ...]:
         # Cached per key until services change (compute() replaces the dict).
         services = self.services
         if self._serving_src is not services:
@@ -94,43 +91,6 @@ class LinkStateDb:
 
     def listening(self, key: str) -> list[str]:
         return sorted(r for r, (_, li) in self.services.items() if key in li)
-
-    def choose(
-        self,
-        key: str,
-        distribution: str = "balanced",
-        load: dict[str, int] | None = None,
-        avoid: set[str] | frozenset[str] = frozenset(),
-        exclude: set[str] | frozenset[str] = frozenset(),
-    ) -> str | None:
-        """Pick the destination router for a new flow on ``key``.
-
-        closest: least path cost; ties spread round-robin.
-        balanced: least (path cost + flows we have outstanding to that target), so
-        a loaded target sheds new flows to the others; ties round-robin.
-        Routers in ``avoid`` (refused recently) are used only when nothing else
-        serves the key; routers in ``exclude`` (tried already) never.
-        """
-        serving = self._serving(key)
-        if len(serving) == 1 and not exclude:
-            # One target: it wins whatever the scores (the round robin still turns).
-            n = self._rr.get(key, 0)
-            self._rr[key] = n + 1
-            return serving[0]
-        usable = [r for r in serving if r not in exclude]
-        if not usable:
-            return None
-        usable = [r for r in usable if r not in avoid] or usable
-        routes = self.routes
-        if distribution == "closest" or not load:
-            scores = {r: routes[r].cost for r in usable}
-        else:
-            scores = {r: routes[r].cost + load.get(r, 0) for r in usable}
-        best = min(scores.values())
-        ties = [r for r in usable if scores[r] == best]
-        n = self._rr.get(key, 0)
-        self._rr[key] = n + 1
-        return ties[n % len(ties)]
 
     def keys(self) -> set[str]:
         out: set[str] = set()

@@ -1,54 +1,73 @@
-"""asyncio layer: sockets, TLS, timers. It feeds the sans-I/O core and carries
-out the core's actions; routing and flow logic live in core.py.
-
-Sockets are driven by asyncio Protocols, not Streams: a flow costs two small
-protocol objects and no Task, and credit maps onto pause_reading /
-resume_reading. Local reads go into one shared buffer per router
-(BufferedProtocol), sized by the flow's credit, so a read never exceeds what
-the core may accept and one DATA frame carries one read.
-"""
+"""asyncio layer: the router process. It owns the core, the sockets
+(transports.py), the timers, the files it watches and the admin endpoint;
+routing and flow logic live in the sans-I/O core (core.py), the reload diff
+in plan.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import random
+import socket
 import ssl
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from skiff_router import __version__, tls
+from skiff_router import __version__, eventloop, tls
+from skiff_router.actions import (
+    CloseLink,
+    CloseLocal,
+    ConnectLocal,
+    Deliver,
+    DeliverEof,
+    Direction,
+    LinkEstablished,
+    McastDeliver,
+    ResumeRead,
+)
 from skiff_router.admin import AdminServer
-from skiff_router.codec import HEADER_SIZE, MAX_DATA, Mcast
+from skiff_router.codec import HEADER_SIZE, MAX_DATA
 from skiff_router.config import (
     Config,
     ConfigError,
-    ConnectorConfig,
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
+    Mode,
     Overlay,
     load,
     load_overlay,
     merge_overlay,
     overlay_clashes,
 )
-from skiff_router.core import (
-    CloseLink,
-    CloseLocal,
-    ConnectLocal,
-    Deliver,
-    DeliverEof,
-    LinkEstablished,
-    McastDeliver,
-    ResumeRead,
-    RouterCore,
-)
+from skiff_router.core import RouterCore
 from skiff_router.log import set_level
+from skiff_router.plan import (
+    Operation,
+    ReloadAccessTls,
+    RestartAccess,
+    RestartAdmin,
+    RestartNetwork,
+    SetConnectors,
+    SetLogLevel,
+    SetServices,
+    StartDialer,
+    StartListener,
+    StopDialer,
+    StopListener,
+    reload_plan,
+    services,
+)
+from skiff_router.targets import Connector, ConnectorChoice
+from skiff_router.transports import LinkConn, LocalConn
+from skiff_router.view import Subscriber
 
 log = logging.getLogger("router")
 llog = logging.getLogger("link")
@@ -60,317 +79,72 @@ BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
 RETRY_BIND = 2.0  # retry listeners / link access that could not bind
-WATCH_INTERVAL = 1.0  # poll the config file and TLS files for changes
-CONNECTOR_BACKOFF = 2.0  # a connector that refused gets no new flows for this long
-SUBSCRIBER_QUEUE = 1024  # multicast messages buffered per subscriber before it is dropped
+WATCH_INTERVAL = 1.0  # poll the config, overlay and TLS files for changes
 EVENTS_ADDRESS = "skiff.events"  # network-wide router events (multicast)
 MAX_PUMP_ROUNDS = 64
+WRITE_AT = 32 * 1024  # link bytes queued that are written at once, not at the end of the turn
 
 
-class LocalConn(asyncio.BufferedProtocol):
-    """One TCP socket of a flow (listener client or connector connection)."""
-
-    __slots__ = (
-        "connector",
-        "core",
-        "done",
-        "lid",
-        "listener",
-        "owed",
-        "router",
-        "rpaused",
-        "transport",
-        "wpaused",
-    )
-
-    def __init__(
-        self,
-        router: Router,
-        lid: int = 0,
-        listener: ListenerRt | None = None,
-        connector: ConnectorRt | None = None,
-    ) -> None:
-        self.router = router
-        self.core = router.core
-        self.lid = lid
-        self.transport: asyncio.Transport | None = None
-        self.listener = listener
-        self.connector = connector
-        self.rpaused = False
-        self.wpaused = False
-        self.owed = 0  # bytes written but not yet handed back to the core as consumed
-        self.done = False  # we closed or aborted it on purpose
-
-    # -- asyncio callbacks -----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
-        router, core = self.router, self.core
-        if router.core is not core:
-            self.done = True
-            transport.abort()
-            return
-        # Every byte written is reported consumed only once it left our buffer.
-        transport.set_write_buffer_limits(high=0)
-        if self.listener is not None:
-            rt = self.listener
-            lid = core.open_flow(rt.cfg.routing_key, rt.cfg.distribution)
-            if lid is None:
-                # Nobody reachable serves the key: refuse at once rather than hang.
-                flog.debug(
-                    "listener %s: no reachable connector for %s", rt.cfg.name, rt.cfg.routing_key
-                )
-                self.done = True
-                transport.abort()
-                return
-            self.lid = lid
-            router.locals[lid] = self
-        else:
-            router.locals[self.lid] = self
-            if self.connector is not None:
-                self.connector.flows += 1
-            if not core.local_connected(self.lid):
-                router.locals.pop(self.lid, None)
-                self.done = True
-                transport.abort()
-                return
-        router.pump()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        allow = self.core.read_allowance(self.lid)
-        buf = self.router.rbuf
-        if allow is None or allow <= 0:
-            return buf  # the flow is gone (or paused a moment late): data is dropped
-        # Read behind room for a frame header: the core frames it in place.
-        return buf[HEADER_SIZE : HEADER_SIZE + min(allow, MAX_DATA)]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        core = self.core
-        lid = self.lid
-        allow = core.read_allowance(lid)
-        if allow is None or allow <= 0:
-            return
-        core.local_read(lid, self.router.rbuf, nbytes)
-        if nbytes >= allow and not self.rpaused and self.transport is not None:
-            # Credit exhausted: stop reading so TCP pushes back on the sender.
-            self.rpaused = True
-            self.transport.pause_reading()
-        self.router.pump()
-
-    def eof_received(self) -> bool:
-        self.core.local_eof(self.lid)
-        self.router.pump()
-        return True  # keep the write side open (half-close)
-
-    def pause_writing(self) -> None:
-        self.wpaused = True
-
-    def resume_writing(self) -> None:
-        self.wpaused = False
-        if self.owed:
-            n, self.owed = self.owed, 0
-            self.core.local_consumed(self.lid, n)
-            self.router.pump()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        router = self.router
-        if router.locals.get(self.lid) is self:
-            del router.locals[self.lid]
-        if self.connector is not None:
-            self.connector.flows -= 1
-            self.connector = None
-        if self.done or router.core is not self.core:
-            return
-        if exc is not None:
-            flog.debug("local %d: %s", self.lid, tls.describe(exc))
-        # Not closed by us: whatever is left of the flow is reset.
-        self.core.local_reset(self.lid)
-        router.pump()
-
-    # -- actions from the core -------------------------------------------------------
-
-    def deliver(self, data: bytes) -> None:
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        self.owed += len(data)
-        t.write(data)
-        if not self.wpaused:
-            n, self.owed = self.owed, 0
-            self.core.local_consumed(self.lid, n)
-
-    def resume(self) -> None:
-        if self.rpaused and self.transport is not None:
-            self.rpaused = False
-            self.transport.resume_reading()
-
-    def write_eof(self) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing() and t.can_write_eof():
-            with contextlib.suppress(OSError):
-                t.write_eof()
-
-    def close(self) -> None:
-        """EOF has passed both ways: close after the buffered bytes are sent."""
-        self.done = True
-        self.router.locals.pop(self.lid, None)
-        if self.transport is not None:
-            self.transport.close()
-
-    def abort(self) -> None:
-        """Reset now: do not wait behind queued data for a client that may never read."""
-        self.done = True
-        self.router.locals.pop(self.lid, None)
-        if self.transport is not None:
-            self.transport.abort()
+class DialerState(StrEnum):
+    CONNECTING = "connecting"  # dialing an endpoint, or TLS/HELLO under way
+    UP = "up"
+    DOWN = "down"  # waiting before the next attempt
 
 
-class LinkConn(asyncio.Protocol):
-    """The TLS transport of one link."""
-
-    def __init__(
-        self,
-        router: Router,
-        owner: Dialer | Incoming,
-        name: str,
-        direction: str,
-        expected_site: str | None = None,
-        cost: int = 1,
-    ) -> None:
-        self.router = router
-        self.core = router.core
-        self.owner = owner
-        self.name = name
-        self.direction = direction
-        self.expected_site = expected_site
-        self.cost = cost
-        self.handle = 0
-        self.peer: str | None = None  # once the link is up
-        self.transport: asyncio.Transport | None = None
-        self.close_reason: str | None = None
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._loop = asyncio.get_running_loop()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
-        router = self.router
-        if router.core is not self.core:
-            transport.abort()
-            return
-        if isinstance(self.owner, Incoming):
-            peer = transport.get_extra_info("peername")
-            self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
-            self.name = f"incoming {self.owner.endpoint}"
-            # A token's client certificate names the site it was issued to: routers
-            # of that site, and no other, may announce themselves over this link.
-            self.expected_site = tls.peer_common_name(transport)
-        self.handle = self.core.link_connected(
-            self.name, self.direction, self._loop.time(), self.expected_site, self.cost
-        )
-        router.links[self.handle] = self
-        router.owners[self.handle] = self.owner
-        router.pump()
-
-    def data_received(self, data: bytes) -> None:
-        if self.router.core is self.core:
-            self.core.link_data(self.handle, data, self._loop.time())
-            self.router.pump()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = tls.describe(exc) if exc is not None else "connection closed by peer"
-        router = self.router
-        if self.handle:
-            if router.core is self.core:
-                self.core.link_lost(self.handle, reason)
-                router.pump()
-            router.links.pop(self.handle, None)
-            router.owners.pop(self.handle, None)
-        if not self.closed.done():
-            self.closed.set_result(self.close_reason or reason)
-        if self.peer is not None and router.core is self.core:
-            router.event("link-down", peer=self.peer)
-        if isinstance(self.owner, Incoming):
-            llog.debug("incoming link from %s ended: %s", self.owner.endpoint, reason)
-
-    def write(self, pieces: list[bytes]) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            # One join, one TLS write: pieces written one by one would each become
-            # a TLS record.
-            t.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-
-    def close(self, reason: str) -> None:
-        self.close_reason = self.close_reason or reason
-        if self.transport is not None:
-            self.transport.close()  # after the pending frames (CLOSE included)
+DIALER_TRANSITIONS: dict[DialerState, frozenset[DialerState]] = {
+    DialerState.CONNECTING: frozenset({DialerState.UP, DialerState.DOWN}),
+    DialerState.UP: frozenset({DialerState.DOWN}),
+    DialerState.DOWN: frozenset({DialerState.CONNECTING}),
+}
 
 
-@dataclass
+@dataclass(eq=False)
 class Dialer:
+    """An outgoing link: dials its endpoints in turn, redials with backoff."""
+
     cfg: LinkConfig
     task: asyncio.Task[None] | None = None
-    state: str = "connecting"
+    state: DialerState = DialerState.CONNECTING
     peer_router: str | None = None  # the far router's id while up
     endpoint: str | None = None
     error: str | None = None
     stopped: bool = False
     conn: LinkConn | None = None
 
+    def to(self, state: DialerState, error: str | None = None) -> None:
+        if state is not self.state:
+            if state not in DIALER_TRANSITIONS[self.state]:
+                raise RuntimeError(f"dialer cannot go from {self.state} to {state}")
+            self.state = state
+        if state is DialerState.UP:
+            self.error = None
+        elif error is not None:
+            self.error = error
+        if state is not DialerState.UP:
+            self.peer_router = None
 
-@dataclass
+
+@dataclass(eq=False)
 class Incoming:
     endpoint: str = "?"
     peer: str | None = None  # the dialing router's id, once its HELLO arrived
     peer_site: str | None = None
     cost: int = 1
-    mode: str = "interior"
+    mode: Mode = Mode.INTERIOR
 
 
-@dataclass
+class BindState(StrEnum):
+    STARTING = "starting"
+    LISTENING = "listening"
+    ERROR = "error"
+
+
+@dataclass(eq=False)
 class ListenerRt:
     cfg: ListenerConfig
     server: asyncio.Server | None = None
-    state: str = "starting"
+    state: BindState = BindState.STARTING
     error: str | None = None
-
-
-@dataclass
-class ConnectorRt:
-    cfg: ConnectorConfig
-    flows: int = 0  # open connections
-    down_until: float = 0.0
-    error: str | None = None
-
-
-class Subscriber:
-    """A local multicast subscriber (the admin endpoint's streaming GET)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.queue: asyncio.Queue[Mcast | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self.dropped = False
-
-    def offer(self, msg: Mcast) -> None:
-        if self.dropped:
-            return
-        try:
-            self.queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            # Too slow: end its stream rather than buffer without bound.
-            self.dropped = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.get_nowait()
-                self.queue.put_nowait(None)
-
-
-def _file_sha(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
 
 
 @dataclass
@@ -402,6 +176,9 @@ class OverlayState:
             log.error("overlay %s: %s; keeping the last good overlay", self.path, error)
         self.error = error
 
+    def names(self, kind: str) -> set[str]:
+        return {x.name for x in getattr(self.in_force, kind)}
+
     def status(self) -> dict[str, Any]:
         return {
             "path": self.path,
@@ -409,6 +186,24 @@ class OverlayState:
             "error": self.error,
             **self.in_force.counts(),
         }
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_address(host: str) -> bool:
+    """An IP address literal (connected to as is), not a name to look up."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _file_sha(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _tls_files(cfg: Config) -> list[str]:
@@ -420,45 +215,48 @@ def _tls_files(cfg: Config) -> list[str]:
     return out
 
 
-@dataclass
 class Router:
-    loaded: LoadedConfig
-    config_error: str | None = None
-    overlay: OverlayState | None = None
-    # The config in force with the overlay merged in (what the router runs).
-    effective: Config | None = None
-    # The config whose every change has been carried out. Status reports its
-    # sha256, so a caller that sees the new sha256 also sees the new
-    # listeners' bind results, never a half-applied state.
-    in_force: LoadedConfig | None = None
-    core: RouterCore = field(init=False)
-    locals: dict[int, LocalConn] = field(default_factory=dict)
-    links: dict[int, LinkConn] = field(default_factory=dict)
-    owners: dict[int, Dialer | Incoming] = field(default_factory=dict)
-    dialers: dict[str, Dialer] = field(default_factory=dict)
-    listeners: dict[str, ListenerRt] = field(default_factory=dict)
-    connectors: dict[str, ConnectorRt] = field(default_factory=dict)
-    access_server: asyncio.Server | None = None
-    access_error: str | None = None
-    admin: AdminServer | None = None
-    subscribers: dict[str, set[Subscriber]] = field(default_factory=dict)
-    reloads: int = 0
-    rbuf: memoryview = field(default_factory=lambda: memoryview(bytearray(HEADER_SIZE + MAX_DATA)))
-    _tls_sha: dict[str, str | None] = field(default_factory=dict)
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _ticker: asyncio.Task[None] | None = None
-    _watcher: asyncio.Task[None] | None = None
-    _rr: dict[str, int] = field(default_factory=dict)
-    # Connectors per routing key, rebuilt whenever self.connectors is replaced.
-    _by_key: dict[str, list[ConnectorRt]] = field(default_factory=dict)
-    _by_key_src: dict[str, ConnectorRt] | None = None
-    _stopped: asyncio.Event | None = None
-    _reload_lock: asyncio.Lock | None = None
-    _pumping: bool = False
+    """One router process: the core, its sockets, its files and its admin endpoint.
+    Implements RouterView and MulticastPort (view.py) for the admin endpoint."""
+
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self.loaded = loaded  # the config file as last read successfully
+        self.config_error: str | None = None
+        self.overlay: OverlayState | None = None
+        # The config with the overlay merged in (what the router runs).
+        self.effective: Config = loaded.config
+        # The config file whose every change has been carried out. Status reports
+        # its sha256, so a caller that sees the new sha256 also sees the new
+        # listeners' bind results, never a half-applied state.
+        self.in_force: LoadedConfig | None = None
+        self.core = RouterCore(loaded.config.router_id, 0.0, mode=loaded.config.mode)
+        self.locals: dict[int, LocalConn] = {}
+        self.links: dict[int, LinkConn] = {}  # by core link handle
+        self.dialers: dict[str, Dialer] = {}
+        self.listeners: dict[str, ListenerRt] = {}
+        self.connectors = ConnectorChoice()
+        self.access_server: asyncio.Server | None = None
+        self.access_error: str | None = None
+        self.admin: AdminServer | None = None
+        self.subscribers: dict[str, set[Subscriber]] = {}
+        self.reloads = 0
+        self.rbuf = memoryview(bytearray(HEADER_SIZE + MAX_DATA))
+        self._tls_sha: dict[str, str | None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._pumping = False
+        self._write_scheduled = False
+        self._loop = asyncio.get_running_loop()
 
     @property
     def cfg(self) -> Config:
-        return self.effective or self.loaded.config
+        return self.effective
+
+    @property
+    def router_id(self) -> str:
+        return self.effective.router_id
 
     def _merged(self, config: Config) -> Config:
         """``config`` with the overlay in force merged in (the overlay re-read first)."""
@@ -470,48 +268,45 @@ class Router:
         self.overlay.refresh(config)
         return merge_overlay(config, self.overlay.in_force)
 
-    def _from_overlay(self, kind: str, name: str) -> bool:
-        if self.overlay is None:
-            return False
-        entries = getattr(self.overlay.in_force, kind)
-        return any(x.name == name for x in entries) and not any(
-            x.name == name for x in getattr(self.loaded.config, kind)
-        )
+    def _source(self, kind: str, name: str) -> str:
+        """Where a listener, connector or link in force comes from."""
+        if self.overlay is None or name in {x.name for x in getattr(self.loaded.config, kind)}:
+            return "config"
+        return "overlay" if name in self.overlay.names(kind) else "config"
 
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._stopped = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
         self.effective = self._merged(self.loaded.config)
         set_level(self.cfg.log_level)
-        self.admin = AdminServer(self)
+        self.admin = AdminServer(self, self)
         await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
         await self._start_network()
         self.in_force = self.loaded
         self._ticker = asyncio.create_task(self._tick())
         self._watcher = asyncio.create_task(self._watch())
         log.info(
-            "router %s of site %s (%s) started (skiff-router %s)",
+            "router %s of site %s (%s) started (skiff-router %s on %s %s)",
             self.cfg.router_id,
             self.cfg.site,
             self.cfg.mode,
             __version__,
+            *eventloop.describe(asyncio.get_running_loop()),
         )
         self.event("router-started")
 
     async def _start_network(self) -> None:
+        cfg = self.cfg
         loop = asyncio.get_running_loop()
-        self.core = RouterCore(
-            self.cfg.router_id, loop.time(), mode=self.cfg.mode, site=self.cfg.site
-        )
-        self.connectors = {c.name: ConnectorRt(c) for c in self.cfg.connectors}
-        self._tls_sha = {p: _file_sha(p) for p in _tls_files(self.cfg)}
-        for lc in self.cfg.listeners:
+        self.core = RouterCore(cfg.router_id, loop.time(), mode=cfg.mode, site=cfg.site)
+        self.connectors = ConnectorChoice()
+        self.connectors.configure(cfg.connectors)
+        self._tls_sha = {p: _file_sha(p) for p in _tls_files(cfg)}
+        for lc in cfg.listeners:
             await self._start_listener(lc)
-        self._apply_services()
+        self._set_services(services(cfg))
         await self._start_access()
-        for lk in self.cfg.links:
+        for lk in cfg.links:
             self._start_dialer(lk)
         self.pump()
 
@@ -524,15 +319,11 @@ class Router:
             await self.admin.stop()
         for subs in self.subscribers.values():
             for sub in subs:
-                sub.dropped = True
-                with contextlib.suppress(asyncio.QueueFull):
-                    sub.queue.put_nowait(None)
+                sub.end()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
-        if self._stopped is not None:
-            self._stopped.set()
         log.info("router %s stopped", self.cfg.router_id)
 
     async def _stop_network(self) -> None:
@@ -541,7 +332,7 @@ class Router:
         for name in list(self.dialers):
             await self._stop_dialer(name)
         await self._stop_access()
-        for h in list(self.core.links):
+        for h in list(self.core.topology.links):
             self.core.close_link(h, "router stopping")
         self.pump()
         for conn in list(self.locals.values()):
@@ -557,10 +348,6 @@ class Router:
         for c in conns:
             if not c.closed.done() and c.transport is not None:
                 c.transport.abort()
-
-    async def wait_stopped(self) -> None:
-        assert self._stopped is not None
-        await self._stopped.wait()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -586,7 +373,7 @@ class Router:
         if self.cfg.link_access is not None and self.access_server is None:
             await self._start_access()
 
-    # -- config and TLS file watch -------------------------------------------------------
+    # -- config, overlay and TLS file watch ----------------------------------------------------
 
     def _watched(self) -> list[str]:
         overlay = [self.overlay.path] if self.overlay is not None else []
@@ -603,8 +390,8 @@ class Router:
         return tuple(out)
 
     async def _watch(self) -> None:
-        """Reload when the config file or a TLS file in use changes (mtime, size or
-        inode first; a reload happens only if the content differs)."""
+        """Reload when the config file, the overlay or a TLS file in use changes
+        (mtime, size or inode first; a reload happens only if the content differs)."""
         seen = self._fingerprint()
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
@@ -626,34 +413,51 @@ class Router:
     # -- core actions ----------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Carry out what the core asked for; call after every core input."""
+        """Carry out what the core asked for; call after every core input.
+
+        Small link frames are written once per event-loop turn (``_write_links``):
+        what the sockets ready in one turn produce for a link leaves as one TLS
+        write, not one per socket. Bulk data (WRITE_AT bytes queued) and credit
+        go at once: a sender waits for them."""
         if self._pumping:
             return  # the running pump picks the new work up
         self._pumping = True
         try:
-            core = self.core
+            outbox = self.core.outbox
+            local = self.locals
             for _ in range(MAX_PUMP_ROUNDS):
-                writes = core.pending_writes()
-                actions = core.take_actions()
-                if not writes and not actions:
+                if outbox.urgent or outbox.queued >= WRITE_AT:
+                    self._write_links()
+                elif outbox.dirty and not self._write_scheduled:
+                    self._write_scheduled = True
+                    self._loop.call_soon(self._write_links_soon)
+                if not outbox.actions:
                     return
-                for h, pieces in writes:
-                    lc = self.links.get(h)
-                    if lc is not None:
-                        lc.write(pieces)
-                for a in actions:
-                    self._act(a)
-            asyncio.get_running_loop().call_soon(self.pump)
+                for a in outbox.take_actions():
+                    if type(a) is Deliver:  # the common case, without a dispatch
+                        conn = local.get(a.lid)
+                        if conn is not None:
+                            conn.deliver(a.data)
+                    else:
+                        self._act(a)
+            self._loop.call_soon(self.pump)
         finally:
             self._pumping = False
 
+    def _write_links_soon(self) -> None:
+        self._write_scheduled = False
+        self._write_links()
+
+    def _write_links(self) -> None:
+        links = self.links
+        for h, pieces in self.core.outbox.take_writes():
+            lc = links.get(h)
+            if lc is not None:
+                lc.write(pieces)
+
     def _act(self, a: Any) -> None:
         cls = type(a)
-        if cls is Deliver:
-            conn = self.locals.get(a.lid)
-            if conn is not None:
-                conn.deliver(a.data)
-        elif cls is ResumeRead:
+        if cls is ResumeRead:
             conn = self.locals.get(a.lid)
             if conn is not None:
                 conn.resume()
@@ -674,26 +478,30 @@ class Router:
             for sub in self.subscribers.get(a.message.address, ()):
                 sub.offer(a.message)
         elif cls is LinkEstablished:
-            owner = self.owners.get(a.link)
-            lc = self.links.get(a.link)
-            if lc is not None:
-                lc.peer = a.peer
-            if isinstance(owner, Dialer):
-                owner.state, owner.error, owner.peer_router = "up", None, a.peer
-            elif isinstance(owner, Incoming):
-                owner.peer, owner.peer_site, owner.cost = a.peer, a.site, a.cost
-                ls = self.core.links.get(a.link)
-                owner.mode = ls.proto.peer_mode if ls else "interior"
-            self.event("link-up", peer=a.peer)
+            self._link_established(a)
         elif cls is CloseLink:
             lc = self.links.get(a.link)
             if lc is not None:
+                self._write_links()  # the link's last frames (its CLOSE) go first
                 lc.close(a.reason)
 
-    # -- multicast -----------------------------------------------------------------------------
+    def _link_established(self, a: LinkEstablished) -> None:
+        lc = self.links.get(a.link)
+        if lc is None:
+            return
+        lc.peer = a.peer
+        owner = lc.owner
+        if isinstance(owner, Dialer):
+            owner.to(DialerState.UP)
+            owner.peer_router = a.peer
+        else:
+            owner.peer, owner.peer_site, owner.cost, owner.mode = a.peer, a.site, a.cost, a.mode
+        self.event("link-up", peer=a.peer)
+
+    # -- multicast (MulticastPort) ---------------------------------------------------------------
 
     def publish(self, address: str, payload: bytes) -> int:
-        seq = self.core.publish(address, payload)
+        seq = self.core.multicast.publish(address, payload)
         self.pump()
         return seq
 
@@ -712,7 +520,7 @@ class Router:
     def event(self, kind: str, **fields: Any) -> None:
         """Announce a router event network-wide (multicast on EVENTS_ADDRESS)."""
         body = {"event": kind, "router": self.cfg.router_id, **fields}
-        self.core.publish(EVENTS_ADDRESS, json.dumps(body, sort_keys=True).encode())
+        self.core.multicast.publish(EVENTS_ADDRESS, json.dumps(body, sort_keys=True).encode())
         if not self._pumping:
             self.pump()
 
@@ -728,11 +536,9 @@ class Router:
         if d is None or d.task is None:
             return
         d.stopped = True
-        conns = []
-        for h, owner in list(self.owners.items()):
-            if owner is d:
-                self.core.close_link(h, "link removed")
-                conns.append(self.links[h])
+        conns = [lc for lc in self.links.values() if lc.owner is d]
+        for lc in conns:
+            self.core.close_link(lc.handle, "link removed")
         self.pump()
         d.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -747,9 +553,8 @@ class Router:
             for ep in cfg.endpoints:
                 if d.stopped:
                     return
-                d.state = "connecting"
                 d.endpoint = f"{ep.host}:{ep.port}"
-                conn = LinkConn(self, d, cfg.name, "outgoing", cfg.peer, cfg.cost)
+                conn = LinkConn(self, d, cfg.name, Direction.OUTGOING, cfg.peer, cfg.cost)
                 try:
                     ctx = tls.client_context(cfg)
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
@@ -777,14 +582,16 @@ class Router:
                     raise
                 finally:
                     d.conn = None
-                d.state, d.error, d.peer_router = "down", reason, None
+                d.to(DialerState.DOWN, reason)
                 if loop.time() - started > 10:
                     backoff = BACKOFF_MIN  # it ran for a while: retry quickly
                 break
-            d.state = "down"
+            else:
+                d.to(DialerState.DOWN)
             # Jitter keeps routers that lost each other from redialing in lockstep.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, BACKOFF_MAX)
+            d.to(DialerState.CONNECTING)
 
     async def _start_access(self) -> None:
         acc = self.cfg.link_access
@@ -794,7 +601,7 @@ class Router:
         try:
             ctx = tls.server_context(acc)
             self.access_server = await loop.create_server(
-                lambda: LinkConn(self, Incoming(), "incoming", "incoming"),
+                lambda: LinkConn(self, Incoming(), "incoming", Direction.INCOMING),
                 acc.host,
                 acc.port,
                 ssl=ctx,
@@ -815,11 +622,9 @@ class Router:
             self.access_server = None
         if keep_links:
             return
-        conns = []
-        for h, owner in list(self.owners.items()):
-            if isinstance(owner, Incoming):
-                self.core.close_link(h, "link access changed")
-                conns.append(self.links[h])
+        conns = [lc for lc in self.links.values() if isinstance(lc.owner, Incoming)]
+        for lc in conns:
+            self.core.close_link(lc.handle, "link access changed")
         self.pump()
         await self._wait_links(conns)
 
@@ -841,9 +646,9 @@ class Router:
             err = tls.describe(exc)
             if err != rt.error:
                 log.error("listener %s on %s:%d: %s", cfg.name, cfg.host, cfg.port, err)
-            rt.state, rt.error = "error", err
+            rt.state, rt.error = BindState.ERROR, err
             return
-        rt.state, rt.error = "listening", None
+        rt.state, rt.error = BindState.LISTENING, None
         log.info("listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, cfg.routing_key)
 
     async def _stop_listener(self, name: str) -> None:
@@ -852,59 +657,58 @@ class Router:
             rt.server.close()
             rt.server = None
 
-    def _connector_order(self, key: str) -> list[ConnectorRt]:
-        """Connectors for ``key``: up ones first, fewest open flows first, ties
-        round-robin; connectors in backoff last (tried when nothing else is left)."""
-        if self._by_key_src is not self.connectors:
-            by_key: dict[str, list[ConnectorRt]] = {}
-            for c in self.connectors.values():
-                by_key.setdefault(c.cfg.routing_key, []).append(c)
-            self._by_key, self._by_key_src = by_key, self.connectors
-        matching = self._by_key.get(key)
-        if not matching:
-            return []
-        n = self._rr.get(key, 0)
-        self._rr[key] = n + 1
-        if len(matching) == 1:
-            return matching
-        k = n % len(matching)
-        rotated = matching[k:] + matching[:k]
-        now = asyncio.get_running_loop().time()
-        return sorted(rotated, key=lambda c: (c.down_until > now, c.flows))
-
     async def _connect(self, lid: int, key: str) -> None:
+        """Connect a flow that arrived for ``key`` to one of our connectors."""
         core = self.core
-        loop = asyncio.get_running_loop()
-        for rt in self._connector_order(key):
-            cc = rt.cfg
-            conn = LocalConn(self, lid, connector=rt)
+        loop = self._loop
+        for c in self.connectors.order(key, loop.time()):
+            cc = c.cfg
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    await loop.create_connection(lambda c=conn: c, cc.host, cc.port)  # type: ignore[misc]
+                    await self._connect_to(c, lid)
             except (TimeoutError, OSError) as exc:
-                rt.error = tls.describe(exc)
-                rt.down_until = loop.time() + CONNECTOR_BACKOFF
-                flog.info("connector %s (%s:%d): %s", cc.name, cc.host, cc.port, rt.error)
-                if self.core is not core or lid not in core.locals:
+                ConnectorChoice.refused(c, tls.describe(exc), loop.time())
+                flog.info("connector %s (%s:%d): %s", cc.name, cc.host, cc.port, c.error)
+                if self.core is not core or lid not in core.flows.locals:
                     return
                 continue
-            rt.error, rt.down_until = None, 0.0
             return
         if self.core is core:
-            core.local_connect_failed(lid)
+            core.flows.local_connect_failed(lid)
             self.pump()
 
-    def _apply_services(self) -> None:
-        self.core.set_services(
-            {rt.cfg.routing_key for rt in self.listeners.values()},
-            {c.cfg.routing_key for c in self.connectors.values()},
-        )
+    async def _connect_to(self, c: Connector, lid: int) -> None:
+        """Connect to one connector: its host's addresses in turn (a host name is
+        looked up once per RESOLVE_TTL, not per flow)."""
+        loop = self._loop
+        host, port = c.cfg.host, c.cfg.port
+        if _is_address(host):
+            addresses: tuple[str, ...] = (host,)
+        else:
+            addresses = ConnectorChoice.cached_addresses(c, loop.time())
+            if not addresses:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                addresses = ConnectorChoice.resolved(c, (i[4][0] for i in infos), loop.time())
+        error: OSError = OSError(f"{host}: no address")
+        for address in addresses:
+            conn = LocalConn(self, lid, connector=c)
+            try:
+                await loop.create_connection(lambda c=conn: c, address, port)  # type: ignore[misc]
+            except OSError as exc:
+                error = exc
+                continue
+            ConnectorChoice.worked(c, address)
+            return
+        raise error
+
+    def _set_services(self, op: SetServices) -> None:
+        self.core.topology.set_services(op.listener_keys, op.connector_keys)
 
     # -- reload -------------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Re-read the config file and apply the difference. False if it is invalid."""
-        assert self._reload_lock is not None
+        """Re-read the config file (and the overlay) and apply the difference.
+        False if the config file is invalid (the one in force stays)."""
         async with self._reload_lock:
             try:
                 new = load(self.loaded.path)
@@ -921,112 +725,105 @@ class Router:
 
     async def reload_overlay(self) -> None:
         """Re-read the overlay file and apply the difference (the config stays)."""
-        assert self._reload_lock is not None
         async with self._reload_lock:
             await self._apply(self.loaded, self._merged(self.loaded.config))
 
     async def _apply(self, new: LoadedConfig, cfg: Config) -> None:
-        old = self.cfg
-        self.loaded = new
-        self.effective = cfg
-        set_level(cfg.log_level)
-        if cfg.admin != old.admin and self.admin is not None:
-            await self.admin.stop()
-            await self.admin.start(cfg.admin.host, cfg.admin.port)
-        if (cfg.site, cfg.router_id, cfg.mode) != (old.site, old.router_id, old.mode):
-            # A new router id or role: everything restarts under the new name.
-            await self._stop_network()
-            await self._start_network()
-            self.in_force = new
-            log.info("reloaded config %s (router %s -> %s)", new.path, old.router_id, cfg.router_id)
-            return
+        old = self.effective
         old_sha, new_sha = self._tls_sha, {p: _file_sha(p) for p in _tls_files(cfg)}
-        self._tls_sha = new_sha
-
-        def files_changed(*paths: str) -> bool:
-            return any(old_sha.get(p) != new_sha.get(p) for p in paths)
-
-        # Removals first, so a port moved between entries can be bound again.
-        want_l = {x.name: x for x in cfg.listeners}
-        for name, rt in list(self.listeners.items()):
-            if want_l.get(name) != rt.cfg:
-                await self._stop_listener(name)
-        for name, lc in want_l.items():
-            if name not in self.listeners:
-                await self._start_listener(lc)
-        self.connectors = {
-            c.name: self.connectors[c.name]
-            if c.name in self.connectors and self.connectors[c.name].cfg == c
-            else ConnectorRt(c)
-            for c in cfg.connectors
-        }
-        self._apply_services()
-        acc = cfg.link_access
-        if acc != old.link_access:
-            await self._stop_access()
-            await self._start_access()
-        elif acc is not None and files_changed(acc.ca, acc.cert, acc.key):
-            # New server cert or CA: new handshakes use them; links already up stay.
-            llog.info("link access TLS files changed: reloading them")
-            await self._stop_access(keep_links=True)
-            await self._start_access()
-        want_k = {x.name: x for x in cfg.links}
-        for name, d in list(self.dialers.items()):
-            lk = want_k.get(name)
-            if lk != d.cfg or (lk is not None and files_changed(lk.ca, lk.cert, lk.key)):
-                await self._stop_dialer(name)
-        for name, lk in want_k.items():
-            if name not in self.dialers:
-                self._start_dialer(lk)
+        changed = {p for p, sha in new_sha.items() if old_sha.get(p) != sha}
+        self.loaded, self.effective, self._tls_sha = new, cfg, new_sha
+        for op in reload_plan(old, cfg, changed):
+            await self._carry_out(op)
         self.pump()
         if self.in_force is None or self.in_force.sha256 != new.sha256:
             log.info("reloaded config %s", new.path)
         self.in_force = new
 
-    # -- status -------------------------------------------------------------------------------
+    async def _carry_out(self, op: Operation) -> None:
+        if isinstance(op, SetLogLevel):
+            set_level(op.level)
+        elif isinstance(op, RestartAdmin):
+            if self.admin is not None:
+                await self.admin.stop()
+                await self.admin.start(op.admin.host, op.admin.port)
+        elif isinstance(op, RestartNetwork):
+            await self._stop_network()
+            await self._start_network()
+        elif isinstance(op, StopListener):
+            await self._stop_listener(op.name)
+        elif isinstance(op, StartListener):
+            await self._start_listener(op.cfg)
+        elif isinstance(op, SetConnectors):
+            self.connectors.configure(op.connectors)
+        elif isinstance(op, SetServices):
+            self._set_services(op)
+        elif isinstance(op, RestartAccess):
+            await self._stop_access()
+            await self._start_access()
+        elif isinstance(op, ReloadAccessTls):
+            llog.info("link access TLS files changed: reloading them")
+            await self._stop_access(keep_links=True)
+            await self._start_access()
+        elif isinstance(op, StopDialer):
+            await self._stop_dialer(op.name)
+        elif isinstance(op, StartDialer):
+            self._start_dialer(op.cfg)
 
-    @property
-    def ready(self) -> tuple[bool, list[str]]:
-        """Ready = a config in force, every listener bound, link access bound."""
+    # -- status (RouterView) ----------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """Ready = a config in force, every listener of the config bound, link access
+        bound. The overlay never makes the router unready (its writer reads status)."""
         why = []
         if self.in_force is None:
             why.append("no config in force")
         for rt in self.listeners.values():
-            # The overlay never makes the router unready (its writer reads status).
-            if rt.state != "listening" and not self._from_overlay("listeners", rt.cfg.name):
+            from_config = self._source("listeners", rt.cfg.name) == "config"
+            if rt.state is not BindState.LISTENING and from_config:
                 why.append(f"listener {rt.cfg.name}: {rt.error or rt.state}")
         if self.cfg.link_access is not None and self.access_server is None:
             why.append(f"link access: {self.access_error or 'not bound'}")
         return not why, why
 
-    def status_links(self) -> list[dict[str, Any]]:
+    def counters(self) -> dict[str, int]:
+        return {
+            "route_computations": self.core.topology.db.computations,
+            "config_reloads": self.reloads,
+        }
+
+    def flows_status(self) -> list[dict[str, Any]]:
+        return self.core.flows.status()
+
+    def links_status(self) -> list[dict[str, Any]]:
         links: list[dict[str, Any]] = []
         for d in self.dialers.values():
             links.append(
                 {
                     "name": d.cfg.name,
-                    "direction": "outgoing",
+                    "direction": Direction.OUTGOING.value,
                     "peer": d.cfg.peer,
                     "cost": d.cfg.cost,
-                    "state": d.state,
+                    "state": d.state.value,
                     "endpoint": d.endpoint,
                     "error": d.error,
                     "peer_router": d.peer_router,
-                    "source": "overlay" if self._from_overlay("links", d.cfg.name) else "config",
+                    "source": self._source("links", d.cfg.name),
                 }
             )
-        for owner in self.owners.values():
+        for lc in self.links.values():
+            owner = lc.owner
             if isinstance(owner, Incoming) and owner.peer is not None:
                 links.append(
                     {
                         "name": owner.peer,
-                        "direction": "incoming",
+                        "direction": Direction.INCOMING.value,
                         "peer": owner.peer_site or owner.peer,
                         "cost": owner.cost,
-                        "state": "up",
+                        "state": DialerState.UP.value,
                         "endpoint": owner.endpoint,
                         "error": None,
-                        "peer_mode": owner.mode,
+                        "peer_mode": owner.mode.value,
                         "peer_router": owner.peer,
                     }
                 )
@@ -1034,15 +831,18 @@ class Router:
 
     def status(self) -> dict[str, Any]:
         cfg = self.cfg
-        links = self.status_links()
+        core = self.core
         acc = cfg.link_access
         now = asyncio.get_running_loop().time()
-        ready, why = self.ready
+        ready, why = self.readiness()
+        loop_name, loop_version = eventloop.describe(asyncio.get_running_loop())
         return {
             "site": cfg.site,
             "router_id": cfg.router_id,
-            "mode": cfg.mode,
+            "mode": cfg.mode.value,
             "version": __version__,
+            "event_loop": loop_name,
+            "event_loop_version": loop_version,
             "ready": ready,
             "not_ready": why,
             "config": {
@@ -1056,23 +856,23 @@ class Router:
             else {
                 "host": acc.host,
                 "port": acc.port,
-                "state": "listening" if self.access_server is not None else "error",
+                "state": (
+                    BindState.LISTENING if self.access_server is not None else BindState.ERROR
+                ).value,
                 "error": self.access_error,
             },
-            "links": links,
-            "routers": self.core.routers_status(),
+            "links": self.links_status(),
+            "routers": core.topology.routers_status(),
             "listeners": [
                 {
                     "name": rt.cfg.name,
                     "routing_key": rt.cfg.routing_key,
                     "host": rt.cfg.host,
                     "port": rt.cfg.port,
-                    "state": rt.state,
+                    "state": rt.state.value,
                     "error": rt.error,
-                    "distribution": rt.cfg.distribution,
-                    "source": "overlay"
-                    if self._from_overlay("listeners", rt.cfg.name)
-                    else "config",
+                    "distribution": rt.cfg.distribution.value,
+                    "source": self._source("listeners", rt.cfg.name),
                 }
                 for rt in self.listeners.values()
             ],
@@ -1085,20 +885,18 @@ class Router:
                     "flows": c.flows,
                     "down": c.down_until > now,
                     "error": c.error,
-                    "source": "overlay"
-                    if self._from_overlay("connectors", c.cfg.name)
-                    else "config",
+                    "source": self._source("connectors", c.cfg.name),
                 }
-                for c in self.connectors.values()
+                for c in self.connectors.by_name.values()
             ],
-            "routing_keys": self.core.keys_status(),
+            "routing_keys": core.keys_status(),
             "flows": {
-                "open": len(self.core.flows),
-                "total": self.core.flows_total,
-                "retried": self.core.retries,
+                "open": len(core.flows.by_id),
+                "total": core.flows.total,
+                "retried": core.flows.retries,
             },
             "multicast": {
-                "received": self.core.mcast_in,
+                "received": core.multicast.received,
                 "subscribers": {a: len(s) for a, s in sorted(self.subscribers.items())},
             },
         }

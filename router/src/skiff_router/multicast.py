@@ -1,0 +1,46 @@
+"""Multicast (sans-I/O): messages flooded to every router, delivered once each.
+
+Over FIFO links the first copy of each message reaches a router in origin
+order, so "highest sequence number seen per origin" drops every later copy
+and keeps per-origin order.
+"""
+
+from __future__ import annotations
+
+from skiff_router.actions import McastDeliver, Outbox
+from skiff_router.codec import FrameType, Mcast, decode_mcast, encode_mcast
+from skiff_router.topology import Link, Topology
+
+
+class Multicast:
+    def __init__(self, topology: Topology, seq: int, outbox: Outbox) -> None:
+        self.received = 0
+        self._topo = topology
+        self._seq = seq
+        self._seen: dict[str, int] = {}  # origin -> highest seq delivered
+        self._out = outbox
+
+    def publish(self, address: str, payload: bytes) -> int:
+        """Send a message to every subscriber of ``address`` in the network (local
+        ones included). Returns its sequence number."""
+        self._seq += 1
+        msg = Mcast(self._topo.id, self._seq, address, payload)
+        self._out.actions.append(McastDeliver(msg))
+        data = encode_mcast(msg)
+        for link in self._topo.up_links():
+            self._out.send(link, FrameType.MCAST, 0, data)
+        return msg.seq
+
+    def on_mcast(self, link: Link, fid: int, payload: bytes | memoryview) -> None:
+        data = bytes(payload)
+        msg = decode_mcast(data)
+        if msg.origin == self._topo.id or msg.seq <= self._seen.get(msg.origin, -1):
+            return
+        self._seen[msg.origin] = msg.seq
+        self.received += 1
+        self._out.actions.append(McastDeliver(msg))
+        if self._topo.edge:
+            return  # edges never forward
+        for other in self._topo.up_links():
+            if other is not link:
+                self._out.send(other, FrameType.MCAST, 0, data)

@@ -1,0 +1,134 @@
+"""The reload diff, as a pure function: (config in force, new config, TLS files
+whose content changed) -> the operations that turn one into the other.
+
+The runtime carries the operations out in order. Removals come before
+additions (a port moved between two listeners can be bound again), and
+anything unchanged is left alone, so flows of unchanged services and links
+survive a reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+
+from skiff_router.config import Admin, Config, ConnectorConfig, LinkConfig, ListenerConfig
+
+
+@dataclass(frozen=True)
+class SetLogLevel:
+    level: str
+
+
+@dataclass(frozen=True)
+class RestartAdmin:
+    admin: Admin
+
+
+@dataclass(frozen=True)
+class RestartNetwork:
+    """A new router id, site or mode: everything restarts under the new identity."""
+
+
+@dataclass(frozen=True)
+class StopListener:
+    name: str
+
+
+@dataclass(frozen=True)
+class StartListener:
+    cfg: ListenerConfig
+
+
+@dataclass(frozen=True)
+class SetConnectors:
+    connectors: tuple[ConnectorConfig, ...]
+
+
+@dataclass(frozen=True)
+class SetServices:
+    """The routing keys this router advertises (listeners, connectors)."""
+
+    listener_keys: frozenset[str]
+    connector_keys: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RestartAccess:
+    """Link access added, removed or moved: rebind (its incoming links close)."""
+
+
+@dataclass(frozen=True)
+class ReloadAccessTls:
+    """New server certificate or CA: new handshakes use them, links up stay."""
+
+
+@dataclass(frozen=True)
+class StopDialer:
+    name: str
+
+
+@dataclass(frozen=True)
+class StartDialer:
+    cfg: LinkConfig
+
+
+Operation = (
+    SetLogLevel
+    | RestartAdmin
+    | RestartNetwork
+    | StopListener
+    | StartListener
+    | SetConnectors
+    | SetServices
+    | RestartAccess
+    | ReloadAccessTls
+    | StopDialer
+    | StartDialer
+)
+
+
+def services(cfg: Config) -> SetServices:
+    return SetServices(
+        frozenset(x.routing_key for x in cfg.listeners),
+        frozenset(x.routing_key for x in cfg.connectors),
+    )
+
+
+def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Operation]:
+    """What to do to go from ``old`` to ``new``; ``changed_files`` are the TLS files
+    (paths) whose content differs from what is in use."""
+    ops: list[Operation] = []
+    if new.log_level != old.log_level:
+        ops.append(SetLogLevel(new.log_level))
+    if new.admin != old.admin:
+        ops.append(RestartAdmin(new.admin))
+    if (new.site, new.router_id, new.mode) != (old.site, old.router_id, old.mode):
+        ops.append(RestartNetwork())
+        return ops
+
+    was = {x.name: x for x in old.listeners}
+    want = {x.name: x for x in new.listeners}
+    ops += [StopListener(n) for n, x in was.items() if want.get(n) != x]
+    ops += [StartListener(x) for n, x in want.items() if was.get(n) != x]
+    if new.connectors != old.connectors:
+        ops.append(SetConnectors(new.connectors))
+    if services(new) != services(old):
+        ops.append(services(new))
+
+    acc = new.link_access
+    if acc != old.link_access:
+        ops.append(RestartAccess())
+    elif acc is not None and changed_files & {acc.ca, acc.cert, acc.key}:
+        ops.append(ReloadAccessTls())
+
+    was_k = {x.name: x for x in old.links}
+    want_k = {x.name: x for x in new.links}
+
+    def redial(lk: LinkConfig) -> bool:
+        return bool(changed_files & {lk.ca, lk.cert, lk.key})
+
+    stopped = {n for n, x in was_k.items() if want_k.get(n) != x or redial(x)}
+    ops += [StopDialer(n) for n in was_k if n in stopped]
+    ops += [StartDialer(x) for n, x in want_k.items() if n not in was_k or n in stopped]
+    return ops

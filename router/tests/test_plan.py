@@ -1,0 +1,130 @@
+"""Tier 1: the reload diff as a pure function (no sockets, no files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from skiff_router.config import Config, validate
+from skiff_router.plan import (
+    ReloadAccessTls,
+    RestartAccess,
+    RestartAdmin,
+    RestartNetwork,
+    SetConnectors,
+    SetLogLevel,
+    SetServices,
+    StartDialer,
+    StartListener,
+    StopDialer,
+    StopListener,
+    reload_plan,
+)
+
+ACCESS = {"host": "0.0.0.0", "port": 55671, "ca": "ca.crt", "cert": "s.crt", "key": "s.key"}
+
+
+def link(name: str, **kw: Any) -> dict[str, Any]:
+    d = {
+        "name": name,
+        "peer": name,
+        "endpoints": [{"host": "127.0.0.1", "port": 55671}],
+        "ca": f"/l/{name}/ca.crt",
+        "cert": f"/l/{name}/tls.crt",
+        "key": f"/l/{name}/tls.key",
+    }
+    return {**d, **kw}
+
+
+def listener(name: str, port: int, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "routing_key": name, "host": "127.0.0.1", "port": port, **kw}
+
+
+def connector(name: str, port: int, key: str | None = None) -> dict[str, Any]:
+    return {"name": name, "routing_key": key or name, "host": "127.0.0.1", "port": port}
+
+
+def cfg(**kw: Any) -> Config:
+    doc: dict[str, Any] = {
+        "site": "west",
+        "link_access": ACCESS,
+        "links": [link("east"), link("north")],
+        "listeners": [listener("web", 8080), listener("db", 5432)],
+        "connectors": [connector("api", 9000)],
+    }
+    doc.update(kw)
+    return validate(doc, "/etc/skiff/west")
+
+
+def test_nothing_changed_nothing_done() -> None:
+    assert reload_plan(cfg(), cfg(), set()) == []
+
+
+def test_listeners_removed_before_added_unchanged_kept() -> None:
+    old = cfg()
+    new = cfg(listeners=[listener("db", 8080), listener("cache", 6379)])
+    ops = reload_plan(old, new, set())
+    web, db = old.listeners
+    db2, cache = new.listeners
+    # "db" moved to web's port: both old ones stop first, then the new ones bind.
+    assert ops == [
+        StopListener("web"),
+        StopListener("db"),
+        StartListener(db2),
+        StartListener(cache),
+        SetServices(frozenset({"db", "cache"}), frozenset({"api"})),
+    ]
+    del web, db
+
+
+def test_listener_distribution_change_restarts_only_it() -> None:
+    new = cfg(listeners=[listener("web", 8080, distribution="closest"), listener("db", 5432)])
+    assert reload_plan(cfg(), new, set()) == [StopListener("web"), StartListener(new.listeners[0])]
+
+
+def test_connectors_and_services() -> None:
+    new = cfg(connectors=[connector("api", 9000), connector("api2", 9001, key="api")])
+    # Same routing keys: the advertisement stays, only the connector set changes.
+    assert reload_plan(cfg(), new, set()) == [SetConnectors(new.connectors)]
+    new = cfg(connectors=[])
+    assert reload_plan(cfg(), new, set()) == [
+        SetConnectors(()),
+        SetServices(frozenset({"web", "db"}), frozenset()),
+    ]
+
+
+def test_links_changed_redialed_new_started_removed_stopped() -> None:
+    new = cfg(links=[link("east", cost=5), link("south")])
+    ops = reload_plan(cfg(), new, set())
+    assert ops == [
+        StopDialer("east"),
+        StopDialer("north"),
+        StartDialer(new.links[0]),
+        StartDialer(new.links[1]),
+    ]
+
+
+def test_changed_tls_files_redial_only_their_link_and_keep_access_links() -> None:
+    old = cfg()
+    ops = reload_plan(old, old, {"/l/north/tls.key"})
+    assert ops == [StopDialer("north"), StartDialer(old.links[1])]
+    assert reload_plan(old, old, {"/etc/skiff/west/s.crt"}) == [ReloadAccessTls()]
+    moved = cfg(link_access={**ACCESS, "port": 55672})
+    assert reload_plan(old, moved, {"/etc/skiff/west/s.crt"}) == [RestartAccess()]
+    assert reload_plan(old, cfg(link_access=None), set()) == [RestartAccess()]
+
+
+def test_identity_change_restarts_the_network() -> None:
+    old = cfg()
+    for new in (
+        cfg(router_id="west.2"),
+        cfg(mode="edge", link_access=None),
+        cfg(site="south", links=[]),
+    ):
+        ops = reload_plan(old, new, set())
+        assert ops[-1] == RestartNetwork()
+        assert not any(isinstance(op, StopListener | StopDialer) for op in ops)
+
+
+def test_admin_and_log_level() -> None:
+    new = cfg(admin={"port": 9192}, log_level="debug")
+    assert reload_plan(cfg(), new, set()) == [SetLogLevel("debug"), RestartAdmin(new.admin)]
