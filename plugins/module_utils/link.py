@@ -1,66 +1,39 @@
-"""Logic of skiff.fleet.link (private to skiff.fleet; not a public API).
+"""Links: the kind, their credentials, and the logic of skiff.fleet.link (private to skiff.fleet).
 
 A link is an entry in `links` of router.json plus the token's material in
 `links/<name>/`. The config entry names only paths, so `--diff` never shows a
 key. When only the credentials change (a new token for the same link), the
-config entry is the same and the router would not notice; the link is then
-removed and added again, in two reloads, so the router dials with the new
-certificate.
+entry stays the same: the new files are written and the router reloaded once;
+it re-reads the files whose content changed and redials that link only.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import validation
-from ansible_collections.skiff.fleet.plugins.module_utils.apply import ConfigApplier, Result
+from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
+from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import SiteConfigRunner
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
-    Platform,
-    get_platform,
-    wait_for_config,
-)
-from ansible_collections.skiff.fleet.plugins.module_utils.service import replace_entry
+from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Entry, Kind, Wanted
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
     KEY_MODE,
     PUBLIC_MODE,
-    SiteMetadata,
     SitePaths,
-    SiteStore,
     atomic_write,
-    canonical_order,
     ensure_dir,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import Token, decode
 
-PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+# -- the kind ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LinkParams:
-    site: str
-    base_dir: str = DEFAULT_BASE_DIR
-    name: str | None = None
-    token: str | None = None
-    cost: int = 1
-    state: str = "present"
-
-    @classmethod
-    def from_module(cls, params: dict[str, Any]) -> LinkParams:
-        return cls(
-            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
-        )
-
-    def __repr__(self) -> str:  # the token is a secret
-        return f"LinkParams(site={self.site!r}, name={self.name!r}, cost={self.cost!r})"
-
-
-def link_entry(name: str, token: Token, cost: int) -> dict[str, Any]:
+def link_entry(name: str, token: Token, cost: int) -> Entry:
     return {
         "name": name,
         "peer": token.site,
@@ -72,141 +45,31 @@ def link_entry(name: str, token: Token, cost: int) -> dict[str, Any]:
     }
 
 
+def _normalize(item: Mapping[str, Any]) -> Entry:
+    # `token` is a decoded Token here: decoding (and its checks) happen once, in LinkSet.
+    token: Token = item["token"]
+    return link_entry(
+        validation.object_name(item["name"], "name"), token, validation.cost(item["cost"])
+    )
+
+
+def _describe(entry: Entry) -> str:
+    endpoints = ", ".join(f"{e['host']}:{e['port']}" for e in entry["endpoints"])
+    return f"to site '{entry['peer']}', cost {entry['cost']}, endpoints {endpoints}"
+
+
+LINK = Kind(section="links", noun="link", normalize=_normalize, describe=_describe)
+
+
+# -- credentials: the token's files in links/<name>/ -------------------------------------------
+
+
 def credential_files(folder: Path, token: Token) -> dict[Path, tuple[bytes, int]]:
     return {
         folder / "ca.crt": (token.ca.encode(), PUBLIC_MODE),
         folder / "tls.key": (token.key.encode(), KEY_MODE),
         folder / "tls.crt": (token.cert.encode(), PUBLIC_MODE),
     }
-
-
-class LinkRunner:
-    def __init__(
-        self,
-        params: LinkParams,
-        *,
-        check_mode: bool,
-        platform_factory: PlatformFactory = get_platform,
-        wait: Callable[..., dict[str, Any]] = wait_for_config,
-    ):
-        self.params = params
-        self.check_mode = check_mode
-        self.platform_factory = platform_factory
-        self.wait = wait
-        self.store = SiteStore.open(params.base_dir, params.site)
-
-    def run(self) -> Result:
-        # The name defaults to the token's site: errors name it once the token is read.
-        self.label = f"link '{self.params.name}'" if self.params.name else "link"
-        try:
-            return self.present() if self.params.state == "present" else self.absent()
-        except SkiffError as exc:
-            raise exc.with_context(site=self.params.site, field=self.label) from None
-
-    def _platform(self) -> Platform:
-        metadata = self.store.require()
-        return self.platform_factory(metadata.platform, self.store.paths, metadata)
-
-    def present(self) -> Result:
-        params, result = self.params, Result()
-        if not params.token:
-            raise SkiffError("is required when state is present", field="token")
-        token = decode(params.token)
-        name = validation.object_name(params.name or token.site, "name")
-        self.label = f"link '{name}'"
-        cost = validation.cost(params.cost)
-        if token.site == params.site:
-            raise SkiffError(
-                f"the token was issued by site '{token.site}' itself; a site cannot link to "
-                "itself: use a token issued by the site to link to",
-                field="token",
-            )
-        if token.name != params.site:
-            raise SkiffError(
-                f"the token was issued to site '{token.name}', not '{params.site}'; the "
-                f"accepting router would refuse it: issue a token named '{params.site}' "
-                f"at site '{token.site}'",
-                field="token",
-            )
-        entry = link_entry(name, token, cost)
-        result.values = {"link": entry}
-
-        if not self.store.exists() and self.check_mode:
-            result.act(f"add link '{name}' to site '{token.site}' (site does not exist yet)")
-            result.diff = {"before": {"links": []}, "after": {"links": [entry]}}
-            return result
-        platform = self._platform()
-        config = self.store.read_config()
-        entries = list(config.get("links") or [])
-        current = next((e for e in entries if e.get("name") == name), None)
-        new_entries = replace_entry(entries, name, entry)
-        result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
-
-        folder = self.store.paths.link_dir(name)
-        files = credential_files(folder, token)
-        stale = [p for p, (data, _mode) in files.items() if _read(p) != data]
-        if current is None:
-            result.act(f"add link '{name}' to site '{token.site}' ({self._describe(entry)})")
-        elif current != entry:
-            result.act(f"update link '{name}' ({self._describe(entry)})")
-        if stale:
-            result.act(f"write the credentials of link '{name}' from the token")
-        if not result.changed:
-            return result
-        if self.check_mode:
-            return result
-
-        backup = {p: _read(p) for p in files}
-        ensure_dir(self.store.paths.links_dir)
-        ensure_dir(folder)
-        for path, (data, mode) in files.items():
-            atomic_write(path, data, mode)
-        applier = ConfigApplier(self.store, platform, wait=self.wait)
-        try:
-            # One reload: the router re-reads credential files whose content
-            # changed and redials that link only.
-            status = applier.apply(canonical_order(dict(config, links=new_entries)), result)
-        except SkiffError:
-            _restore_files(backup)
-            raise
-        if status is not None:
-            state = next((s for s in status.get("links") or [] if s.get("name") == name), None)
-            result.values["link_status"] = state
-        return result
-
-    def absent(self) -> Result:
-        params, result = self.params, Result()
-        if not params.name:
-            raise SkiffError("is required when state is absent", field="name")
-        name = validation.object_name(params.name, "name")
-        result.values = {"link": None}
-        if not self.store.exists():
-            return result
-        platform = self._platform()
-        config = self.store.read_config()
-        entries = list(config.get("links") or [])
-        new_entries = replace_entry(entries, name, None)
-        folder = self.store.paths.link_dir(name)
-        result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
-        if new_entries != entries:
-            result.act(f"remove link '{name}'")
-        if folder.exists():
-            result.act(f"remove the credentials of link '{name}'")
-        if self.check_mode or not result.changed:
-            return result
-        if new_entries != entries:
-            new_config = dict(config, links=new_entries)
-            if not new_entries:
-                new_config.pop("links")
-            ConfigApplier(self.store, platform, wait=self.wait).apply(new_config, result)
-        # After the router let go of the link: its files may go.
-        shutil.rmtree(folder, ignore_errors=True)
-        return result
-
-    @staticmethod
-    def _describe(entry: dict[str, Any]) -> str:
-        endpoints = ", ".join(f"{e['host']}:{e['port']}" for e in entry["endpoints"])
-        return f"cost {entry['cost']}, endpoints {endpoints}"
 
 
 def _read(path: Path) -> bytes | None:
@@ -224,5 +87,198 @@ def _restore_files(backup: dict[Path, bytes | None]) -> None:
             atomic_write(path, data, KEY_MODE if path.name.endswith(".key") else PUBLIC_MODE)
 
 
+class LinkCredentials:
+    """The credential files of a site's links: what the tokens say, and folders of removed links."""
+
+    def __init__(self, paths: SitePaths, tokens: Mapping[str, Token], removed: list[str]):
+        self.paths = paths
+        self.files = {
+            name: credential_files(paths.link_dir(name), token) for name, token in tokens.items()
+        }
+        self.removed = [name for name in removed if paths.link_dir(name).exists()]
+        self.backup: dict[Path, bytes | None] = {}
+
+    def _stale(self) -> dict[str, dict[Path, tuple[bytes, int]]]:
+        return {
+            name: files
+            for name, files in self.files.items()
+            if any(_read(path) != data for path, (data, _mode) in files.items())
+        }
+
+    def actions(self) -> list[str]:
+        return [
+            f"write the credentials of link '{name}' from the token" for name in self._stale()
+        ] + [f"remove the credentials of link '{name}'" for name in self.removed]
+
+    def reload_needed(self) -> bool:
+        return bool(self._stale())
+
+    def write(self) -> None:
+        stale = self._stale()
+        if stale:
+            ensure_dir(self.paths.links_dir)
+        for name, files in stale.items():
+            ensure_dir(self.paths.link_dir(name))
+            for path, (data, mode) in files.items():
+                self.backup[path] = _read(path)
+                atomic_write(path, data, mode)
+
+    def restore(self) -> None:
+        _restore_files(self.backup)
+
+    def cleanup(self) -> None:
+        for name in self.removed:
+            shutil.rmtree(self.paths.link_dir(name), ignore_errors=True)
+
+
+# -- the module logic -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Options of skiff.fleet.link: one link (`name`, `token`, `cost`, `state`), or `links`."""
+
+    site: str
+    base_dir: str = DEFAULT_BASE_DIR
+    name: str | None = None
+    token: str | None = None
+    cost: int = 1
+    state: str = "present"
+    # The list form: items {name, token, cost, state}; `prune` removes links not listed.
+    # An item with `peer` and no token is a link whose far site does not exist yet
+    # (check mode only): reported as an addition, never written.
+    items: tuple[Mapping[str, Any], ...] | None = None
+    prune: bool = False
+
+    @classmethod
+    def from_module(cls, params: dict[str, Any]) -> LinkParams:
+        values = {
+            k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None
+        }
+        if params.get("links") is not None:
+            values["items"] = tuple(
+                {k: v for k, v in item.items() if v is not None} for item in params["links"]
+            )
+        return cls(**values)
+
+    def item_list(self) -> list[Mapping[str, Any]]:
+        if self.items is not None:
+            return list(self.items)
+        item: dict[str, Any] = {"cost": self.cost, "state": self.state}
+        if self.name is not None:
+            item["name"] = self.name
+        if self.token is not None:
+            item["token"] = self.token
+        return [item]
+
+    def __repr__(self) -> str:  # tokens are secrets
+        names = [i.get("name") for i in self.items] if self.items is not None else None
+        return f"LinkParams(site={self.site!r}, name={self.name!r}, items={names!r})"
+
+
+@dataclass
+class LinkSet:
+    """The links a run wants, with their tokens decoded and checked."""
+
+    wanted: Wanted
+    tokens: dict[str, Token]
+
+
+def link_set(
+    site: str, items: list[Mapping[str, Any]], *, prune: bool, check_mode: bool
+) -> LinkSet:
+    present: list[dict[str, Any]] = []
+    absent: list[str] = []
+    pending: dict[str, str] = {}
+    tokens: dict[str, Token] = {}
+    for index, item in enumerate(items):
+        label = (
+            f"link '{item['name']}'"
+            if item.get("name")
+            else ("link" if len(items) == 1 else f"links[{index}]")
+        )
+        try:
+            if item.get("state", "present") == "absent":
+                if not item.get("name"):
+                    raise SkiffError("is required when state is absent", field="name")
+                absent.append(validation.object_name(item["name"], "name"))
+                continue
+            if not item.get("token"):
+                if check_mode and item.get("peer"):
+                    name = validation.object_name(item.get("name") or item["peer"], "name")
+                    pending[name] = (
+                        f"to site '{item['peer']}', cost {item.get('cost', 1)}; its token "
+                        "comes once that site exists"
+                    )
+                    continue
+                raise SkiffError("is required when state is present", field="token")
+            token = decode(item["token"])
+            name = validation.object_name(item.get("name") or token.site, "name")
+            label = f"link '{name}'"
+            _check_token(site, token)
+        except SkiffError as exc:
+            raise exc.with_context(field=label) from None
+        tokens[name] = token
+        present.append({"name": name, "token": token, "cost": item.get("cost", 1)})
+    return LinkSet(
+        Wanted(present=tuple(present), absent=tuple(absent), prune=prune, pending=pending), tokens
+    )
+
+
+def _check_token(site: str, token: Token) -> None:
+    if token.site == site:
+        raise SkiffError(
+            f"the token was issued by site '{token.site}' itself; a site cannot link to "
+            "itself: use a token issued by the site to link to",
+            field="token",
+        )
+    if token.name != site:
+        raise SkiffError(
+            f"the token was issued to site '{token.name}', not '{site}'; the "
+            f"accepting router would refuse it: issue a token named '{site}' "
+            f"at site '{token.site}'",
+            field="token",
+        )
+
+
+def removed_links(result_changes: list[dict[str, Any]]) -> list[str]:
+    return [
+        c["name"] for c in result_changes if c["section"] == "links" and c["action"] == "remove"
+    ]
+
+
 def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
-    return LinkRunner(params, check_mode=check_mode, **services).run()
+    """One link, or a list of them, in one change (one reload)."""
+    single = params.items is None
+    try:
+        links = link_set(params.site, params.item_list(), prune=params.prune, check_mode=check_mode)
+    except SkiffError as exc:
+        raise exc.with_context(site=params.site) from None
+    runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
+    credentials = LinkCredentials(
+        runner.store.paths, links.tokens, removed=links_to_remove(runner, links.wanted)
+    )
+    name = params.name or next(iter(links.tokens), None)
+    context = f"link '{name}'" if single and name else None
+    result = runner.run({LINK: links.wanted}, credentials=credentials, context=context)
+    after = result.values.get("after", {}).get("links", [])
+    status = result.values.get("status")
+    if single:
+        entry = next((e for e in after if e.get("name") == name), None)
+        result.values = {"link": entry if params.state == "present" else None}
+        if status is not None and entry is not None:
+            result.values["link_status"] = next(
+                (s for s in status.get("links") or [] if s.get("name") == name), None
+            )
+    else:
+        result.values = {"links": after}
+    return result
+
+
+def links_to_remove(runner: SiteConfigRunner, wanted: Wanted) -> list[str]:
+    """Links whose folders go: the ones named absent, and with prune, every folder not wanted."""
+    names = list(wanted.absent)
+    if wanted.prune and runner.store.paths.links_dir.is_dir():
+        keep = {item["name"] for item in wanted.present} | set(wanted.pending)
+        names += [p.name for p in runner.store.paths.links_dir.iterdir() if p.name not in keep]
+    return names

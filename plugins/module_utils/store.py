@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import SITE_NAME_PATTERN
 
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
-SITE_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Sections of router.json owned by the site module; everything else belongs to another module.
 SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access")
 LIST_SECTIONS = ("links", "listeners", "connectors")

@@ -35,6 +35,7 @@ class FakePlatform(Platform):
         # A config containing this text makes the router die at start.
         self.dies_on: str | None = None
         self.exited = False
+        self.status_reads = 0
 
     def is_running(self) -> bool:
         return self.running
@@ -68,6 +69,7 @@ class FakePlatform(Platform):
         return list(self.check_problems)
 
     def status(self) -> dict[str, Any] | None:
+        self.status_reads += 1
         if not self.running:
             return None
         config = json.loads(self.in_force or b"{}")
@@ -101,8 +103,10 @@ class FakeFleet:
 
     def __init__(self):
         self.platforms: dict[Path, FakePlatform] = {}
+        self.made = 0  # platform objects asked for: a run that changes nothing asks for none
 
     def factory(self, name, paths, metadata) -> FakePlatform:
+        self.made += 1
         platform = self.platforms.get(paths.root)
         if platform is None:
             platform = self.platforms[paths.root] = FakePlatform(paths, metadata)
