@@ -189,7 +189,7 @@ def link_set(
 ) -> LinkSet:
     present: list[dict[str, Any]] = []
     absent: list[str] = []
-    pending: dict[str, str] = {}
+    pending: dict[str, tuple[dict[str, Any], str]] = {}
     tokens: dict[str, Token] = {}
     for index, item in enumerate(items):
         label = (
@@ -204,13 +204,22 @@ def link_set(
                 absent.append(validation.object_name(item["name"], "name"))
                 continue
             if not item.get("token"):
-                if check_mode and item.get("peer"):
-                    name = validation.object_name(item.get("name") or item["peer"], "name")
+                peer = item.get("peer")
+                if check_mode and peer:
+                    name = validation.object_name(item.get("name") or peer, "name")
+                    cost = validation.cost(item.get("cost", 1))
                     pending[name] = (
-                        f"to site '{item['peer']}', cost {item.get('cost', 1)}; its token "
-                        "comes once that site exists"
+                        {"name": name, "peer": peer, "cost": cost},
+                        f"to site '{peer}', cost {cost}; its token is issued during the run",
                     )
                     continue
+                if peer:
+                    raise SkiffError(
+                        f"no token from site '{peer}': it failed earlier in this run, is not "
+                        f"installed yet or does not accept links; run the playbook for "
+                        f"'{peer}' first",
+                        field="token",
+                    )
                 raise SkiffError("is required when state is present", field="token")
             token = decode(item["token"])
             name = validation.object_name(item.get("name") or token.site, "name")

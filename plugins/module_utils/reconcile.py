@@ -50,9 +50,10 @@ class Wanted:
     # Remove every entry that `present` (and `pending`) does not name.
     prune: bool = False
     # Names wanted but not known well enough to write yet (a link whose token
-    # the far site cannot issue before it exists, in check mode): name -> why.
-    # They are reported as additions when missing and never pruned.
-    pending: Mapping[str, str] = field(default_factory=dict)
+    # the far site cannot issue before it exists, in check mode): name ->
+    # (what is known of the entry, why it is not complete). They are reported
+    # as pending additions when missing, never written and never pruned.
+    pending: Mapping[str, tuple[Entry, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,20 @@ class Change:
     before: Entry | None
     after: Entry | None
     text: str
+    # A pending addition: `after` holds only what is known so far.
+    pending: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "section": self.section,
             "action": self.action,
             "name": self.name,
             "before": self.before,
             "after": self.after,
         }
+        if self.pending:
+            data["pending"] = True
+        return data
 
 
 @dataclass
@@ -175,11 +181,10 @@ def _reconcile_kind(
             new_entries.append(entry)
             text = f"add {kind.label(name)} ({kind.describe(entry)})"
             changes.append(Change(kind.section, "add", name, None, entry, text))
-    for name, why in want.pending.items():
+    for name, (known, why) in want.pending.items():
         if name not in seen:
-            changes.append(
-                Change(kind.section, "add", name, None, None, f"add {kind.label(name)} ({why})")
-            )
+            text = f"add {kind.label(name)} ({why})"
+            changes.append(Change(kind.section, "add", name, None, dict(known), text, True))
     if kind.check is not None:
         kind.check(new_entries)
     return new_entries, changes

@@ -90,12 +90,17 @@ def test_pending_entries_are_reported_never_written_never_pruned():
         {
             CONNECTOR: Wanted(),
             LISTENER: Wanted(
-                pending={"east": "its token comes later", "south": "later"}, prune=True
+                pending={
+                    "east": ({"name": "east"}, "its token comes later"),
+                    "south": ({"name": "south"}, "later"),
+                },
+                prune=True,
             ),
         },
     )
     assert done.actions == ["add listener 'south' (later)"]
-    assert done.changes[0].after is None
+    assert done.changes[0].pending and done.changes[0].after == {"name": "south"}
+    assert done.changes[0].as_dict()["pending"] is True
     assert done.config["listeners"] == [entry("east", 5)]
 
 
@@ -133,7 +138,7 @@ def test_bad_wanted_lists_name_the_entry_and_field(wanted, message):
 
 
 def test_a_section_that_is_not_a_list_is_an_error():
-    with pytest.raises(SkiffError, match="listeners: the site's router.json holds something"):
+    with pytest.raises(SkiffError, match=r"listeners: the site.s router\.json holds something"):
         reconcile(dict(SITE, listeners={"a": 1}), {LISTENER: Wanted()})
 
 

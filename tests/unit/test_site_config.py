@@ -168,7 +168,7 @@ def test_check_mode_link_without_token_is_predicted_and_apply_refuses(sites, ser
     )
     check = run_reconcile(params, True, **services)
     assert (
-        "add link 'later' (to site 'later', cost 1; its token comes once that site exists)"
+        "add link 'later' (to site 'later', cost 1; its token is issued during the run)"
         in check.actions
     )
     later = next(c for c in check.values["changes"] if c["name"] == "later")
@@ -177,12 +177,15 @@ def test_check_mode_link_without_token_is_predicted_and_apply_refuses(sites, ser
         "action": "add",
         "name": "later",
         "before": None,
-        "after": None,
+        "after": {"name": "later", "peer": "later", "cost": 1},
+        "pending": True,
     }
     config_before = west.config.read_bytes()
     with pytest.raises(SkiffError) as err:
         run_reconcile(params, False, **services)
-    assert str(err.value) == ("site 'west': link 'later': token: is required when state is present")
+    assert str(err.value).startswith(
+        "site 'west': link 'later': token: no token from site 'later': it failed earlier"
+    )
     assert west.config.read_bytes() == config_before
 
 
