@@ -272,15 +272,17 @@ def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
     result = runner.run({LINK: links.wanted}, credentials=credentials, context=context)
     after = result.values.get("after", {}).get("links", [])
     status = result.values.get("status")
+    values: dict[str, Any] = {"changes": result.values.get("changes", [])}
     if single:
         entry = next((e for e in after if e.get("name") == name), None)
-        result.values = {"link": entry if params.state == "present" else None}
+        values["link"] = entry if params.state == "present" else None
         if status is not None and entry is not None:
-            result.values["link_status"] = next(
+            values["link_status"] = next(
                 (s for s in status.get("links") or [] if s.get("name") == name), None
             )
     else:
-        result.values = {"links": after}
+        values["links"] = after
+    result.values = values
     return result
 
 

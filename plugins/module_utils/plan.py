@@ -226,6 +226,10 @@ def _reachability(
                 "listener removed" if key not in after[name].listeners else "no connector reachable"
             )
             plan["unreachable"].setdefault(key, []).append({"site": name, "why": why})
+    for where in plan["reachable"].values():
+        where.sort()
+    for where in plan["unreachable"].values():
+        where.sort(key=lambda u: u["site"])
 
 
 def render_plan(plan: dict[str, Any], *, sites: int) -> str:

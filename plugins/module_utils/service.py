@@ -154,10 +154,12 @@ def run_service(kind: Kind, params: ServiceParams, check_mode: bool, **services:
     runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
     context = f"{kind.noun} '{params.name}'" if params.items is None else None
     result = runner.run({kind: wanted}, verify=verify, context=context)
+    entries = result.values.get("after", {}).get(kind.section, [])
+    values: dict[str, Any] = {"changes": result.values.get("changes", [])}
     if params.items is None:
-        entries = result.values.get("after", {}).get(kind.section, [])
         entry = next((e for e in entries if e.get("name") == params.name), None)
-        result.values = {kind.noun: entry if params.state == "present" else None}
+        values[kind.noun] = entry if params.state == "present" else None
     else:
-        result.values = {kind.section: result.values.get("after", {}).get(kind.section, [])}
+        values[kind.section] = entries
+    result.values = values
     return result

@@ -65,7 +65,12 @@ def test_check_mode_on_a_fresh_fleet_predicts_every_change_and_makes_none(tmp_pa
     changed = check.changed()
     assert set(changed) == {"east", "west", "north"}
     assert all(count > 0 for count in changed.values()), changed
-    assert "would link to 'east'" in check.output and "would link to 'west'" in check.output
+    # The run ends with the plan of the whole fleet.
+    plan = check.output[check.output.index("Plan for 3 sites") :]
+    assert "Sites to create (3):" in plan
+    assert "west -> east  cost 1 (its token is issued during the run)" in plan
+    assert "north -> west  cost 2 (its token is issued during the run)" in plan
+    assert "'echo' at north, west" in plan  # becomes reachable there
     assert not base_dir.exists() or list(base_dir.iterdir()) == []
     assert router_pids(base_dir) == []
 

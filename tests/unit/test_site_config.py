@@ -245,9 +245,9 @@ def test_connector_list_form_prune_and_single_form_still_works(sites, services):
     west, _tokens = sites
     base = str(west.root.parent)
     one = ServiceParams(site="west", base_dir=base, name="db", host="h", port=5432)
-    assert run_service(CONNECTOR, one, False, **services).values == {
-        "connector": {"name": "db", "routing_key": "db", "host": "h", "port": 5432}
-    }
+    single = run_service(CONNECTOR, one, False, **services).values
+    assert single["connector"] == {"name": "db", "routing_key": "db", "host": "h", "port": 5432}
+    assert [(c["action"], c["name"]) for c in single["changes"]] == [("add", "db")]
     listed = ServiceParams(
         site="west",
         base_dir=base,
