@@ -11,9 +11,19 @@ import copy
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
-from fleet_harness import free_ports, router_pids, run_playbook, write_inventory
+from fleet_harness import (
+    BIN,
+    REPO,
+    ansible_env,
+    free_ports,
+    router_pids,
+    run_playbook,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +132,89 @@ def test_plan_of_a_change_lists_links_services_and_reachability(fleet) -> None:
     text = run.output[run.output.index("Plan for 3 sites") :]
     assert "Links to re-cost (1):\n  north -> west  cost 2 -> 5" in text
     assert "Services that become unreachable (1):\n  'echo' at west (listener removed)" in text
+    assert snapshot(fleet["base_dir"]) == before
+
+
+NETWORK_PLAY = """
+- name: Read the live network from every site
+  hosts: skiff_sites
+  gather_facts: false
+  tasks:
+    - name: This site's view
+      skiff.fleet.network_info:
+        base_dir: "{{ skiff_base_dir }}"
+        sites: ["{{ inventory_hostname }}"]
+      register: view
+
+    - name: The whole network, joined
+      ansible.builtin.copy:
+        content: "{{ ansible_play_hosts | map('extract', hostvars, 'view') | skiff.fleet.merge_networks | to_json }}"
+        dest: "{{ dest }}"
+        mode: "0644"
+      delegate_to: localhost
+      run_once: true
+"""
+
+
+def test_network_info_returns_the_live_network(fleet) -> None:
+    play = fleet["root"] / "network.yml"
+    play.write_text(NETWORK_PLAY)
+    dest = fleet["root"] / "network.json"
+    before = snapshot(fleet["base_dir"])
+    done = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(fleet["inventory"]),
+            str(play),
+            "-e",
+            f"dest={dest}",
+        ],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    network = json.loads(dest.read_text())
+    assert sorted(network["sites"]) == ["east", "north", "west"]
+    assert all(site["read"] and site["ready"] for site in network["sites"].values())
+    assert [(x["from"], x["to"], x["cost"], x["state"]) for x in network["links"]] == [
+        ("north", "west", 2, "up"),
+        ("west", "east", 1, "up"),
+    ]
+    assert network["routing_keys"]["echo"] == {
+        "listeners": ["north", "west"],
+        "connectors": ["east"],
+        "unreachable_at": [],
+        "reachable": True,
+    }
+    assert network["unreachable_keys"] == [] and network["unreadable"] == []
+    whats = {(c["site"], c["what"]) for c in network["certificates"]}
+    assert ("east", "server certificate") in whats
+    assert ("west", "link 'east' client certificate") in whats
+    assert ("east", "token 'west' client certificate") in whats
+    assert all(c["days_left"] > 300 for c in network["certificates"])
+    # From any one site, the router itself shows the same at a glance.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skiff_router",
+            "status",
+            "--network",
+            "--admin",
+            f"http://127.0.0.1:{fleet['hosts']['north']['skiff_admin_port']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("network as seen from north (interior): 3 routers, 3 reachable")
     assert snapshot(fleet["base_dir"]) == before
 
 

@@ -10,7 +10,18 @@ import yaml
 from ansible_collections.skiff.fleet.plugins.doc_fragments.items import ModuleDocFragment as Items
 from ansible_collections.skiff.fleet.plugins.doc_fragments.site_dir import ModuleDocFragment
 
-MODULES = ("site", "token", "link", "listener", "connector", "wait", "reconcile")
+MODULES = (
+    "site",
+    "token",
+    "link",
+    "listener",
+    "connector",
+    "wait",
+    "reconcile",
+    "network_info",
+)
+# Controller-side actions: the module file is documentation only.
+ACTIONS = ("fleet_check", "plan")
 FRAGMENTS = {
     "skiff.fleet.site_dir": ModuleDocFragment.DOCUMENTATION,
     "skiff.fleet.site_dir.base_dir": ModuleDocFragment.BASE_DIR,
@@ -49,6 +60,18 @@ def compare(spec: dict, options: dict, where: str) -> None:
 def test_documentation_matches_argument_spec(name):
     module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
     compare(module.argument_spec(), documented_options(module), name)
+    yaml.safe_load(module.EXAMPLES)
+    assert yaml.safe_load(module.RETURN)
+
+
+@pytest.mark.parametrize("name", ACTIONS)
+def test_action_documentation_matches_its_arguments(name):
+    module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
+    action = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.action.{name}")
+    options = documented_options(module)
+    assert set(options) == set(action.ActionModule._VALID_ARGS)
+    for option in options.values():
+        assert option.get("description") and option.get("type")
     yaml.safe_load(module.EXAMPLES)
     assert yaml.safe_load(module.RETURN)
 
