@@ -1,12 +1,12 @@
 """Putting a reconciled config in force on one site (private to skiff.fleet; not a public API).
 
-`SiteConfigRunner.run()` reads the site's `router.json` once, asks the pure
-reconciler what changes, and when something does, validates, writes and
-reloads once through `ConfigApplier`. When nothing changes it stops there: no
-platform call, no `check-config` subprocess, no status read. Links bring
-their credential files along (`Credentials`, from link.py): written before the
-config that names them, put back if the change fails, removed after the
-router let go of them.
+`SiteConfigRunner.run()` reads the site's router config once (from the
+platform's config store), asks the pure reconciler what changes, and when
+something does, validates, writes and reloads once through `ConfigApplier`.
+When nothing changes it stops there: no `check-config`, no write, no reload,
+no status read. Links bring their credentials along (`Credentials`, from
+link.py): stored before the config that names them, put back if the change
+fails, removed after the router let go of them.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import (
     Kind,
+    Reconciled,
     Wanted,
     reconcile,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    FileSecretStore,
+    SecretStore,
     SiteMetadata,
     SitePaths,
     SiteStore,
@@ -37,22 +40,22 @@ Verifier = Callable[[dict[str, Any]], "str | None"]
 
 
 class Credentials(Protocol):
-    """Files that go with config entries (a link's certificate and key)."""
+    """Secrets that go with config entries (a link's certificate and key)."""
 
-    def actions(self) -> list[str]:
-        """What would change on disk; [] when the files are as wanted."""
+    def plan(self, reconciled: Reconciled) -> list[str]:
+        """What would change in the secret store with this config change; [] when nothing."""
 
     def reload_needed(self) -> bool:
-        """True when files the router reads change (it re-reads them on reload)."""
+        """True when secrets the router reads change (it re-reads them on reload)."""
 
     def write(self) -> None:
-        """Write what actions() named, keeping what it replaces."""
+        """Store what plan() named, keeping what it replaces."""
 
     def restore(self) -> None:
         """Put back what write() replaced (the config change failed)."""
 
     def cleanup(self) -> None:
-        """Remove files of entries that are gone (after the router let go of them)."""
+        """Remove secrets of entries that are gone (after the router let go of them)."""
 
 
 def wanted_from_items(items: Iterable[Mapping[str, Any]], *, prune: bool) -> Wanted:
@@ -81,6 +84,25 @@ class SiteConfigRunner:
         self.platform_factory = platform_factory
         self.wait = wait
         self.store = SiteStore.open(base_dir, site)
+        self._platform: Platform | None = None
+
+    def platform(self) -> Platform | None:
+        """The site's platform (its config and secret stores); None before the site exists."""
+        if self._platform is None and self.store.paths.metadata.is_file():
+            metadata = self.store.read_metadata()
+            try:
+                self._platform = self.platform_factory(
+                    metadata.platform, self.store.paths, metadata
+                )
+            except SkiffError as exc:
+                raise exc.with_context(site=self.site) from None
+            self.store.config = self._platform.config
+        return self._platform
+
+    def secrets(self) -> SecretStore:
+        """Where link credentials live; before the site exists, where a site directory keeps them."""
+        platform = self.platform()
+        return platform.secrets if platform is not None else FileSecretStore(self.store.paths)
 
     def run(
         self,
@@ -105,7 +127,8 @@ class SiteConfigRunner:
         credentials: Credentials | None,
     ) -> Result:
         result = Result()
-        exists = self.store.exists()
+        platform = self.platform()
+        exists = platform is not None and self.store.exists()
         current = self.store.read_config() if exists else {}
         reconciled = reconcile(current, wanted)
         result.diff = reconciled.diff
@@ -113,8 +136,8 @@ class SiteConfigRunner:
             "after": reconciled.after,
             "changes": [change.as_dict() for change in reconciled.changes],
         }
-        file_actions = credentials.actions() if credentials is not None and exists else []
-        if not reconciled.changed and not file_actions:
+        secret_actions = credentials.plan(reconciled) if credentials is not None and exists else []
+        if not reconciled.changed and not secret_actions:
             return result
         if not exists:
             if not self.check_mode:
@@ -123,12 +146,11 @@ class SiteConfigRunner:
             for action in reconciled.actions:
                 result.act(f"{action} (site does not exist yet)")
             return result
-        for action in reconciled.actions + file_actions:
+        for action in reconciled.actions + secret_actions:
             result.act(action)
 
-        metadata = self.store.read_metadata()
-        platform = self.platform_factory(metadata.platform, self.store.paths, metadata)
-        # Removing files the router no longer names needs no reload.
+        assert platform is not None
+        # Removing secrets the router no longer names needs no reload.
         apply = reconciled.changed or (credentials is not None and credentials.reload_needed())
         if apply and platform.is_running():
             result.note("reload the router")
@@ -147,7 +169,7 @@ class SiteConfigRunner:
                     credentials.restore()
                 raise
         if credentials is not None:
-            # After the router let go of removed links: their files may go.
+            # After the router let go of removed links: their credentials may go.
             credentials.cleanup()
         result.values["status"] = status
         return result

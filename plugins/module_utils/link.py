@@ -1,56 +1,56 @@
 """Links: the kind, their credentials, and the logic of skiff.fleet.link (private to skiff.fleet).
 
-A link is an entry in `links` of router.json plus the token's material in
-`links/<name>/`. The config entry names only paths, so `--diff` never shows a
-key. When only the credentials change (a new token for the same link), the
-entry stays the same: the new files are written and the router reloaded once;
-it re-reads the files whose content changed and redials that link only.
+A link is an entry in `links` of the router config plus the token's material
+in the platform's secret store (`links/<name>/` in a site directory). The
+config entry names only paths, so `--diff` never shows a key. When only the
+credentials change (a new token for the same link), the entry stays the same:
+the new credentials are stored and the router reloaded once; it re-reads the
+files whose content changed and redials that link only.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import validation
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import SiteConfigRunner
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Entry, Kind, Wanted
+from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import (
+    Entry,
+    Kind,
+    Reconciled,
+    Wanted,
+)
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
-    KEY_MODE,
-    PUBLIC_MODE,
-    SitePaths,
-    atomic_write,
-    ensure_dir,
+    LinkCredentials,
+    SecretStore,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import Token, decode
 
 # -- the kind ---------------------------------------------------------------------------------
 
 
-def link_entry(name: str, token: Token, cost: int) -> Entry:
+def link_entry(name: str, token: Token, cost: int, paths: dict[str, str]) -> dict[str, Any]:
+    """The config entry; `paths` are where the platform's secret store keeps the credentials."""
     return {
         "name": name,
         "peer": token.site,
         "cost": cost,
         "endpoints": token.endpoints,
-        "ca": f"links/{name}/ca.crt",
-        "cert": f"links/{name}/tls.crt",
-        "key": f"links/{name}/tls.key",
+        "ca": paths["ca"],
+        "cert": paths["cert"],
+        "key": paths["key"],
     }
 
 
 def _normalize(item: Mapping[str, Any]) -> Entry:
-    # `token` is a decoded Token here: decoding (and its checks) happen once, in LinkSet.
-    token: Token = item["token"]
-    return link_entry(
-        validation.object_name(item["name"], "name"), token, validation.cost(item["cost"])
-    )
+    # `token` is decoded and `paths` known here: link_set() did both, once per link.
+    name = validation.object_name(item["name"], "name")
+    return link_entry(name, item["token"], validation.cost(item["cost"]), item["paths"])
 
 
 def _describe(entry: Entry) -> str:
@@ -61,74 +61,51 @@ def _describe(entry: Entry) -> str:
 LINK = Kind(section="links", noun="link", normalize=_normalize, describe=_describe)
 
 
-# -- credentials: the token's files in links/<name>/ -------------------------------------------
+# -- credentials: the token's material in the platform's secret store -----------------------
 
 
-def credential_files(folder: Path, token: Token) -> dict[Path, tuple[bytes, int]]:
-    return {
-        folder / "ca.crt": (token.ca.encode(), PUBLIC_MODE),
-        folder / "tls.key": (token.key.encode(), KEY_MODE),
-        folder / "tls.crt": (token.cert.encode(), PUBLIC_MODE),
-    }
+def credentials(token: Token) -> LinkCredentials:
+    return LinkCredentials(token.ca.encode(), token.cert.encode(), token.key.encode())
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+class LinkSecrets:
+    """The credentials of a site's links: what the tokens say, and those of removed links."""
 
+    def __init__(self, secrets: SecretStore, links: LinkSet):
+        self.secrets = secrets
+        self.wanted = {name: credentials(token) for name, token in links.tokens.items()}
+        self.absent = list(links.wanted.absent)
+        self.stale: list[str] = []
+        self.removed: list[str] = []
+        self.backup: dict[str, LinkCredentials] = {}
 
-def _restore_files(backup: dict[Path, bytes | None]) -> None:
-    for path, data in backup.items():
-        if data is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write(path, data, KEY_MODE if path.name.endswith(".key") else PUBLIC_MODE)
-
-
-class LinkCredentials:
-    """The credential files of a site's links: what the tokens say, and folders of removed links."""
-
-    def __init__(self, paths: SitePaths, tokens: Mapping[str, Token], removed: list[str]):
-        self.paths = paths
-        self.files = {
-            name: credential_files(paths.link_dir(name), token) for name, token in tokens.items()
-        }
-        self.removed = [name for name in removed if paths.link_dir(name).exists()]
-        self.backup: dict[Path, bytes | None] = {}
-
-    def _stale(self) -> dict[str, dict[Path, tuple[bytes, int]]]:
-        return {
-            name: files
-            for name, files in self.files.items()
-            if any(_read(path) != data for path, (data, _mode) in files.items())
-        }
-
-    def actions(self) -> list[str]:
-        return [
-            f"write the credentials of link '{name}' from the token" for name in self._stale()
-        ] + [f"remove the credentials of link '{name}'" for name in self.removed]
+    def plan(self, reconciled: Reconciled) -> list[str]:
+        removed = [
+            c.name for c in reconciled.changes if c.section == LINK.section and c.action == "remove"
+        ]
+        self.stale = [n for n, wanted in self.wanted.items() if self.secrets.link(n) != wanted]
+        self.removed = [
+            n for n in dict.fromkeys(removed + self.absent) if self.secrets.link(n).exists
+        ]
+        return [f"write the credentials of link '{name}' from the token" for name in self.stale] + [
+            f"remove the credentials of link '{name}'" for name in self.removed
+        ]
 
     def reload_needed(self) -> bool:
-        return bool(self._stale())
+        return bool(self.stale)
 
     def write(self) -> None:
-        stale = self._stale()
-        if stale:
-            ensure_dir(self.paths.links_dir)
-        for name, files in stale.items():
-            ensure_dir(self.paths.link_dir(name))
-            for path, (data, mode) in files.items():
-                self.backup[path] = _read(path)
-                atomic_write(path, data, mode)
+        for name in self.stale:
+            self.backup[name] = self.secrets.link(name)
+            self.secrets.put_link(name, self.wanted[name])
 
     def restore(self) -> None:
-        _restore_files(self.backup)
+        for name, previous in self.backup.items():
+            self.secrets.put_link(name, previous if previous.exists else None)
 
     def cleanup(self) -> None:
         for name in self.removed:
-            shutil.rmtree(self.paths.link_dir(name), ignore_errors=True)
+            self.secrets.put_link(name, None)
 
 
 # -- the module logic -------------------------------------------------------------------------
@@ -185,8 +162,15 @@ class LinkSet:
 
 
 def link_set(
-    site: str, items: list[Mapping[str, Any]], *, prune: bool, check_mode: bool
+    site: str,
+    items: list[Mapping[str, Any]],
+    *,
+    prune: bool,
+    check_mode: bool,
+    link_paths: Callable[[str], dict[str, str]],
 ) -> LinkSet:
+    """The wanted links with their tokens decoded and checked, and the entries' credential
+    paths from the platform's secret store (`link_paths`)."""
     present: list[dict[str, Any]] = []
     absent: list[str] = []
     pending: dict[str, tuple[dict[str, Any], str]] = {}
@@ -228,7 +212,9 @@ def link_set(
         except SkiffError as exc:
             raise exc.with_context(field=label) from None
         tokens[name] = token
-        present.append({"name": name, "token": token, "cost": item.get("cost", 1)})
+        present.append(
+            {"name": name, "token": token, "cost": item.get("cost", 1), "paths": link_paths(name)}
+        )
     return LinkSet(
         Wanted(present=tuple(present), absent=tuple(absent), prune=prune, pending=pending), tokens
     )
@@ -259,17 +245,23 @@ def removed_links(result_changes: list[dict[str, Any]]) -> list[str]:
 def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
     """One link, or a list of them, in one change (one reload)."""
     single = params.items is None
+    runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
+    secrets = runner.secrets()
     try:
-        links = link_set(params.site, params.item_list(), prune=params.prune, check_mode=check_mode)
+        links = link_set(
+            params.site,
+            params.item_list(),
+            prune=params.prune,
+            check_mode=check_mode,
+            link_paths=secrets.link_paths,
+        )
     except SkiffError as exc:
         raise exc.with_context(site=params.site) from None
-    runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
-    credentials = LinkCredentials(
-        runner.store.paths, links.tokens, removed=links_to_remove(runner, links.wanted)
-    )
     name = params.name or next(iter(links.tokens), None)
     context = f"link '{name}'" if single and name else None
-    result = runner.run({LINK: links.wanted}, credentials=credentials, context=context)
+    result = runner.run(
+        {LINK: links.wanted}, credentials=LinkSecrets(secrets, links), context=context
+    )
     after = result.values.get("after", {}).get("links", [])
     status = result.values.get("status")
     values: dict[str, Any] = {"changes": result.values.get("changes", [])}
@@ -284,12 +276,3 @@ def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
         values["links"] = after
     result.values = values
     return result
-
-
-def links_to_remove(runner: SiteConfigRunner, wanted: Wanted) -> list[str]:
-    """Links whose folders go: the ones named absent, and with prune, every folder not wanted."""
-    names = list(wanted.absent)
-    if wanted.prune and runner.store.paths.links_dir.is_dir():
-        keep = {item["name"] for item in wanted.present} | set(wanted.pending)
-        names += [p.name for p in runner.store.paths.links_dir.iterdir() if p.name not in keep]
-    return names

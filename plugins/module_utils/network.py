@@ -27,6 +27,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import get_platform
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
+    SecretStore,
     SitePaths,
     SiteStore,
     validate_site_name,
@@ -159,9 +160,12 @@ def merge(
     }
     when = now or datetime.datetime.now(datetime.UTC)
     for cert in certificates:
-        not_after = datetime.datetime.fromisoformat(cert["not_after"])
-        cert["days_left"] = (not_after - when).days
-    certificates.sort(key=lambda c: (c["not_after"], c["site"], c["what"]))
+        if cert.get("not_after"):
+            not_after = datetime.datetime.fromisoformat(cert["not_after"])
+            cert["days_left"] = (not_after - when).days
+        else:
+            cert["days_left"] = None
+    certificates.sort(key=lambda c: (c["not_after"] or "", c["site"], c["what"]))
     return {
         "sites": dict(sorted(sites.items())),
         "links": [links[k] for k in sorted(links)],
@@ -183,35 +187,26 @@ def _service(entry: dict[str, Any]) -> dict[str, Any]:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def site_certificates(paths: SitePaths) -> list[dict[str, Any]]:
-    """Expiry of every certificate in a site directory (public facts only, never a key)."""
+def site_certificates(secrets: SecretStore, links: list[str]) -> list[dict[str, Any]]:
+    """Expiry of a site's certificates (public facts only, never a key), from its secret store.
+
+    The site CA, the server certificate and each link's client certificate
+    (the one its token carried; the issuing site's copy expires with it).
+    """
     from ansible_collections.skiff.fleet.plugins.module_utils import pki
 
-    found = [("site CA", paths.ca_cert), ("server certificate", paths.server_cert)]
-    for kind, folder in (("link", paths.links_dir), ("token", paths.tokens_dir)):
-        if folder.is_dir():
-            found += [
-                (f"{kind} '{sub.name}' client certificate", sub / "tls.crt")
-                for sub in sorted(folder.iterdir())
-            ]
+    found = [("site CA", secrets.ca().cert_pem), ("server certificate", secrets.server().cert_pem)]
+    found += [(f"link '{name}' client certificate", secrets.link(name).cert) for name in links]
     out = []
-    for what, path in found:
-        pem = pki.read_optional(path)
+    for what, pem in found:
         if pem is None:
             continue
         try:
             info = pki.describe(pem)
         except ValueError:
-            out.append(
-                {
-                    "what": what,
-                    "path": str(path),
-                    "not_after": "1970-01-01T00:00:00+00:00",
-                    "error": "unreadable",
-                }
-            )
+            out.append({"what": what, "not_after": None, "error": "unreadable"})
             continue
-        out.append({"what": what, "path": str(path), "not_after": info["not_after"]})
+        out.append({"what": what, "not_after": info["not_after"]})
     return out
 
 
@@ -271,8 +266,10 @@ class NetworkReader:
                 continue
             metadata = store.read_metadata()
             platform = self.platform_factory(metadata.platform, store.paths, metadata)
+            store.config = platform.config
             status = platform.status()
-            certs = site_certificates(store.paths) if self.params.certificates else []
+            links = [str(e.get("name")) for e in store.read_config().get("links") or []]
+            certs = site_certificates(platform.secrets, links) if self.params.certificates else []
             error = (
                 None if status else "its admin endpoint does not answer (is the router running?)"
             )

@@ -13,13 +13,6 @@ import datetime
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-
-from ansible_collections.skiff.fleet.plugins.module_utils.store import (
-    KEY_MODE,
-    PUBLIC_MODE,
-    atomic_write,
-)
 
 try:
     from cryptography import x509
@@ -300,19 +293,6 @@ def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs) -
     except x509.ExtensionNotFound:
         return "not a CA certificate"
     return None
-
-
-def read_optional(path: Path) -> bytes | None:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def write_pair(cert_path: Path, key_path: Path, issued: Issued) -> None:
-    """Key first (0600), then the certificate: a reader never sees a cert without its key."""
-    atomic_write(key_path, issued.key_pem, KEY_MODE)
-    atomic_write(cert_path, issued.cert_pem, PUBLIC_MODE)
 
 
 def describe(cert_pem: bytes) -> dict[str, object]:

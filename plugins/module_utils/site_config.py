@@ -19,9 +19,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import (
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.link import (
     LINK,
-    LinkCredentials,
+    LinkSecrets,
     link_set,
-    links_to_remove,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Kind, Wanted
 from ansible_collections.skiff.fleet.plugins.module_utils.service import (
@@ -65,16 +64,19 @@ def run_reconcile(params: SiteConfigParams, check_mode: bool, **services: Any) -
     credentials = None
     runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
     if params.links is not None:
+        secrets = runner.secrets()
         try:
             links = link_set(
-                params.site, list(params.links), prune=params.prune, check_mode=check_mode
+                params.site,
+                list(params.links),
+                prune=params.prune,
+                check_mode=check_mode,
+                link_paths=secrets.link_paths,
             )
         except SkiffError as exc:
             raise exc.with_context(site=params.site) from None
         wanted[LINK] = links.wanted
-        credentials = LinkCredentials(
-            runner.store.paths, links.tokens, removed=links_to_remove(runner, links.wanted)
-        )
+        credentials = LinkSecrets(secrets, links)
     for kind, items in ((LISTENER, params.listeners), (CONNECTOR, params.connectors)):
         if items is not None:
             wanted[kind] = wanted_from_items(items, prune=params.prune)

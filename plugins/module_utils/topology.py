@@ -15,6 +15,7 @@ Two layers of checks, both before anything changes:
 
 from __future__ import annotations
 
+import importlib.util
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,17 @@ from typing import Any
 from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import PLATFORMS
 
-PLATFORMS_AVAILABLE = PLATFORMS
-PLATFORMS_PLANNED = tuple(p for p in vocabulary.PLATFORMS if p not in PLATFORMS)
+
+def _implemented(platform: str) -> bool:
+    """The lookup knows the name and its file is there (a planned platform's may not be yet)."""
+    try:
+        return importlib.util.find_spec(f"{__package__}.platform_{platform}") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+PLATFORMS_AVAILABLE = tuple(p for p in PLATFORMS if _implemented(p))
+PLATFORMS_PLANNED = tuple(p for p in vocabulary.PLATFORMS if p not in PLATFORMS_AVAILABLE)
 LOCAL_CONNECTIONS = ("local",)
 
 

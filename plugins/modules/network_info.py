@@ -13,8 +13,8 @@ description:
     (through each site's platform) and of any O(admin_urls), and returns
     what they show together as RV(network). These are the sites, the links
     with their state and cost, the routing keys with the sites that listen
-    and serve, the keys a listener cannot reach, and the expiry of every
-    certificate in the site directories read.
+    and serve, the keys a listener cannot reach, and the expiry of the
+    certificates of the sites read (from their platform's secret store).
   - A site that does not answer is listed in RV(network.unreadable) with the
     reason; the module does not fail for it.
   - Run it on every site host and join the results with the filter
@@ -107,7 +107,10 @@ network:
       type: list
       elements: str
     certificates:
-      description: Each certificate read, C(site), C(what), C(path), C(not_after), C(days_left), soonest first.
+      description:
+        - Each certificate read, C(site), C(what), C(not_after), C(days_left), soonest first.
+        - The site CA, the server certificate and each link's client certificate
+          (the one its token carried).
       type: list
       elements: dict
     unreadable:

@@ -15,7 +15,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.network import (
     site_view,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
-from ansible_collections.skiff.fleet.plugins.module_utils.store import SitePaths
+from ansible_collections.skiff.fleet.plugins.module_utils.store import FileSecretStore, SitePaths
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -203,7 +203,7 @@ def test_reads_local_sites_through_their_platform_with_certificates(tmp_path, se
     ]
     assert all("KEY" not in str(c) for c in network["certificates"])
     assert not result.changed
-    assert site_certificates(SitePaths(tmp_path / "nowhere")) == []
+    assert site_certificates(FileSecretStore(SitePaths(tmp_path / "nowhere")), ["x"]) == []
 
 
 def test_admin_urls_that_do_not_answer_are_named():
