@@ -34,28 +34,59 @@ def skiff_link_items(
 ) -> list[dict[str, Any]]:
     """`host`'s skiff_links as items of skiff.fleet.reconcile's `links`, with their tokens.
 
-    A token comes from the tokens step (hostvars[target].skiff_issued_tokens)
+    A token comes from the tokens step (hostvars[target].skiff_token_results)
     when the target was in the run, else from the delegated token task's
     results; without either (check mode before the target exists) the item
     has no token and names its `peer`, which the module reports as pending.
     """
+    dialer = _site_name(hostvars, host)
     delegated_tokens = {
-        result["link"]["to"]: result["token"]
+        result["pair"]["target"]: result["token"]
         for result in (delegated or {}).get("results", [])
-        if result.get("token")
+        if result.get("token") and result["pair"]["dialer"] == host
     }
-    dialer = str(hostvars[host].get("skiff_site_name") or host)
     items = []
     for link in links:
         target = link["to"]
-        name = str(hostvars[target].get("skiff_site_name") or target)
-        token = (hostvars[target].get("skiff_issued_tokens") or {}).get(dialer)
-        token = delegated_tokens.get(target, token)
+        name = _site_name(hostvars, target)
+        issued = hostvars[target].get("skiff_token_results") or {}
+        token = delegated_tokens.get(target) or (issued.get("tokens") or {}).get(dialer)
         item = {"name": name, "peer": name, "cost": link.get("cost", 1)}
         if token:
             item["token"] = token
         items.append(item)
     return items
+
+
+def skiff_links_leaving(hosts: list[str], hostvars: Any, in_run: list[str]) -> list[dict[str, str]]:
+    """Each (dialer, target) link of `hosts` whose target is outside this run (--limit)."""
+    return [
+        {"dialer": host, "target": link["to"]}
+        for host in hosts
+        for link in hostvars[host].get("skiff_links") or []
+        if link["to"] not in in_run
+    ]
+
+
+# Results that say a step changed something on a host.
+_STEP_RESULTS = (
+    "skiff_site_result",
+    "skiff_token_results",
+    "skiff_config_result",
+    "skiff_router_install",
+    "skiff_firewall_result",
+)
+
+
+def skiff_changed_in_run(hosts: list[str], hostvars: Any) -> bool:
+    """Whether any step changed anything on any of `hosts` in this run."""
+    return any(
+        (hostvars[host].get(name) or {}).get("changed") for host in hosts for name in _STEP_RESULTS
+    )
+
+
+def _site_name(hostvars: Any, host: str) -> str:
+    return str(hostvars[host].get("skiff_site_name") or host)
 
 
 class FilterModule:
@@ -65,4 +96,6 @@ class FilterModule:
             "network": skiff_network,
             "site_names": skiff_site_names,
             "link_items": skiff_link_items,
+            "links_leaving": skiff_links_leaving,
+            "changed_in_run": skiff_changed_in_run,
         }

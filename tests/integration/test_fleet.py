@@ -129,10 +129,21 @@ def test_every_site_sees_every_other(fleet) -> None:
         assert status["mode"] == ("edge" if site == "north" else "interior")
 
 
+def _wait_task(output: str) -> str:
+    """The output of the convergence task."""
+    return output.split("The site sees its network and serves its listeners")[1].split("TASK [")[0]
+
+
 def test_second_run_changes_nothing(fleet) -> None:
     again = run_playbook(fleet["inventory"], "site.yml")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed() == {"east": 0, "west": 0, "north": 0}
+    # Nothing changed anywhere: no site polls its router's status.
+    waited = _wait_task(again.output)
+    assert "ok: [" not in waited and waited.count("skipping: [") == 3, waited
+    forced = run_playbook(fleet["inventory"], "site.yml", "-e", "skiff_wait_when_unchanged=true")
+    assert forced.returncode == 0, forced.output[-4000:]
+    assert _wait_task(forced.output).count("ok: [") == 3
 
 
 def test_limited_run_still_links_to_sites_outside_it(fleet) -> None:

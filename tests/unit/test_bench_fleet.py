@@ -1,0 +1,34 @@
+"""The benchmark's fleets are valid inventories whose per-site work does not grow with size."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
+    fleet_findings,
+    fleet_problems,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.fleet.topology import SITES_PER_HUB, fleet_hosts
+
+
+@pytest.mark.parametrize("size", [4, 16, 48])
+def test_bench_fleet_passes_every_fleet_check(size):
+    hosts = {h: dict(v, ansible_connection="local") for h, v in fleet_hosts(size).items()}
+    assert fleet_problems(hosts, list(hosts)) == []
+    assert fleet_findings(hosts, list(hosts)) == []
+
+
+def test_no_hub_serves_more_dialers_as_the_fleet_grows():
+    for size in (16, 48):
+        dialers = Counter(
+            link["to"]
+            for host in fleet_hosts(size).values()
+            for link in host.get("skiff_links", [])
+        )
+        assert max(dialers.values()) <= SITES_PER_HUB
