@@ -56,7 +56,7 @@ demo-teardown: setup
 lint: setup
 	ruff check .
 	ruff format --check .
-	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/teardown.yml
+	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/plan.yml playbooks/teardown.yml
 
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"

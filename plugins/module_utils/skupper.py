@@ -32,9 +32,9 @@ API_VERSION = "skupper.io/v2alpha1"
 KINDS = ("Site", "Link", "Listener", "Connector", "AccessGrant", "AccessToken")
 # Skupper's linkAccess values -> the kubernetes platform's Service type for links.
 KUBE_LINK_ACCESS = {
-    "default": "LoadBalancer",
-    "loadbalancer": "LoadBalancer",
-    "nodeport": "NodePort",
+    "default": "loadbalancer",
+    "loadbalancer": "loadbalancer",
+    "nodeport": "nodeport",
 }
 LOCAL_HOSTS = ("localhost",)
 
@@ -179,6 +179,8 @@ def convert(
         host: dict[str, Any] = {}
         if kube and namespace != doc.name and ":" not in namespace:
             host["skiff_kube_namespace"] = namespace
+        if kube:
+            notes.append(f"{doc.label}: set skiff_kube_image (the router image the cluster pulls)")
         access = str(doc.spec.get("linkAccess") or "none").lower()
         edge = bool(doc.spec.get("edge"))
         if edge:
@@ -269,12 +271,18 @@ def convert(
         }
         if doc.spec.get("host"):
             connector["host"] = str(doc.spec["host"])
-        elif doc.spec.get("selector") and kube:
-            connector["selector"] = str(doc.spec["selector"])
+        elif kube:
+            notes.append(
+                f"{doc.label}: selects pods ('{doc.spec.get('selector')}'), which a skiff "
+                "connector does not; connector left out: annotate the Service in front of "
+                'those pods with skiff.io/expose: "true" and skiff.io/routing-key: '
+                f"{key}, or add a connector whose host is that Service"
+            )
+            continue
         else:
             notes.append(
-                f"{doc.label}: no host (selector '{doc.spec.get('selector')}' needs the "
-                "kubernetes platform); connector left out, add it with a host"
+                f"{doc.label}: no host (it selects pods, '{doc.spec.get('selector')}'); "
+                "connector left out: add it with the host of the service"
             )
             continue
         for unsupported in (

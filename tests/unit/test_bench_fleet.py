@@ -1,4 +1,4 @@
-"""The benchmark's fleets are valid inventories whose per-site work does not grow with size."""
+"""The benchmark fleets and the hub-and-spoke example are valid; per-site work does not grow."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
     fleet_findings,
@@ -32,3 +33,12 @@ def test_no_hub_serves_more_dialers_as_the_fleet_grows():
             for link in host.get("skiff_links", [])
         )
         assert max(dialers.values()) <= SITES_PER_HUB
+
+
+def test_hub_spoke_example_inventory_warns_only_where_intended():
+    path = Path(__file__).resolve().parents[2] / "inventories" / "hub-spoke" / "hosts.yml"
+    group = yaml.safe_load(path.read_text())["skiff_sites"]
+    hosts = {h: dict(group["vars"], **v) for h, v in group["hosts"].items()}
+    assert fleet_problems(hosts, list(hosts)) == []
+    found = fleet_findings(hosts, list(hosts))
+    assert [(f.host, f.check, f.intended) for f in found] == [("audit", "unserved-listener", True)]

@@ -31,19 +31,12 @@ def test_three_kubernetes_and_vm_sites_become_one_inventory():
         "west": {
             "skiff_link_access": True,
             "skiff_link_endpoint": {"host": "203.0.113.10", "port": 55671},
-            "skiff_kube_link_access": "LoadBalancer",
+            "skiff_kube_link_access": "loadbalancer",
             "skiff_log_level": "warning",
             "skiff_listeners": [{"name": "backend", "routing_key": "backend", "port": 8080}],
         },
         "east": {
-            "skiff_connectors": [
-                {
-                    "name": "backend",
-                    "routing_key": "backend",
-                    "port": 8080,
-                    "selector": "app=backend",
-                }
-            ],
+            # Its connector selects pods: left out, with a note on what to do.
             # From the AccessToken, matched to west's AccessGrant by its URL.
             "skiff_links": [{"to": "west", "cost": 2}],
         },
@@ -69,6 +62,12 @@ def test_three_kubernetes_and_vm_sites_become_one_inventory():
         in notes
     )
     assert "skiff issues its own tokens" in notes
+    assert (
+        "Connector 'backend' (namespace 'east', east.yaml): selects pods ('app=backend'), "
+        "which a skiff connector does not" in notes
+    )
+    assert "annotate the Service in front of those pods with skiff.io/expose" in notes
+    assert "Site 'west' (namespace 'west', west.yaml): set skiff_kube_image" in notes
     # Nothing secret is copied: token codes, CA and TLS credential names stay behind.
     dumped = yaml.safe_dump(done.inventory)
     for secret in ("2Gr8tKjZp7NhQw5XvLm4", "BEGIN CERTIFICATE", "link-west", "db-tls"):
@@ -85,13 +84,10 @@ def test_linux_platform_keeps_addresses_and_names_what_needs_a_hand():
         {"name": "backend", "routing_key": "backend", "port": 8080}
     ]
     assert "skiff_kube_link_access" not in hosts["west"]
-    # A pod selector needs Kubernetes: that connector is left out, said so.
+    # A connector that selects pods has no host: left out, said so.
     assert "skiff_connectors" not in hosts["east"]
     notes = "\n".join(done.notes)
-    assert (
-        "Connector 'backend' (namespace 'east', east.yaml): no host (selector 'app=backend'"
-        in notes
-    )
+    assert "Connector 'backend' (namespace 'east', east.yaml): no host (it selects pods" in notes
     # With the connector gone, the import's own fleet checks speak up.
     assert (
         "after import: host 'west': skiff_listeners[0].routing_key: no connector in the fleet "
