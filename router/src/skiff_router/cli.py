@@ -16,6 +16,7 @@ from typing import Any
 from skiff_router import __version__
 from skiff_router import log as logsetup
 from skiff_router.config import ConfigError, load
+from skiff_router.kube import agent as kube_agent
 
 log = logging.getLogger("router")
 
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--network", action="store_true", help="the whole network as this router sees it"
     )
     st.set_defaults(func=cmd_status)
+
+    kube_agent.register(sub)
     return p
 
 
