@@ -200,6 +200,12 @@ def run_token(params: TokenParams, check_mode: bool, **services: Any) -> Result:
     if params.names is None:
         return TokenRunner(params, check_mode=check_mode, **services).run()
     # The list form: each name exactly as the single form, results keyed by name.
+    # Every name is checked before any token is issued: a bad one changes nothing.
+    for name in params.names:
+        try:
+            validation.object_name(name, "name")
+        except SkiffError as exc:
+            raise exc.with_context(site=params.site, field=f"token '{name}'") from None
     result = Result(values={"tokens": {}, "token_info": {}})
     before, after = {}, {}
     for name in params.names:
