@@ -123,12 +123,12 @@ def _site_changes(plan: dict[str, Any], report: SiteReport) -> None:
     if _failure(result) or not result:
         return
     metadata_before = ((result.get("diff") or {}).get("before") or {}).get("metadata")
-    actions = [a for a in result.get("actions") or [] if not a.startswith(NOTES)]
     if result.get("changed") and not metadata_before:
         plan["sites"]["create"].append(report.name)
         return
+    certificates = len(plan["certificates"])
     other = []
-    for action in actions:
+    for action in result.get("actions") or []:
         if match := CA_REPLACED.match(action):
             plan["certificates"].append(
                 {"site": report.name, "what": "site CA", "why": match["why"]}
@@ -143,8 +143,13 @@ def _site_changes(plan: dict[str, Any], report: SiteReport) -> None:
             )
         else:
             other.append(action)
-    if other and result.get("changed"):
-        plan["sites"]["change"][report.name] = other
+    # A reload that only follows another change is not worth a line of its own;
+    # a reload alone (the router ran another config) is the change.
+    shown = [a for a in other if not a.startswith(NOTES)] or (
+        other if len(plan["certificates"]) == certificates else []
+    )
+    if shown and result.get("changed"):
+        plan["sites"]["change"][report.name] = shown
     elif not result.get("changed"):
         plan["sites"]["unchanged"].append(report.name)
 

@@ -294,3 +294,25 @@ def test_sites_outside_the_run_count_for_reachability():
     assert plan["reachable"] == {} and plan["unreachable"] == {}
     alone = build_plan(reports)
     assert alone["unreachable"] == {}  # nothing served before either: no change
+
+
+def test_site_changes_keep_what_matters_and_a_lone_reload():
+    reports = converged_reports()
+    reports[0].site = {
+        "changed": True,
+        "actions": ["write /x/east/router.json (log_level)", "reload the router"],
+        "diff": {"before": {"metadata": {"name": "east"}}},
+    }
+    reports[1].site = {
+        "changed": True,
+        "actions": ["reload the router (it does not run the config on disk)"],
+        "diff": {"before": {"metadata": {"name": "west"}}},
+    }
+    plan = build_plan(reports)
+    assert plan["sites"]["change"] == {
+        "east": ["write /x/east/router.json (log_level)"],
+        "west": ["reload the router (it does not run the config on disk)"],
+    }
+    assert "Sites to change (2):\n  east: write /x/east/router.json (log_level)" in render_plan(
+        plan, sites=3
+    )
