@@ -23,6 +23,7 @@ help:
 	@echo "make test          - lint and run every test (molecule included)"
 	@echo "make molecule      - the molecule scenario alone (systemd and podman sites)"
 	@echo "make build         - build the collection tarball into build/"
+	@echo "make bench-fleet   - time rollouts of 4, 16 and 48 local sites against a ping play"
 
 # System packages a fresh Debian machine may lack (python3-venv); needs root there.
 $(CURDIR)/.cache/system.ok: scripts/bootstrap-system
@@ -55,7 +56,7 @@ demo-teardown: setup
 lint: setup
 	ruff check .
 	ruff format --check .
-	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/teardown.yml
+	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/plan.yml playbooks/teardown.yml
 
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"
@@ -117,3 +118,11 @@ clean:
 bench: setup
 	bash bench/ensure-tools
 	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
+
+# Fleet rollout benchmark (not part of `make test`): first run, converged re-run and a
+# ping play on 4, 16 and 48 local sites. SIZES=4,16 REPS=1 for a short run. One
+# benchmark at a time per machine.
+.PHONY: bench-fleet
+bench-fleet: setup
+	flock /tmp/skiff-bench.lock $(BIN)/python -m bench.fleet.run \
+	  $(if $(SIZES),--sizes $(SIZES)) $(if $(REPS),--reps $(REPS)) $(BENCH_ARGS)

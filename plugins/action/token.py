@@ -22,6 +22,6 @@ class ActionModule(ActionBase):
                 task_vars=task_vars,
             )
         )
-        if "token" in result:
+        if "token" in result or "tokens" in result:
             result["_ansible_no_log"] = True
         return result

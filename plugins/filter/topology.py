@@ -6,37 +6,22 @@ from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
     dialers,
-    fleet_problems,
     network_of,
 )
+from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
+    plain_hostvars as _plain,
+)
 
-# Only these are read: templating every host variable could fail on ones that
-# make sense only on their own host (e.g. ansible_python_interpreter).
-_FIELDS = ("ansible_connection", "ansible_host")
-
-
-def _plain(hostvars: Any, hosts: list[str]) -> dict[str, dict[str, Any]]:
-    plain: dict[str, dict[str, Any]] = {}
-    for host in hosts:
-        host_vars = hostvars[host]
-        plain[host] = {
-            name: host_vars[name]
-            for name in host_vars
-            if name.startswith("skiff_") or name in _FIELDS
-        }
-    return plain
-
-
-def skiff_fleet_problems(hostvars: Any, site_hosts: list[str]) -> list[str]:
-    return fleet_problems(_plain(hostvars, site_hosts), list(site_hosts))
+# What dialers() and network_of() read of each host.
+_LINK_VARS = ("skiff_links", "skiff_site_name")
 
 
 def skiff_dialers(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
-    return dialers(_plain(hostvars, site_hosts), list(site_hosts), host)
+    return dialers(_plain(hostvars, site_hosts, _LINK_VARS), list(site_hosts), host)
 
 
 def skiff_network(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
-    return network_of(_plain(hostvars, site_hosts), list(site_hosts), host)
+    return network_of(_plain(hostvars, site_hosts, _LINK_VARS), list(site_hosts), host)
 
 
 def skiff_site_names(hosts: list[str], hostvars: Any) -> list[str]:
@@ -44,31 +29,73 @@ def skiff_site_names(hosts: list[str], hostvars: Any) -> list[str]:
     return [str(hostvars[host].get("skiff_site_name") or host) for host in hosts]
 
 
-def skiff_link_tokens(
+def skiff_link_items(
     links: list[dict[str, Any]], hostvars: Any, host: str, delegated: Any = None
-) -> dict[str, str | None]:
-    """The token for each link of `host`, keyed by the linked inventory host.
+) -> list[dict[str, Any]]:
+    """`host`'s skiff_links as items of skiff.fleet.reconcile's `links`, with their tokens.
 
-    From the tokens step (hostvars[target].skiff_issued_tokens) when the target
-    was in the run, else from the delegated token task's results; None when
-    neither has one (check mode before the target exists).
+    A token comes from the tokens step (hostvars[target].skiff_token_results)
+    when the target was in the run, else from the delegated token task's
+    results; without either (check mode before the target exists) the item
+    has no token and names its `peer`, which the module reports as pending.
     """
-    tokens: dict[str, str | None] = {}
+    dialer = _site_name(hostvars, host)
+    delegated_tokens = {
+        result["pair"]["target"]: result["token"]
+        for result in (delegated or {}).get("results", [])
+        if result.get("token") and result["pair"]["dialer"] == host
+    }
+    items = []
     for link in links:
-        issued = hostvars[link["to"]].get("skiff_issued_tokens") or {}
-        tokens[link["to"]] = issued.get(host)
-    for result in (delegated or {}).get("results", []):
-        if result.get("token"):
-            tokens[result["link"]["to"]] = result["token"]
-    return tokens
+        target = link["to"]
+        name = _site_name(hostvars, target)
+        issued = hostvars[target].get("skiff_token_results") or {}
+        token = delegated_tokens.get(target) or (issued.get("tokens") or {}).get(dialer)
+        item = {"name": name, "peer": name, "cost": link.get("cost", 1)}
+        if token:
+            item["token"] = token
+        items.append(item)
+    return items
+
+
+def skiff_links_leaving(hosts: list[str], hostvars: Any, in_run: list[str]) -> list[dict[str, str]]:
+    """Each (dialer, target) link of `hosts` whose target is outside this run (--limit)."""
+    return [
+        {"dialer": host, "target": link["to"]}
+        for host in hosts
+        for link in hostvars[host].get("skiff_links") or []
+        if link["to"] not in in_run
+    ]
+
+
+# Results that say a step changed something on a host.
+_STEP_RESULTS = (
+    "skiff_site_result",
+    "skiff_token_results",
+    "skiff_config_result",
+    "skiff_router_install",
+    "skiff_firewall_result",
+)
+
+
+def skiff_changed_in_run(hosts: list[str], hostvars: Any) -> bool:
+    """Whether any step changed anything on any of `hosts` in this run."""
+    return any(
+        (hostvars[host].get(name) or {}).get("changed") for host in hosts for name in _STEP_RESULTS
+    )
+
+
+def _site_name(hostvars: Any, host: str) -> str:
+    return str(hostvars[host].get("skiff_site_name") or host)
 
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
-            "fleet_problems": skiff_fleet_problems,
             "dialers": skiff_dialers,
             "network": skiff_network,
             "site_names": skiff_site_names,
-            "link_tokens": skiff_link_tokens,
+            "link_items": skiff_link_items,
+            "links_leaving": skiff_links_leaving,
+            "changed_in_run": skiff_changed_in_run,
         }

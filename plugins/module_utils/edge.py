@@ -11,7 +11,6 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.skiff.fleet.plugins.module_utils import pki
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.store import DEFAULT_BASE_DIR
@@ -38,10 +37,14 @@ def run_module(
 ) -> None:
     """Build the AnsibleModule, run `logic(params, check_mode)`, exit or fail."""
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **module_kwargs)
-    if needs_cryptography and not pki.HAS_CRYPTOGRAPHY:
-        module.fail_json(
-            msg=missing_required_lib("cryptography"), exception=pki.CRYPTOGRAPHY_IMPORT_ERROR
-        )
+    if needs_cryptography:
+        # Imported only here: modules that need no certificates skip its import time.
+        from ansible_collections.skiff.fleet.plugins.module_utils import pki
+
+        if not pki.HAS_CRYPTOGRAPHY:
+            module.fail_json(
+                msg=missing_required_lib("cryptography"), exception=pki.CRYPTOGRAPHY_IMPORT_ERROR
+            )
     try:
         result = logic(module.params, module.check_mode)
     except SkiffError as exc:

@@ -1,59 +1,37 @@
-"""Logic of skiff.fleet.link (private to skiff.fleet; not a public API).
+"""Links: the kind, their credentials, and the logic of skiff.fleet.link (private to skiff.fleet).
 
 A link is an entry in `links` of the router config plus the token's material
 in the platform's secret store (`links/<name>/` in a site directory). The
-config entry names only paths, so `--diff` never shows a key. When only the credentials change (a new token for the same link), the
-config entry is the same and the router would not notice; the link is then
-removed and added again, in two reloads, so the router dials with the new
-certificate.
+config entry names only paths, so `--diff` never shows a key. When only the
+credentials change (a new token for the same link), the entry stays the same:
+the new credentials are stored and the router reloaded once; it re-reads the
+files whose content changed and redials that link only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import validation
-from ansible_collections.skiff.fleet.plugins.module_utils.apply import ConfigApplier, Result
+from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
+from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import SiteConfigRunner
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
-    Platform,
-    get_platform,
-    wait_for_config,
+from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import (
+    Entry,
+    Kind,
+    Reconciled,
+    Wanted,
 )
-from ansible_collections.skiff.fleet.plugins.module_utils.service import replace_entry
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
-    FileSecretStore,
     LinkCredentials,
-    SiteMetadata,
-    SitePaths,
-    SiteStore,
-    canonical_order,
+    SecretStore,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import Token, decode
 
-PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
-
-
-@dataclass(frozen=True)
-class LinkParams:
-    site: str
-    base_dir: str = DEFAULT_BASE_DIR
-    name: str | None = None
-    token: str | None = None
-    cost: int = 1
-    state: str = "present"
-
-    @classmethod
-    def from_module(cls, params: dict[str, Any]) -> LinkParams:
-        return cls(
-            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
-        )
-
-    def __repr__(self) -> str:  # the token is a secret
-        return f"LinkParams(site={self.site!r}, name={self.name!r}, cost={self.cost!r})"
+# -- the kind ---------------------------------------------------------------------------------
 
 
 def link_entry(name: str, token: Token, cost: int, paths: dict[str, str]) -> dict[str, Any]:
@@ -69,142 +47,232 @@ def link_entry(name: str, token: Token, cost: int, paths: dict[str, str]) -> dic
     }
 
 
+def _normalize(item: Mapping[str, Any]) -> Entry:
+    # `token` is decoded and `paths` known here: link_set() did both, once per link.
+    name = validation.object_name(item["name"], "name")
+    return link_entry(name, item["token"], validation.cost(item["cost"]), item["paths"])
+
+
+def _describe(entry: Entry) -> str:
+    endpoints = ", ".join(f"{e['host']}:{e['port']}" for e in entry["endpoints"])
+    return f"to site '{entry['peer']}', cost {entry['cost']}, endpoints {endpoints}"
+
+
+LINK = Kind(section="links", noun="link", normalize=_normalize, describe=_describe)
+
+
+# -- credentials: the token's material in the platform's secret store -----------------------
+
+
 def credentials(token: Token) -> LinkCredentials:
     return LinkCredentials(token.ca.encode(), token.cert.encode(), token.key.encode())
 
 
-class LinkRunner:
-    def __init__(
-        self,
-        params: LinkParams,
-        *,
-        check_mode: bool,
-        platform_factory: PlatformFactory = get_platform,
-        wait: Callable[..., dict[str, Any]] = wait_for_config,
-    ):
-        self.params = params
-        self.check_mode = check_mode
-        self.platform_factory = platform_factory
-        self.wait = wait
-        self.store = SiteStore.open(params.base_dir, params.site)
+class LinkSecrets:
+    """The credentials of a site's links: what the tokens say, and those of removed links."""
 
-    def run(self) -> Result:
-        # The name defaults to the token's site: errors name it once the token is read.
-        self.label = f"link '{self.params.name}'" if self.params.name else "link"
+    def __init__(self, secrets: SecretStore, links: LinkSet):
+        self.secrets = secrets
+        self.wanted = {name: credentials(token) for name, token in links.tokens.items()}
+        self.absent = list(links.wanted.absent)
+        self.stale: list[str] = []
+        self.removed: list[str] = []
+        self.backup: dict[str, LinkCredentials] = {}
+
+    def plan(self, reconciled: Reconciled) -> list[str]:
+        removed = [
+            c.name for c in reconciled.changes if c.section == LINK.section and c.action == "remove"
+        ]
+        self.stale = [n for n, wanted in self.wanted.items() if self.secrets.link(n) != wanted]
+        self.removed = [
+            n for n in dict.fromkeys(removed + self.absent) if self.secrets.link(n).exists
+        ]
+        return [f"write the credentials of link '{name}' from the token" for name in self.stale] + [
+            f"remove the credentials of link '{name}'" for name in self.removed
+        ]
+
+    def reload_needed(self) -> bool:
+        return bool(self.stale)
+
+    def write(self) -> None:
+        for name in self.stale:
+            self.backup[name] = self.secrets.link(name)
+            self.secrets.put_link(name, self.wanted[name])
+
+    def restore(self) -> None:
+        for name, previous in self.backup.items():
+            self.secrets.put_link(name, previous if previous.exists else None)
+
+    def cleanup(self) -> None:
+        for name in self.removed:
+            self.secrets.put_link(name, None)
+
+
+# -- the module logic -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Options of skiff.fleet.link: one link (`name`, `token`, `cost`, `state`), or `links`."""
+
+    site: str
+    base_dir: str = DEFAULT_BASE_DIR
+    name: str | None = None
+    token: str | None = None
+    cost: int = 1
+    state: str = "present"
+    # The list form: items {name, token, cost, state}; `prune` removes links not listed.
+    # An item with `peer` and no token is a link whose far site does not exist yet
+    # (check mode only): reported as an addition, never written.
+    items: tuple[Mapping[str, Any], ...] | None = None
+    prune: bool = False
+
+    @classmethod
+    def from_module(cls, params: dict[str, Any]) -> LinkParams:
+        values = {
+            k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None
+        }
+        if params.get("links") is not None:
+            values["items"] = tuple(
+                {k: v for k, v in item.items() if v is not None} for item in params["links"]
+            )
+        return cls(**values)
+
+    def item_list(self) -> list[Mapping[str, Any]]:
+        if self.items is not None:
+            return list(self.items)
+        item: dict[str, Any] = {"cost": self.cost, "state": self.state}
+        if self.name is not None:
+            item["name"] = self.name
+        if self.token is not None:
+            item["token"] = self.token
+        return [item]
+
+    def __repr__(self) -> str:  # tokens are secrets
+        names = [i.get("name") for i in self.items] if self.items is not None else None
+        return f"LinkParams(site={self.site!r}, name={self.name!r}, items={names!r})"
+
+
+@dataclass
+class LinkSet:
+    """The links a run wants, with their tokens decoded and checked."""
+
+    wanted: Wanted
+    tokens: dict[str, Token]
+
+
+def link_set(
+    site: str,
+    items: list[Mapping[str, Any]],
+    *,
+    prune: bool,
+    check_mode: bool,
+    link_paths: Callable[[str], dict[str, str]],
+) -> LinkSet:
+    """The wanted links with their tokens decoded and checked, and the entries' credential
+    paths from the platform's secret store (`link_paths`)."""
+    present: list[dict[str, Any]] = []
+    absent: list[str] = []
+    pending: dict[str, tuple[dict[str, Any], str]] = {}
+    tokens: dict[str, Token] = {}
+    for index, item in enumerate(items):
+        label = (
+            f"link '{item['name']}'"
+            if item.get("name")
+            else ("link" if len(items) == 1 else f"links[{index}]")
+        )
         try:
-            return self.present() if self.params.state == "present" else self.absent()
+            if item.get("state", "present") == "absent":
+                if not item.get("name"):
+                    raise SkiffError("is required when state is absent", field="name")
+                absent.append(validation.object_name(item["name"], "name"))
+                continue
+            if not item.get("token"):
+                peer = item.get("peer")
+                if check_mode and peer:
+                    name = validation.object_name(item.get("name") or peer, "name")
+                    cost = validation.cost(item.get("cost", 1))
+                    pending[name] = (
+                        {"name": name, "peer": peer, "cost": cost},
+                        f"to site '{peer}', cost {cost}; its token is issued during the run",
+                    )
+                    continue
+                if peer:
+                    raise SkiffError(
+                        f"no token from site '{peer}': it failed earlier in this run, is not "
+                        f"installed yet or does not accept links; run the playbook for "
+                        f"'{peer}' first",
+                        field="token",
+                    )
+                raise SkiffError("is required when state is present", field="token")
+            token = decode(item["token"])
+            name = validation.object_name(item.get("name") or token.site, "name")
+            label = f"link '{name}'"
+            _check_token(site, token)
         except SkiffError as exc:
-            raise exc.with_context(site=self.params.site, field=self.label) from None
+            raise exc.with_context(field=label) from None
+        tokens[name] = token
+        present.append(
+            {"name": name, "token": token, "cost": item.get("cost", 1), "paths": link_paths(name)}
+        )
+    return LinkSet(
+        Wanted(present=tuple(present), absent=tuple(absent), prune=prune, pending=pending), tokens
+    )
 
-    def _platform(self) -> Platform:
-        metadata = self.store.require()
-        platform = self.platform_factory(metadata.platform, self.store.paths, metadata)
-        self.store.config = platform.config
-        return platform
 
-    def present(self) -> Result:
-        params, result = self.params, Result()
-        if not params.token:
-            raise SkiffError("is required when state is present", field="token")
-        token = decode(params.token)
-        name = validation.object_name(params.name or token.site, "name")
-        self.label = f"link '{name}'"
-        cost = validation.cost(params.cost)
-        if token.site == params.site:
-            raise SkiffError(
-                f"the token was issued by site '{token.site}' itself; a site cannot link to "
-                "itself: use a token issued by the site to link to",
-                field="token",
-            )
-        if token.name != params.site:
-            raise SkiffError(
-                f"the token was issued to site '{token.name}', not '{params.site}'; the "
-                f"accepting router would refuse it: issue a token named '{params.site}' "
-                f"at site '{token.site}'",
-                field="token",
-            )
-        if not self.store.exists() and self.check_mode:
-            # No platform to ask yet: the entry as a site directory would name it.
-            entry = link_entry(
-                name, token, cost, FileSecretStore(self.store.paths).link_paths(name)
-            )
-            result.values = {"link": entry}
-            result.act(f"add link '{name}' to site '{token.site}' (site does not exist yet)")
-            result.diff = {"before": {"links": []}, "after": {"links": [entry]}}
-            return result
-        platform = self._platform()
-        secrets = platform.secrets
-        entry = link_entry(name, token, cost, secrets.link_paths(name))
-        result.values = {"link": entry}
-        config = self.store.read_config()
-        entries = list(config.get("links") or [])
-        current = next((e for e in entries if e.get("name") == name), None)
-        new_entries = replace_entry(entries, name, entry)
-        result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
+def _check_token(site: str, token: Token) -> None:
+    if token.site == site:
+        raise SkiffError(
+            f"the token was issued by site '{token.site}' itself; a site cannot link to "
+            "itself: use a token issued by the site to link to",
+            field="token",
+        )
+    if token.name != site:
+        raise SkiffError(
+            f"the token was issued to site '{token.name}', not '{site}'; the "
+            f"accepting router would refuse it: issue a token named '{site}' "
+            f"at site '{token.site}'",
+            field="token",
+        )
 
-        wanted = credentials(token)
-        backup = secrets.link(name)
-        stale = backup != wanted
-        if current is None:
-            result.act(f"add link '{name}' to site '{token.site}' ({self._describe(entry)})")
-        elif current != entry:
-            result.act(f"update link '{name}' ({self._describe(entry)})")
-        if stale:
-            result.act(f"write the credentials of link '{name}' from the token")
-        if not result.changed:
-            return result
-        if self.check_mode:
-            return result
 
-        secrets.put_link(name, wanted)
-        applier = ConfigApplier(self.store, platform, wait=self.wait)
-        try:
-            # One reload: the router re-reads credential files whose content
-            # changed and redials that link only.
-            status = applier.apply(canonical_order(dict(config, links=new_entries)), result)
-        except SkiffError:
-            secrets.put_link(name, backup if backup.exists else None)
-            raise
-        if status is not None:
-            state = next((s for s in status.get("links") or [] if s.get("name") == name), None)
-            result.values["link_status"] = state
-        return result
-
-    def absent(self) -> Result:
-        params, result = self.params, Result()
-        if not params.name:
-            raise SkiffError("is required when state is absent", field="name")
-        name = validation.object_name(params.name, "name")
-        result.values = {"link": None}
-        if not self.store.exists():
-            return result
-        platform = self._platform()
-        config = self.store.read_config()
-        entries = list(config.get("links") or [])
-        new_entries = replace_entry(entries, name, None)
-        has_credentials = platform.secrets.link(name).exists
-        result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
-        if new_entries != entries:
-            result.act(f"remove link '{name}'")
-        if has_credentials:
-            result.act(f"remove the credentials of link '{name}'")
-        if self.check_mode or not result.changed:
-            return result
-        if new_entries != entries:
-            new_config = dict(config, links=new_entries)
-            if not new_entries:
-                new_config.pop("links")
-            ConfigApplier(self.store, platform, wait=self.wait).apply(new_config, result)
-        # After the router let go of the link: its credentials may go.
-        if has_credentials:
-            platform.secrets.put_link(name, None)
-        return result
-
-    @staticmethod
-    def _describe(entry: dict[str, Any]) -> str:
-        endpoints = ", ".join(f"{e['host']}:{e['port']}" for e in entry["endpoints"])
-        return f"cost {entry['cost']}, endpoints {endpoints}"
+def removed_links(result_changes: list[dict[str, Any]]) -> list[str]:
+    return [
+        c["name"] for c in result_changes if c["section"] == "links" and c["action"] == "remove"
+    ]
 
 
 def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
-    return LinkRunner(params, check_mode=check_mode, **services).run()
+    """One link, or a list of them, in one change (one reload)."""
+    single = params.items is None
+    runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
+    secrets = runner.secrets()
+    try:
+        links = link_set(
+            params.site,
+            params.item_list(),
+            prune=params.prune,
+            check_mode=check_mode,
+            link_paths=secrets.link_paths,
+        )
+    except SkiffError as exc:
+        raise exc.with_context(site=params.site) from None
+    name = params.name or next(iter(links.tokens), None)
+    context = f"link '{name}'" if single and name else None
+    result = runner.run(
+        {LINK: links.wanted}, credentials=LinkSecrets(secrets, links), context=context
+    )
+    after = result.values.get("after", {}).get("links", [])
+    status = result.values.get("status")
+    values: dict[str, Any] = {"changes": result.values.get("changes", [])}
+    if single:
+        entry = next((e for e in after if e.get("name") == name), None)
+        values["link"] = entry if params.state == "present" else None
+        if status is not None and entry is not None:
+            values["link_status"] = next(
+                (s for s in status.get("links") or [] if s.get("name") == name), None
+            )
+    else:
+        values["links"] = after
+    result.values = values
+    return result

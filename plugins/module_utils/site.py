@@ -36,10 +36,12 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     ensure_dir,
     sha256_bytes,
 )
+from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
+    DEFAULT_LINK_PORT,
+    LOG_LEVELS,
+    ROUTER_MODES,
+)
 
-DEFAULT_LINK_PORT = 55671
-LOG_LEVELS = ("debug", "info", "warning", "error")
-ROUTER_MODES = ("interior", "edge")
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
 
 

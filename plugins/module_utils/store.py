@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import SITE_NAME_PATTERN
 
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
-SITE_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Sections of router.json owned by the site module; everything else belongs to another module.
 SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access", "overlay")
 LIST_SECTIONS = ("links", "listeners", "connectors")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
@@ -35,16 +35,21 @@ from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import VER
 @dataclass(frozen=True)
 class TokenParams:
     site: str
-    name: str
+    name: str = ""
     base_dir: str = DEFAULT_BASE_DIR
     state: str = "present"
     valid_days: int = pki.CLIENT_VALID_DAYS
+    # The list form: one token per name, in one module run (a hub's dialers).
+    names: tuple[str, ...] | None = None
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
-        return cls(
-            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
-        )
+        values = {
+            k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None
+        }
+        if params.get("names") is not None:
+            values["names"] = tuple(params["names"])
+        return cls(**values)
 
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
@@ -192,4 +197,28 @@ class TokenRunner:
 
 
 def run_token(params: TokenParams, check_mode: bool, **services: Any) -> Result:
-    return TokenRunner(params, check_mode=check_mode, **services).run()
+    if params.names is None:
+        return TokenRunner(params, check_mode=check_mode, **services).run()
+    # The list form: each name exactly as the single form, results keyed by name.
+    # Every name is checked before any token is issued: a bad one changes nothing.
+    for name in params.names:
+        try:
+            validation.object_name(name, "name")
+        except SkiffError as exc:
+            raise exc.with_context(site=params.site, field=f"token '{name}'") from None
+    result = Result(values={"tokens": {}, "token_info": {}})
+    before, after = {}, {}
+    for name in params.names:
+        one = TokenRunner(
+            replace(params, name=name, names=None), check_mode=check_mode, **services
+        ).run()
+        result.changed = result.changed or one.changed
+        result.actions.extend(one.actions)
+        if "token" in one.values:
+            result.values["tokens"][name] = one.values["token"]
+        if "token_info" in one.values:
+            result.values["token_info"][name] = one.values["token_info"]
+        before[name] = (one.diff or {}).get("before")
+        after[name] = (one.diff or {}).get("after")
+    result.diff = {"before": before, "after": after}
+    return result

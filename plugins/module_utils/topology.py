@@ -1,21 +1,42 @@
 """Fleet topology checks and derivations, computed on the controller from inventory data.
 
 Private to the skiff.fleet collection. Plain data in, plain data out: the
-filter plugin `skiff.fleet.topology` hands it the inventory variables.
+filter plugins `skiff.fleet.topology` and the action `skiff.fleet.fleet_check`
+hand it the inventory variables.
+
+Two layers of checks, both before anything changes:
+- each host's own variables (`fleet_problems`: types, ranges, names, links to
+  hosts that exist and accept links, ports shared on one machine);
+- once those pass, the network the inventory describes (`fleet_findings`): a
+  listener whose routing key no connector in the fleet serves, links that
+  form a cycle, a site none of whose listeners would reach a connector. The
+  inventory may mark these intended (`skiff_intended`); they then warn.
 """
 
 from __future__ import annotations
 
-import re
+import importlib.util
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-PLATFORMS_AVAILABLE = ("local", "systemd", "podman", "kubernetes")
-SITE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import PLATFORMS
+
+
+def _implemented(platform: str) -> bool:
+    """The lookup knows the name and its file is there (a planned platform's may not be yet)."""
+    try:
+        return importlib.util.find_spec(f"{__package__}.platform_{platform}") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+PLATFORMS_AVAILABLE = tuple(p for p in PLATFORMS if _implemented(p))
+PLATFORMS_PLANNED = tuple(p for p in vocabulary.PLATFORMS if p not in PLATFORMS_AVAILABLE)
 # Names that become Kubernetes object names (namespaces, listener Services).
-DNS1123_LABEL = SITE_NAME
-KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")
-DEFAULT_ADMIN_PORT = 9191
+DNS1123_LABEL = vocabulary.SITE_NAME_PATTERN
+KUBE_LINK_ACCESS = vocabulary.KUBE_LINK_ACCESS
 LOCAL_CONNECTIONS = ("local",)
 
 
@@ -46,19 +67,23 @@ class SiteVars:
         return str(self.get("ansible_host", self.host))
 
 
-def _is_port(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    return isinstance(value, int) and 1 <= value <= 65535
+_is_port = vocabulary.is_port
 
 
 def _check_platform(site: SiteVars) -> None:
-    platform = site.get("skiff_platform", "local")
+    platform = site.get("skiff_platform", vocabulary.DEFAULT_PLATFORM)
     if platform == "kubernetes":
         _check_kubernetes(site)
-    elif platform not in PLATFORMS_AVAILABLE:
+        return
+    if platform in PLATFORMS_AVAILABLE:
+        return
+    if platform in PLATFORMS_PLANNED:
+        site.problem(
+            "skiff_platform",
+            f"platform '{platform}' is not available in this version of skiff.fleet; "
+            f"use one of: {', '.join(PLATFORMS_AVAILABLE)}",
+        )
+    else:
         site.problem(
             "skiff_platform",
             f"unknown platform '{platform}'; use one of: {', '.join(PLATFORMS_AVAILABLE)}",
@@ -80,7 +105,7 @@ def _check_kubernetes(site: SiteVars) -> None:
             f"'{namespace}' is not a namespace name (lower-case letters, digits and '-', "
             "at most 63 characters)",
         )
-    access = site.get("skiff_kube_link_access", "clusterip")
+    access = site.get("skiff_kube_link_access", vocabulary.DEFAULT_KUBE_LINK_ACCESS)
     if access not in KUBE_LINK_ACCESS:
         site.problem(
             "skiff_kube_link_access",
@@ -125,9 +150,12 @@ def _check_kubernetes(site: SiteVars) -> None:
 
 
 def _check_link_access(site: SiteVars) -> None:
-    mode = site.get("skiff_router_mode", "interior")
-    if mode not in ("interior", "edge"):
-        site.problem("skiff_router_mode", f"must be interior or edge, got {mode!r}")
+    mode = site.get("skiff_router_mode", vocabulary.DEFAULT_ROUTER_MODE)
+    if mode not in vocabulary.ROUTER_MODES:
+        site.problem(
+            "skiff_router_mode",
+            f"must be {' or '.join(vocabulary.ROUTER_MODES)}, got {mode!r}",
+        )
     if not site.get("skiff_link_access", False):
         return
     kubernetes = site.get("skiff_platform", "local") == "kubernetes"
@@ -178,13 +206,11 @@ def _check_services(site: SiteVars, var: str) -> None:
         key = service.get("routing_key", name)
         if not key or not isinstance(key, str):
             site.problem(f"{where}.routing_key", "must be a non-empty string")
-        if var == "skiff_listeners" and service.get("distribution", "balanced") not in (
-            "balanced",
-            "closest",
-        ):
+        distribution = service.get("distribution", vocabulary.DEFAULT_DISTRIBUTION)
+        if var == "skiff_listeners" and distribution not in vocabulary.DISTRIBUTIONS:
             site.problem(
                 f"{where}.distribution",
-                f"must be balanced or closest, got {service.get('distribution')!r}",
+                f"must be {' or '.join(vocabulary.DISTRIBUTIONS)}, got {distribution!r}",
             )
         if var == "skiff_connectors" and not service.get("host"):
             site.problem(f"{where}.host", "is required: the host the connector sends flows to")
@@ -206,9 +232,14 @@ def _check_links(site: SiteVars, sites: dict[str, SiteVars]) -> None:
             site.problem(where, "must be a mapping like {to: east, cost: 1}")
             continue
         target = link.get("to")
-        cost = link.get("cost", 1)
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
-            site.problem(f"{where}.cost", f"must be an integer >= 1, got {cost!r}")
+        cost = link.get("cost", vocabulary.DEFAULT_COST)
+        if not vocabulary.is_cost(cost):
+            site.problem(
+                f"{where}.cost",
+                f"must be an integer >= {vocabulary.COST_MIN}"
+                + (f" and <= {vocabulary.COST_MAX}" if isinstance(cost, int) and cost > 1 else "")
+                + f", got {cost!r}",
+            )
         if target == site.host:
             site.problem(f"{where}.to", "a site cannot link to itself")
         elif target not in sites:
@@ -217,7 +248,7 @@ def _check_links(site: SiteVars, sites: dict[str, SiteVars]) -> None:
                 f"'{target}' is not a host in the skiff_sites group; "
                 f"name one of: {', '.join(sorted(sites)) or '(none)'}",
             )
-        elif sites[target].get("skiff_router_mode", "interior") == "edge":
+        elif sites[target].get("skiff_router_mode", vocabulary.DEFAULT_ROUTER_MODE) == "edge":
             site.problem(
                 f"{where}.to",
                 f"site '{target}' is an edge router; link to an interior site instead",
@@ -233,6 +264,21 @@ def _check_links(site: SiteVars, sites: dict[str, SiteVars]) -> None:
         seen.add(str(target))
 
 
+def _check_intended(site: SiteVars) -> None:
+    intended = site.get("skiff_intended", [])
+    if not isinstance(intended, list):
+        site.problem(
+            "skiff_intended", f"must be a list of: {', '.join(vocabulary.INTENDED_CHECKS)}"
+        )
+        return
+    for index, check in enumerate(intended):
+        if check not in vocabulary.INTENDED_CHECKS:
+            site.problem(
+                f"skiff_intended[{index}]",
+                f"unknown check {check!r}; use one of: {', '.join(vocabulary.INTENDED_CHECKS)}",
+            )
+
+
 def _port(value: Any) -> int:
     return int(value)
 
@@ -240,9 +286,9 @@ def _port(value: Any) -> int:
 def _bound_ports(site: SiteVars) -> list[tuple[str, int]]:
     """(field, port) for every port the site's router binds on its machine."""
     bound: list[tuple[str, int]] = []
-    if site.get("skiff_platform", "local") == "kubernetes":
+    if site.get("skiff_platform", vocabulary.DEFAULT_PLATFORM) == "kubernetes":
         return bound  # its ports are its pods', not the controller's
-    admin = site.get("skiff_admin_port", DEFAULT_ADMIN_PORT)
+    admin = site.get("skiff_admin_port", vocabulary.DEFAULT_ADMIN_PORT)
     if _is_port(admin):
         bound.append(("skiff_admin_port", _port(admin)))
     else:
@@ -276,12 +322,44 @@ def _check_port_clashes(sites: dict[str, SiteVars]) -> None:
             )
 
 
+# Only these are read besides skiff_*: templating every host variable could
+# fail on ones that make sense only on their own host (ansible_python_interpreter).
+HOST_FIELDS = ("ansible_connection", "ansible_host")
+
+
+def plain_hostvars(
+    hostvars: Any, hosts: list[str], names: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The skiff_* variables (and the two connection facts) of `hosts`, as plain data.
+
+    With `names`, only those variables: each one read is templated, and a
+    filter evaluated on every host of a large fleet must not template them all.
+    """
+    plain: dict[str, dict[str, Any]] = {}
+    for host in hosts:
+        host_vars = hostvars[host]
+        wanted = (
+            names
+            if names is not None
+            else [n for n in host_vars if n.startswith("skiff_") or n in HOST_FIELDS]
+        )
+        plain[host] = {name: host_vars[name] for name in wanted if name in host_vars}
+    return plain
+
+
 def fleet_problems(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -> list[str]:
     """Every problem in the fleet's inventory, each naming the host and the field."""
+    return [p for problems in problems_by_host(hostvars, site_hosts).values() for p in problems]
+
+
+def problems_by_host(
+    hostvars: dict[str, dict[str, Any]], site_hosts: list[str]
+) -> dict[str, list[str]]:
+    """fleet_problems(), per host (every host of `site_hosts` has a list, maybe empty)."""
     sites = {host: SiteVars(host, dict(hostvars.get(host, {}))) for host in site_hosts}
     names: dict[str, str] = {}
     for site in sites.values():
-        if not SITE_NAME.match(site.site_name):
+        if not vocabulary.is_site_name(site.site_name):
             site.problem(
                 "skiff_site_name",
                 f"'{site.site_name}' is not a valid site name: use lower-case letters, "
@@ -300,8 +378,9 @@ def fleet_problems(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -
         _check_links(site, sites)
         _check_services(site, "skiff_listeners")
         _check_services(site, "skiff_connectors")
+        _check_intended(site)
     _check_port_clashes(sites)
-    return [problem for site in sites.values() for problem in site.problems]
+    return {host: site.problems for host, site in sites.items()}
 
 
 def _render_only(values: dict[str, Any]) -> bool:
@@ -343,3 +422,208 @@ def network_of(hostvars: dict[str, dict[str, Any]], site_hosts: list[str], host:
                 component.add(nxt)
                 frontier.append(nxt)
     return sorted(str(hostvars.get(name, {}).get("skiff_site_name") or name) for name in component)
+
+
+# -- the network the inventory describes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetSite:
+    """One site as a node of the network: enough to tell which routing keys it reaches."""
+
+    name: str
+    mode: str = vocabulary.DEFAULT_ROUTER_MODE
+    links: tuple[str, ...] = ()  # site names this site dials
+    listeners: tuple[str, ...] = ()  # routing keys
+    connectors: tuple[str, ...] = ()  # routing keys
+
+
+def reachable_sites(sites: dict[str, NetSite], start: str) -> set[str]:
+    """Sites `start` reaches over links (both directions); edge routers carry no transit."""
+    neighbours: dict[str, set[str]] = {name: set() for name in sites}
+    for site in sites.values():
+        for peer in site.links:
+            if peer in neighbours:
+                neighbours[site.name].add(peer)
+                neighbours[peer].add(site.name)
+    if start not in sites:
+        return set()
+    seen, queue = {start}, deque([start])
+    while queue:
+        current = queue.popleft()
+        if current != start and sites[current].mode == "edge":
+            continue
+        for nxt in sorted(neighbours[current]):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return seen
+
+
+def served_keys(sites: dict[str, NetSite], start: str) -> set[str]:
+    """Routing keys with a connector at a site `start` reaches (its own included)."""
+    return {key for name in reachable_sites(sites, start) for key in sites[name].connectors}
+
+
+def dial_cycles(sites: dict[str, NetSite]) -> list[list[str]]:
+    """One cycle (a -> b -> ... -> a) for each group of sites whose links dial in a circle."""
+    graph = {name: [p for p in site.links if p in sites] for name, site in sites.items()}
+    cycles = []
+    for component in _strongly_connected(graph):
+        if len(component) < 2:
+            continue
+        start = min(component)
+        # Shortest way from start back to itself inside the component.
+        parents: dict[str, str] = {}
+        queue = deque([start])
+        while queue:
+            current = queue.popleft()
+            if start in graph[current]:
+                path = [current]
+                while path[-1] != start:
+                    path.append(parents[path[-1]])
+                cycles.append([*reversed(path), start])
+                break
+            for nxt in graph[current]:
+                if nxt in component and nxt not in parents and nxt != start:
+                    parents[nxt] = current
+                    queue.append(nxt)
+    return sorted(cycles)
+
+
+def _strongly_connected(graph: dict[str, list[str]]) -> list[set[str]]:
+    """Tarjan's algorithm, iterative (fleets of hundreds of sites must not hit recursion limits)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[set[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            targets = graph[node]
+            if child < len(targets):
+                work.append((node, child + 1))
+                nxt = targets[child]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                found.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A fleet-wide check that failed for one host; `intended` ones only warn."""
+
+    host: str
+    check: str
+    field: str
+    message: str
+    intended: bool
+
+    @property
+    def text(self) -> str:
+        return f"host '{self.host}': {self.field}: {self.message}"
+
+
+def inventory_network(
+    hostvars: dict[str, dict[str, Any]], site_hosts: list[str]
+) -> dict[str, NetSite]:
+    """The network as the inventory wants it, keyed by site name (a valid inventory)."""
+    names = {host: str(hostvars[host].get("skiff_site_name") or host) for host in site_hosts}
+    network = {}
+    for host in site_hosts:
+        values = hostvars[host]
+        network[names[host]] = NetSite(
+            name=names[host],
+            mode=str(values.get("skiff_router_mode") or vocabulary.DEFAULT_ROUTER_MODE),
+            links=tuple(
+                names.get(link["to"], str(link["to"])) for link in values.get("skiff_links") or []
+            ),
+            listeners=tuple(_key(item) for item in values.get("skiff_listeners") or []),
+            connectors=tuple(_key(item) for item in values.get("skiff_connectors") or []),
+        )
+    return network
+
+
+def _key(item: dict[str, Any]) -> str:
+    return str(item.get("routing_key") or item["name"])
+
+
+def fleet_findings(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -> list[Finding]:
+    """The fleet-wide checks; run them on an inventory that fleet_problems() found valid."""
+    host_of = {str(hostvars[h].get("skiff_site_name") or h): h for h in site_hosts}
+    network = inventory_network(hostvars, site_hosts)
+    served_anywhere = {key for site in network.values() for key in site.connectors}
+    findings: list[Finding] = []
+
+    def add(host: str, check: str, field_name: str, message: str) -> None:
+        intended = check in (hostvars[host].get("skiff_intended") or [])
+        findings.append(Finding(host, check, field_name, message, intended))
+
+    for name, site in network.items():
+        host = host_of[name]
+        for index, key in enumerate(site.listeners):
+            if key not in served_anywhere:
+                add(
+                    host,
+                    "unserved-listener",
+                    f"skiff_listeners[{index}].routing_key",
+                    f"no connector in the fleet serves routing key '{key}'; add a connector for "
+                    "it at some site, or mark it intended (skiff_intended: [unserved-listener]) "
+                    "when it is served from outside this inventory",
+                )
+        reached = served_keys(network, name)
+        if (
+            site.listeners
+            and not reached & set(site.listeners)
+            and set(site.listeners) & served_anywhere
+        ):
+            keys = ", ".join(sorted(set(site.listeners)))
+            add(
+                host,
+                "listeners-lose-connectors",
+                "skiff_listeners",
+                f"none of this site's listeners would reach a connector (routing keys {keys}): "
+                "the sites that serve them are not reachable over its links (an edge router "
+                "carries no transit); link it to one of them, or mark it intended "
+                "(skiff_intended: [listeners-lose-connectors])",
+            )
+    for cycle in dial_cycles(network):
+        if len(cycle) == 3:
+            message = (
+                f"sites '{cycle[0]}' and '{cycle[1]}' dial each other: two links join the "
+                "pair where one carries traffic both ways; drop one of them, or mark it "
+                "intended (skiff_intended: [link-cycle])"
+            )
+        else:
+            message = (
+                f"the links dial in a cycle {' -> '.join(cycle)}: if it is a redundant ring, "
+                "mark it intended (skiff_intended: [link-cycle]); otherwise drop one link of it"
+            )
+        for name in dict.fromkeys(cycle):
+            add(host_of[name], "link-cycle", "skiff_links", message)
+    return findings

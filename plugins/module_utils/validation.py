@@ -6,13 +6,11 @@ so a user sees which option is wrong and what is accepted.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 
-# Names that become directory names (links, tokens) or config keys: no '/', no spaces.
-OBJECT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -22,8 +20,10 @@ def port(value: Any, field: str) -> int:
             value = int(str(value))
         except ValueError:
             raise SkiffError(f"{value!r} is not a port number", field=field) from None
-    if not 1 <= value <= 65535:
-        raise SkiffError(f"{value} is out of range (1..65535)", field=field)
+    if not vocabulary.PORT_MIN <= value <= vocabulary.PORT_MAX:
+        raise SkiffError(
+            f"{value} is out of range ({vocabulary.PORT_MIN}..{vocabulary.PORT_MAX})", field=field
+        )
     return value
 
 
@@ -38,11 +38,9 @@ def host(value: Any, field: str) -> str:
 
 
 def object_name(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not OBJECT_NAME_PATTERN.match(value):
+    if not vocabulary.is_object_name(value):
         raise SkiffError(
-            f"{value!r} is not a valid name (letters, digits, '.', '_' and '-', "
-            "1 to 63 characters, starting with a letter or digit)",
-            field=field,
+            f"{value!r} is not a valid name ({vocabulary.OBJECT_NAME_RULE})", field=field
         )
     return value
 
@@ -56,8 +54,10 @@ def routing_key(value: Any, field: str = "routing_key") -> str:
 
 
 def cost(value: Any, field: str = "cost") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SkiffError(f"{value!r} must be an integer >= 1", field=field)
+    if not vocabulary.is_cost(value):
+        if isinstance(value, int) and not isinstance(value, bool) and value > vocabulary.COST_MAX:
+            raise SkiffError(f"{value} must be at most {vocabulary.COST_MAX}", field=field)
+        raise SkiffError(f"{value!r} must be an integer >= {vocabulary.COST_MIN}", field=field)
     return value
 
 

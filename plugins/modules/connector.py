@@ -9,17 +9,22 @@ module: connector
 short_description: Bind a routing key to a real service host:port
 version_added: 0.1.0
 description:
-  - Manages one connector of a site. Connections that arrive for O(routing_key)
-    (from a listener on this or any reachable site) are opened to O(host):O(port).
+  - Manages one connector of a site, or with O(connectors) a list of them in
+    one change. Connections that arrive for O(routing_key) (from a listener on
+    this or any reachable site) are opened to O(host):O(port).
   - Several sites may have a connector for the same routing key; the router
     picks the nearest reachable one.
-  - Edits only this connector's entry in the site's C(router.json); the new config
-    is checked with C(skiff-router check-config) and a running router is reloaded
-    (SIGHUP) and awaited until it runs the new config.
+  - Edits only the named connectors' entries in the site's C(router.json) (all
+    of them with O(prune=true)); when something changes, the new config is
+    checked with C(skiff-router check-config) and a running router is reloaded
+    (SIGHUP) once and awaited until it runs the new config. When nothing
+    changes, the module neither runs the check nor contacts the router.
 author:
   - skiff developers
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.items.connectors
+  - skiff.fleet.items.prune
 attributes:
   check_mode:
     support: full
@@ -30,8 +35,8 @@ options:
     description:
       - Name of the connector, unique among the connectors of the site.
       - Letters, digits, C(.), C(_) and C(-), 1 to 63 characters.
+      - One of O(name) and O(connectors) is required.
     type: str
-    required: true
   routing_key:
     description:
       - The routing key that pairs listeners with connectors across the network.
@@ -48,10 +53,9 @@ options:
     type: str
     choices: [present, absent]
     default: present
-requirements:
-  - cryptography
 seealso:
   - module: skiff.fleet.listener
+  - module: skiff.fleet.reconcile
   - module: skiff.fleet.wait
 """
 
@@ -68,14 +72,32 @@ EXAMPLES = r"""
     site: east
     name: backend
     state: absent
+
+- name: Two connectors in one change, and one removed
+  skiff.fleet.connector:
+    site: east
+    connectors:
+      - {name: backend, host: 127.0.0.1, port: 8080}
+      - {name: db, routing_key: postgres, host: db.internal, port: 5432}
+      - {name: old, state: absent}
 """
 
 RETURN = r"""
 connector:
   description: The connector entry as written to C(router.json); null when O(state=absent).
-  returned: always
+  returned: with O(name)
   type: dict
   sample: {"name": "backend", "routing_key": "backend", "host": "127.0.0.1", "port": 8080}
+connectors:
+  description: The site's connectors after the change, as written to C(router.json).
+  returned: with O(connectors)
+  type: list
+  elements: dict
+changes:
+  description: Each entry added, updated or removed (C(section), C(action), C(name), C(before), C(after)).
+  returned: always
+  type: list
+  elements: dict
 actions:
   description: What was done, or in check mode what would be done.
   returned: always
@@ -83,13 +105,18 @@ actions:
   elements: str
 diff:
   description: C(before) and C(after) of the site's C(connectors) list.
-  returned: when the site exists
+  returned: always
   type: dict
 """
 
 from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
     SITE_DIR_ARGUMENT_SPEC,
     run_module,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.options import (
+    CONNECTOR_ITEM,
+    CONNECTORS,
+    PRUNE,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.service import (
     CONNECTOR,
@@ -101,11 +128,10 @@ from ansible_collections.skiff.fleet.plugins.module_utils.service import (
 def argument_spec() -> dict:
     return {
         **SITE_DIR_ARGUMENT_SPEC,
-        "name": {"type": "str", "required": True},
-        "routing_key": {"type": "str", "no_log": False},
-        "host": {"type": "str"},
-        "port": {"type": "int"},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        **{k: v for k, v in CONNECTOR_ITEM.items() if k != "name"},
+        "name": {"type": "str"},
+        **CONNECTORS,
+        **PRUNE,
     }
 
 
@@ -113,9 +139,12 @@ def main() -> None:
     run_module(
         argument_spec(),
         lambda params, check_mode: run_service(
-            CONNECTOR, ServiceParams.from_module(params), check_mode
+            CONNECTOR, ServiceParams.from_module(CONNECTOR, params), check_mode
         ),
-        required_if=[("state", "present", ("port",))],
+        needs_cryptography=False,
+        required_one_of=[("name", "connectors")],
+        mutually_exclusive=[("name", "connectors")],
+        required_if=[("state", "present", ("port", "connectors"), True)],
     )
 
 

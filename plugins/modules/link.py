@@ -11,6 +11,9 @@ version_added: 0.1.0
 description:
   - Makes this site dial the site that issued O(token), over mutual TLS, and
     keep the link up. The far site must accept links (see M(skiff.fleet.site)).
+  - With O(links), manages a list of links in one change (one check, one write
+    and at most one reload however many links or tokens changed). When nothing
+    changes, the module neither runs the check nor contacts the router.
   - Writes the token's CA, client certificate and key to
     C(<site_dir>/links/<name>/) (key mode 0600) and the link's entry (paths
     only, no secrets) to C(router.json), then reloads the router.
@@ -23,6 +26,8 @@ author:
   - skiff developers
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.items.links
+  - skiff.fleet.items.prune
 attributes:
   check_mode:
     support: full
@@ -33,15 +38,17 @@ options:
     description:
       - Name of the link, unique among the links of this site.
       - Defaults to the name of the site that issued the token. Required when O(state=absent).
+      - Not with O(links).
     type: str
   token:
     description:
-      - Token issued by M(skiff.fleet.token) at the site to link to. Required when O(state=present).
+      - Token issued by M(skiff.fleet.token) at the site to link to. Required when
+        O(state=present), unless O(links) is given.
     type: str
   cost:
     description:
-      - Routing cost of the link, an integer >= 1; traffic prefers paths with
-        the lowest total cost.
+      - Routing cost of the link, an integer from 1 to 1000000; traffic prefers
+        paths with the lowest total cost.
     type: int
     default: 1
   state:
@@ -53,6 +60,7 @@ requirements:
   - cryptography
 seealso:
   - module: skiff.fleet.token
+  - module: skiff.fleet.reconcile
   - module: skiff.fleet.wait
 """
 
@@ -68,12 +76,20 @@ EXAMPLES = r"""
     site: west
     name: east
     state: absent
+
+- name: Exactly these links (any other link of west and its credentials go), one reload
+  skiff.fleet.link:
+    site: west
+    links:
+      - {token: "{{ east_token }}", cost: 1}
+      - {token: "{{ south_token }}", cost: 5}
+    prune: true
 """
 
 RETURN = r"""
 link:
   description: The link entry as written to C(router.json) (paths, no secrets); null when absent.
-  returned: always
+  returned: without O(links)
   type: dict
   sample:
     name: east
@@ -87,6 +103,16 @@ link_status:
   description: The link as C(/v1/status) reported it right after the reload (it may still be connecting).
   returned: when the link changed and the router runs
   type: dict
+links:
+  description: The site's links after the change, as written to C(router.json) (paths, no secrets).
+  returned: with O(links)
+  type: list
+  elements: dict
+changes:
+  description: Each entry added, updated or removed (C(section), C(action), C(name), C(before), C(after)); no secrets.
+  returned: always
+  type: list
+  elements: dict
 actions:
   description: What was done, or in check mode what would be done.
   returned: always
@@ -94,7 +120,7 @@ actions:
   elements: str
 diff:
   description: C(before) and C(after) of the site's C(links) list.
-  returned: when the site exists
+  returned: always
   type: dict
 """
 
@@ -103,15 +129,15 @@ from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
     run_module,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.link import LinkParams, run_link
+from ansible_collections.skiff.fleet.plugins.module_utils.options import LINK_ITEM, LINKS, PRUNE
 
 
 def argument_spec() -> dict:
     return {
         **SITE_DIR_ARGUMENT_SPEC,
-        "name": {"type": "str"},
-        "token": {"type": "str", "no_log": True},
-        "cost": {"type": "int", "default": 1},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        **{k: v for k, v in LINK_ITEM.items() if k != "peer"},
+        **LINKS,
+        **PRUNE,
     }
 
 
@@ -119,7 +145,11 @@ def main() -> None:
     run_module(
         argument_spec(),
         lambda params, check_mode: run_link(LinkParams.from_module(params), check_mode),
-        required_if=[("state", "present", ("token",)), ("state", "absent", ("name",))],
+        mutually_exclusive=[("name", "links"), ("token", "links")],
+        required_if=[
+            ("state", "present", ("token", "links"), True),
+            ("state", "absent", ("name",)),
+        ],
     )
 
 

@@ -9,20 +9,24 @@ module: listener
 short_description: Give clients a local host:port for a routing key
 version_added: 0.1.0
 description:
-  - Manages one listener of a site. The router listens on O(host):O(port) and
-    carries each connection to a connector with the same routing key, on this
-    or any reachable site.
+  - Manages one listener of a site, or with O(listeners) a list of them in one
+    change. The router listens on O(host):O(port) and carries each connection
+    to a connector with the same routing key, on this or any reachable site.
   - The host and port pair must be unique among the listeners of the site.
   - After the reload, the module checks the router could bind the address; if
     it reports an error (for example the port is in use) the previous config is
     restored and the task fails.
-  - Edits only this listener's entry in the site's C(router.json); the new config
-    is checked with C(skiff-router check-config) and a running router is reloaded
-    (SIGHUP) and awaited until it runs the new config.
+  - Edits only the named listeners' entries in the site's C(router.json) (all
+    of them with O(prune=true)); when something changes, the new config is
+    checked with C(skiff-router check-config) and a running router is reloaded
+    (SIGHUP) once and awaited until it runs the new config. When nothing
+    changes, the module neither runs the check nor contacts the router.
 author:
   - skiff developers
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.items.listeners
+  - skiff.fleet.items.prune
 attributes:
   check_mode:
     support: full
@@ -33,8 +37,8 @@ options:
     description:
       - Name of the listener, unique among the listeners of the site.
       - Letters, digits, C(.), C(_) and C(-), 1 to 63 characters.
+      - One of O(name) and O(listeners) is required.
     type: str
-    required: true
   routing_key:
     description:
       - The routing key that pairs listeners with connectors across the network.
@@ -61,10 +65,9 @@ options:
     type: str
     choices: [balanced, closest]
     default: balanced
-requirements:
-  - cryptography
 seealso:
   - module: skiff.fleet.connector
+  - module: skiff.fleet.reconcile
   - module: skiff.fleet.wait
 """
 
@@ -88,14 +91,32 @@ EXAMPLES = r"""
     site: west
     name: db
     state: absent
+
+- name: Exactly these two listeners, in one change (others are removed)
+  skiff.fleet.listener:
+    site: west
+    listeners:
+      - {name: backend, port: 18080}
+      - {name: db, routing_key: postgres, port: 15432, distribution: closest}
+    prune: true
 """
 
 RETURN = r"""
 listener:
   description: The listener entry as written to C(router.json); null when O(state=absent).
-  returned: always
+  returned: with O(name)
   type: dict
   sample: {"name": "backend", "routing_key": "backend", "host": "127.0.0.1", "port": 8080}
+listeners:
+  description: The site's listeners after the change, as written to C(router.json).
+  returned: with O(listeners)
+  type: list
+  elements: dict
+changes:
+  description: Each entry added, updated or removed (C(section), C(action), C(name), C(before), C(after)).
+  returned: always
+  type: list
+  elements: dict
 actions:
   description: What was done, or in check mode what would be done.
   returned: always
@@ -103,13 +124,18 @@ actions:
   elements: str
 diff:
   description: C(before) and C(after) of the site's C(listeners) list.
-  returned: when the site exists
+  returned: always
   type: dict
 """
 
 from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
     SITE_DIR_ARGUMENT_SPEC,
     run_module,
+)
+from ansible_collections.skiff.fleet.plugins.module_utils.options import (
+    LISTENER_ITEM,
+    LISTENERS,
+    PRUNE,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.service import (
     LISTENER,
@@ -121,16 +147,10 @@ from ansible_collections.skiff.fleet.plugins.module_utils.service import (
 def argument_spec() -> dict:
     return {
         **SITE_DIR_ARGUMENT_SPEC,
-        "name": {"type": "str", "required": True},
-        "routing_key": {"type": "str", "no_log": False},
-        "host": {"type": "str", "default": "127.0.0.1"},
-        "port": {"type": "int"},
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "distribution": {
-            "type": "str",
-            "choices": ["balanced", "closest"],
-            "default": "balanced",
-        },
+        **{k: v for k, v in LISTENER_ITEM.items() if k != "name"},
+        "name": {"type": "str"},
+        **LISTENERS,
+        **PRUNE,
     }
 
 
@@ -138,9 +158,12 @@ def main() -> None:
     run_module(
         argument_spec(),
         lambda params, check_mode: run_service(
-            LISTENER, ServiceParams.from_module(params), check_mode
+            LISTENER, ServiceParams.from_module(LISTENER, params), check_mode
         ),
-        required_if=[("state", "present", ("port",))],
+        needs_cryptography=False,
+        required_one_of=[("name", "listeners")],
+        mutually_exclusive=[("name", "listeners")],
+        required_if=[("state", "present", ("port", "listeners"), True)],
     )
 
 

@@ -17,6 +17,8 @@ description:
     C(changed=false) while the certificate is still valid for more than 30
     days, is signed by the current site CA and the site's link endpoints are
     unchanged. Otherwise a new client certificate is issued (C(changed=true)).
+  - With O(names), one token per name in one run (for example every site
+    that links to a hub), returned as RV(tokens).
   - Fails when the site does not exist or does not accept links.
   - The returned RV(token) is a secret. The collection's action plugin marks
     every result that carries a token C(no_log), so it is never displayed or
@@ -40,8 +42,13 @@ options:
       - Becomes the CN of the client certificate, and the accepting router lets
         a link announce only that site name, so a token cannot be used to join
         as another site. M(skiff.fleet.link) refuses a token named for another site.
+      - One of O(name) and O(names) is required.
     type: str
-    required: true
+  names:
+    description:
+      - Several names at once, each handled as O(name) would be.
+    type: list
+    elements: str
   state:
     description:
       - V(absent) removes the stored token. It does not revoke it; links made
@@ -81,8 +88,16 @@ token:
     - Not returned in check mode when a new token would be issued.
   returned: when state is present
   type: str
+tokens:
+  description:
+    - With O(names), each name's token (names whose token check mode would
+      issue are missing). Secret, like RV(token).
+  returned: with O(names) and state present
+  type: dict
 token_info:
-  description: Public facts about the token; never the key.
+  description:
+    - Public facts about the token; never the key. With O(names), a mapping
+      of each name to these facts.
   returned: when state is present
   type: dict
   contains:
@@ -122,7 +137,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenPara
 def argument_spec() -> dict:
     return {
         **SITE_DIR_ARGUMENT_SPEC,
-        "name": {"type": "str", "required": True},
+        "name": {"type": "str"},
+        "names": {"type": "list", "elements": "str"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         "valid_days": {"type": "int", "default": 365},
     }
@@ -132,6 +148,8 @@ def main() -> None:
     run_module(
         argument_spec(),
         lambda params, check_mode: run_token(TokenParams.from_module(params), check_mode),
+        required_one_of=[("name", "names")],
+        mutually_exclusive=[("name", "names")],
     )
 
 

@@ -8,7 +8,18 @@ import tarfile
 import pytest
 from fleet_harness import BIN, REPO, ansible_env
 
-MODULES = ("site", "token", "link", "listener", "connector", "wait")
+MODULES = (
+    "site",
+    "token",
+    "link",
+    "listener",
+    "connector",
+    "wait",
+    "reconcile",
+    "network_info",
+    "fleet_check",
+    "plan",
+)
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -65,7 +65,12 @@ def test_check_mode_on_a_fresh_fleet_predicts_every_change_and_makes_none(tmp_pa
     changed = check.changed()
     assert set(changed) == {"east", "west", "north"}
     assert all(count > 0 for count in changed.values()), changed
-    assert "would link to 'east'" in check.output and "would link to 'west'" in check.output
+    # The run ends with the plan of the whole fleet.
+    plan = check.output[check.output.index("Plan for 3 sites") :]
+    assert "Sites to create (3):" in plan
+    assert "west -> east  cost 1 (its token is issued during the run)" in plan
+    assert "north -> west  cost 2 (its token is issued during the run)" in plan
+    assert "'echo' at north, west" in plan  # becomes reachable there
     assert not base_dir.exists() or list(base_dir.iterdir()) == []
     assert router_pids(base_dir) == []
 
@@ -124,10 +129,21 @@ def test_every_site_sees_every_other(fleet) -> None:
         assert status["mode"] == ("edge" if site == "north" else "interior")
 
 
+def _wait_task(output: str) -> str:
+    """The output of the convergence task."""
+    return output.split("The site sees its network and serves its listeners")[1].split("TASK [")[0]
+
+
 def test_second_run_changes_nothing(fleet) -> None:
     again = run_playbook(fleet["inventory"], "site.yml")
     assert again.returncode == 0, again.output[-4000:]
     assert again.changed() == {"east": 0, "west": 0, "north": 0}
+    # Nothing changed anywhere: no site polls its router's status.
+    waited = _wait_task(again.output)
+    assert "ok: [" not in waited and waited.count("skipping: [") == 3, waited
+    forced = run_playbook(fleet["inventory"], "site.yml", "-e", "skiff_wait_when_unchanged=true")
+    assert forced.returncode == 0, forced.output[-4000:]
+    assert _wait_task(forced.output).count("ok: [") == 3
 
 
 def test_limited_run_still_links_to_sites_outside_it(fleet) -> None:

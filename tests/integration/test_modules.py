@@ -101,7 +101,10 @@ needs_router = pytest.mark.skipif(not have_router(), reason="skiff_router is not
 
 
 @needs_router
-@pytest.mark.parametrize("target", ["site", "listener", "connector", "token", "link", "wait"])
+@pytest.mark.parametrize(
+    "target",
+    ["site", "listener", "connector", "token", "link", "wait", "reconcile", "network_info"],
+)
 def test_target(target: str, base_dir: Path) -> None:
     done = run_target(target, base_dir, "-v")
     output = done.stdout + done.stderr

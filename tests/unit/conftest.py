@@ -41,6 +41,7 @@ class FakePlatform(Platform):
         # A config containing this text makes the router die at start.
         self.dies_on: str | None = None
         self.exited = False
+        self.status_reads = 0
         self.started_python: str | None = None
         self._config = FileConfigStore(paths.config)
         self._secrets = FileSecretStore(paths)
@@ -94,6 +95,7 @@ class FakePlatform(Platform):
         return [self.status()]
 
     def status(self) -> dict[str, Any] | None:
+        self.status_reads += 1
         if not self.running:
             return None
         config = json.loads(self.in_force or b"{}")

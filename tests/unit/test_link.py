@@ -43,7 +43,7 @@ def test_link_four_steps(pair, services, fleet):
     check = run_link(lparams(west, token=token), True, **services)
     assert check.changed
     assert check.actions[:2] == [
-        "add link 'east' to site 'east' (cost 1, endpoints 127.0.0.1:55671)",
+        "add link 'east' (to site 'east', cost 1, endpoints 127.0.0.1:55671)",
         "write the credentials of link 'east' from the token",
     ]
     assert not west.link_dir("east").exists()
@@ -73,7 +73,10 @@ def test_cost_change_updates_entry(pair, services):
     west, token = pair
     run_link(lparams(west, token=token), False, **services)
     result = run_link(lparams(west, token=token, cost=5), False, **services)
-    assert result.actions == ["update link 'east' (cost 5, endpoints 127.0.0.1:55671)"]
+    assert result.actions == [
+        "update link 'east' (to site 'east', cost 5, endpoints 127.0.0.1:55671)",
+        "reload the router",
+    ]
     assert result.diff["before"]["links"][0]["cost"] == 1
     assert result.diff["after"]["links"][0]["cost"] == 5
 

@@ -7,12 +7,28 @@ import importlib
 import pytest
 import yaml
 
+from ansible_collections.skiff.fleet.plugins.doc_fragments.items import ModuleDocFragment as Items
 from ansible_collections.skiff.fleet.plugins.doc_fragments.site_dir import ModuleDocFragment
 
-MODULES = ("site", "token", "link", "listener", "connector", "wait")
+MODULES = (
+    "site",
+    "token",
+    "link",
+    "listener",
+    "connector",
+    "wait",
+    "reconcile",
+    "network_info",
+)
+# Controller-side actions: the module file is documentation only.
+ACTIONS = ("fleet_check", "plan")
 FRAGMENTS = {
     "skiff.fleet.site_dir": ModuleDocFragment.DOCUMENTATION,
     "skiff.fleet.site_dir.base_dir": ModuleDocFragment.BASE_DIR,
+    "skiff.fleet.items.listeners": Items.LISTENERS,
+    "skiff.fleet.items.connectors": Items.CONNECTORS,
+    "skiff.fleet.items.links": Items.LINKS,
+    "skiff.fleet.items.prune": Items.PRUNE,
 }
 
 
@@ -48,7 +64,22 @@ def test_documentation_matches_argument_spec(name):
     assert yaml.safe_load(module.RETURN)
 
 
+@pytest.mark.parametrize("name", ACTIONS)
+def test_action_documentation_matches_its_arguments(name):
+    module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
+    action = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.action.{name}")
+    options = documented_options(module)
+    assert set(options) == set(action.ActionModule._VALID_ARGS)
+    for option in options.values():
+        assert option.get("description") and option.get("type")
+    yaml.safe_load(module.EXAMPLES)
+    assert yaml.safe_load(module.RETURN)
+
+
 def test_token_option_of_link_is_no_log():
-    from ansible_collections.skiff.fleet.plugins.modules import link
+    from ansible_collections.skiff.fleet.plugins.modules import link, reconcile
 
     assert link.argument_spec()["token"]["no_log"] is True
+    # The list forms hide every item's token too.
+    assert link.argument_spec()["links"]["options"]["token"]["no_log"] is True
+    assert reconcile.argument_spec()["links"]["options"]["token"]["no_log"] is True

@@ -7,9 +7,14 @@ import copy
 import pytest
 
 from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
+    NetSite,
+    dial_cycles,
     dialers,
+    fleet_findings,
     fleet_problems,
     network_of,
+    reachable_sites,
+    served_keys,
 )
 
 LOCAL = {"ansible_connection": "local"}
@@ -235,3 +240,108 @@ def test_a_render_only_site_is_not_waited_for() -> None:
     assert "k8s" not in network_of(fleet, list(fleet), "east")
     fleet["k8s"]["skiff_kube_apply"] = True
     assert "k8s" in network_of(fleet, list(fleet), "east")
+
+
+# -- fleet-wide checks: the network the inventory describes -------------------------------------
+
+
+def findings_after(change) -> list:
+    fleet = copy.deepcopy(GOOD)
+    change(fleet)
+    assert fleet_problems(fleet, list(fleet)) == []
+    return fleet_findings(fleet, list(fleet))
+
+
+def test_good_fleet_has_no_finding() -> None:
+    assert fleet_findings(GOOD, list(GOOD)) == []
+
+
+def test_listener_no_connector_serves() -> None:
+    found = findings_after(
+        lambda f: f["north"]["skiff_listeners"].append({"name": "db", "port": 18082})
+    )
+    assert [(x.host, x.check, x.field, x.intended) for x in found] == [
+        ("north", "unserved-listener", "skiff_listeners[1].routing_key", False)
+    ]
+    assert found[0].text.startswith(
+        "host 'north': skiff_listeners[1].routing_key: no connector in the fleet serves "
+        "routing key 'db'"
+    )
+
+
+def test_intended_findings_are_marked() -> None:
+    def change(fleet):
+        fleet["north"]["skiff_listeners"].append({"name": "db", "port": 18082})
+        fleet["north"]["skiff_intended"] = ["unserved-listener"]
+
+    (found,) = findings_after(change)
+    assert found.intended
+
+
+def test_unknown_intended_check_is_a_problem() -> None:
+    found = problems_after(lambda f: f["north"].update(skiff_intended=["everything"]))
+    assert found == [
+        "host 'north': skiff_intended[0]: unknown check 'everything'; use one of: "
+        "unserved-listener, link-cycle, listeners-lose-connectors"
+    ]
+
+
+def test_two_sites_dialing_each_other_is_a_cycle_on_both() -> None:
+    found = findings_after(lambda f: f["east"].update(skiff_links=[{"to": "west"}]))
+    assert sorted((x.host, x.check) for x in found) == [
+        ("east", "link-cycle"),
+        ("west", "link-cycle"),
+    ]
+    assert "sites 'east' and 'west' dial each other" in found[0].message
+
+
+def test_longer_cycle_is_named_in_order() -> None:
+    def ring(fleet):
+        fleet["north"].update(
+            skiff_link_access=True, skiff_link_endpoint={"host": "127.0.0.1", "port": 55673}
+        )
+        fleet["east"]["skiff_links"] = [{"to": "north"}]
+
+    found = findings_after(ring)
+    assert {x.host for x in found} == {"east", "west", "north"}
+    assert "the links dial in a cycle east -> north -> west -> east" in found[0].message
+
+
+def test_rings_of_many_sites_are_found_without_recursion_limits() -> None:
+    sites = {
+        f"s{i:04d}": NetSite(f"s{i:04d}", links=(f"s{(i + 1) % 3000:04d}",)) for i in range(3000)
+    }
+    (cycle,) = dial_cycles(sites)
+    assert len(cycle) == 3001 and cycle[0] == cycle[-1] == "s0000"
+    # A tree has none.
+    tree = {f"t{i}": NetSite(f"t{i}", links=(f"t{i // 2}",) if i else ()) for i in range(500)}
+    assert dial_cycles(tree) == []
+
+
+def test_site_whose_listeners_reach_no_connector() -> None:
+    # north links to west, which is made an edge: an edge carries no transit,
+    # so north no longer reaches east's connector.
+    def cut(fleet):
+        fleet["north"]["skiff_links"] = []
+
+    found = findings_after(cut)
+    assert [(x.host, x.check, x.field) for x in found] == [
+        ("north", "listeners-lose-connectors", "skiff_listeners")
+    ]
+    assert "none of this site's listeners would reach a connector (routing keys backend)" in (
+        found[0].message
+    )
+
+
+def test_edge_routers_carry_no_transit() -> None:
+    edge = NetSite("e", mode="edge", links=("a", "b"))
+    sites = {
+        "a": NetSite("a", listeners=("k",)),
+        "b": NetSite("b", connectors=("k",)),
+        "e": edge,
+    }
+    assert reachable_sites(sites, "a") == {"a", "e"}
+    assert served_keys(sites, "a") == set()
+    assert served_keys(sites, "e") == {"k"}
+    interior = dict(sites, e=NetSite("e", links=("a", "b")))
+    assert served_keys(interior, "a") == {"k"}

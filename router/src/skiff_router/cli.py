@@ -99,6 +99,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(status, indent=2))
+    elif args.network:
+        from skiff_router.netview import format_network
+
+        print(format_network(status))
     else:
         print(format_status(status))
     return 0
@@ -244,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print the status of a running router")
     st.add_argument("--admin", default="http://127.0.0.1:9191")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.add_argument(
+        "--network", action="store_true", help="the whole network as this router sees it"
+    )
     st.set_defaults(func=cmd_status)
 
     kube_agent.register(sub)

@@ -1,0 +1,136 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see galaxy.yml)
+"""List options shared by skiff.fleet.listener/connector/link and skiff.fleet.reconcile.
+
+Their argument specs are in plugins/module_utils/options.py (same names).
+"""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # skiff.fleet.items.listeners
+    LISTENERS = r"""
+options:
+  listeners:
+    description:
+      - Listeners of the site, all changed at once (one check, one write and
+        at most one reload for the whole list).
+      - Entries the list does not name are kept, unless O(prune=true).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - Name of the listener, unique among the listeners of the site.
+          - Letters, digits, C(.), C(_) and C(-), 1 to 63 characters.
+        type: str
+        required: true
+      routing_key:
+        description: The routing key that pairs listeners with connectors. Defaults to the name.
+        type: str
+      host:
+        description: Address the router listens on for clients.
+        type: str
+        default: 127.0.0.1
+      port:
+        description: Port the router listens on for clients (1..65535). Required when present.
+        type: int
+      distribution:
+        description:
+          - How new flows pick among the connectors of the routing key.
+          - V(balanced) weighs path cost against the flows each target already carries;
+            V(closest) uses the least-cost connectors only.
+        type: str
+        choices: [balanced, closest]
+        default: balanced
+      state:
+        description: Whether this listener exists.
+        type: str
+        choices: [present, absent]
+        default: present
+"""
+
+    # skiff.fleet.items.connectors
+    CONNECTORS = r"""
+options:
+  connectors:
+    description:
+      - Connectors of the site, all changed at once (one check, one write and
+        at most one reload for the whole list).
+      - Entries the list does not name are kept, unless O(prune=true).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - Name of the connector, unique among the connectors of the site.
+          - Letters, digits, C(.), C(_) and C(-), 1 to 63 characters.
+        type: str
+        required: true
+      routing_key:
+        description: The routing key that pairs listeners with connectors. Defaults to the name.
+        type: str
+      host:
+        description: Host name or address of the real service. Required when present.
+        type: str
+      port:
+        description: Port of the real service (1..65535). Required when present.
+        type: int
+      state:
+        description: Whether this connector exists.
+        type: str
+        choices: [present, absent]
+        default: present
+"""
+
+    # skiff.fleet.items.links
+    LINKS = r"""
+options:
+  links:
+    description:
+      - Links this site dials, all changed at once (one check, one write and
+        at most one reload for the whole list, however many tokens changed).
+      - Entries the list does not name are kept, unless O(prune=true), which
+        also removes the credentials of links no longer listed.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - Name of the link, unique among the links of this site.
+          - Defaults to the name of the site that issued the token. Required when absent.
+        type: str
+      token:
+        description:
+          - Token issued by M(skiff.fleet.token) at the site to link to. Secret.
+          - Required when present, except in check mode with O(links[].peer)
+            set, for a site that does not exist yet and so cannot issue one; the
+            link is then reported as a change that the real run makes.
+        type: str
+      cost:
+        description: Routing cost of the link, an integer from 1 to 1000000.
+        type: int
+        default: 1
+      peer:
+        description:
+          - The site the link goes to. Only used to describe a link whose
+            token cannot exist yet (check mode); a token names its site itself.
+        type: str
+      state:
+        description: Whether this link exists.
+        type: str
+        choices: [present, absent]
+        default: present
+"""
+
+    # skiff.fleet.items.prune
+    PRUNE = r"""
+options:
+  prune:
+    description:
+      - Remove every entry of the given lists that they do not name, so the
+        site holds exactly what is listed. Lists not given are left alone.
+    type: bool
+    default: false
+"""

@@ -1,0 +1,82 @@
+"""The words skiff's inventory, modules and router config share (private to skiff.fleet).
+
+One fact, one place: name rules, port rules, platform names, choices and
+defaults live here. The modules, the topology checks and the reconciler import
+them; tests/unit/test_vocabulary.py proves that the role's
+`meta/argument_specs.yml`, its defaults, the modules' argument specs and the
+router's own config checks (`router/src/skiff_router/config.py`, a separate
+package that cannot import this one) agree with them.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A site name is the router id: DNS-1123 label rules, so it also names
+# Kubernetes namespaces, systemd units and podman containers.
+SITE_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+SITE_NAME_RULE = (
+    "lower-case letters, digits and '-', 1 to 63 characters, starting and ending with a "
+    "letter or digit"
+)
+# Names of links, listeners, connectors and tokens become directory names and
+# config keys: no '/', no spaces.
+OBJECT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+OBJECT_NAME_RULE = (
+    "letters, digits, '.', '_' and '-', 1 to 63 characters, starting with a letter or digit"
+)
+
+PORT_MIN = 1
+PORT_MAX = 65535
+# The router refuses larger costs; path costs are sums and must stay small integers.
+COST_MIN = 1
+COST_MAX = 1_000_000
+
+# Every platform name skiff knows. Which ones this version can run is the
+# platform lookup's business (platform.PLATFORMS); the rest are planned.
+PLATFORMS = ("local", "systemd", "podman", "kubernetes")
+ROUTER_MODES = ("interior", "edge")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DISTRIBUTIONS = ("balanced", "closest")
+STATES = ("present", "absent")
+# How a kubernetes site's link Service is reached from outside its namespace.
+KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")
+
+DEFAULT_PLATFORM = "local"
+DEFAULT_ROUTER_MODE = "interior"
+DEFAULT_LOG_LEVEL = "info"
+DEFAULT_DISTRIBUTION = "balanced"
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+DEFAULT_ADMIN_PORT = 9191
+DEFAULT_LINK_PORT = 55671
+DEFAULT_LINK_BIND_HOST = "0.0.0.0"
+DEFAULT_LISTENER_HOST = "127.0.0.1"
+# In a kubernetes site a listener is reached through its Service, so it binds the pod's address.
+DEFAULT_KUBE_LISTENER_HOST = "0.0.0.0"
+DEFAULT_COST = 1
+DEFAULT_KUBE_LINK_ACCESS = "clusterip"
+
+# Fleet-wide checks that an inventory may mark as intended (skiff_intended):
+# the run then warns instead of stopping.
+INTENDED_CHECKS = ("unserved-listener", "link-cycle", "listeners-lose-connectors")
+
+
+def is_site_name(value: object) -> bool:
+    return isinstance(value, str) and bool(SITE_NAME_PATTERN.match(value))
+
+
+def is_object_name(value: object) -> bool:
+    return isinstance(value, str) and bool(OBJECT_NAME_PATTERN.match(value))
+
+
+def is_port(value: object) -> bool:
+    """An integer port in range; digit strings count (inventory values often are strings)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and PORT_MIN <= value <= PORT_MAX
+
+
+def is_cost(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and COST_MIN <= value <= COST_MAX

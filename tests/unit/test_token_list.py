@@ -1,0 +1,54 @@
+"""skiff.fleet.token's list form: a hub's tokens for all its dialers in one call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
+from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import decode
+
+
+@pytest.fixture
+def hub(tmp_path, services):
+    params = SiteParams(
+        name="hub",
+        base_dir=str(tmp_path),
+        router_python="py",
+        link_access=True,
+        link_endpoint={"host": "127.0.0.1", "port": 55671},
+    )
+    run_site(params, False, **services)
+    return str(tmp_path)
+
+
+def test_names_four_steps_and_the_same_tokens_as_one_by_one(hub, services):
+    names = ("a", "b", "c")
+    params = TokenParams(site="hub", base_dir=hub, names=names)
+    check = run_token(params, True, platform_factory=services["platform_factory"])
+    assert check.changed and check.values["tokens"] == {}
+    assert check.actions == ["issue token 'a'", "issue token 'b'", "issue token 'c'"]
+    issued = run_token(params, False, platform_factory=services["platform_factory"])
+    assert issued.changed and sorted(issued.values["tokens"]) == list(names)
+    for name, token in issued.values["tokens"].items():
+        assert decode(token).name == name and decode(token).site == "hub"
+    again_check = run_token(params, True, platform_factory=services["platform_factory"])
+    again = run_token(params, False, platform_factory=services["platform_factory"])
+    assert not again_check.changed and not again.changed
+    assert again.values["tokens"] == issued.values["tokens"]
+    one = run_token(TokenParams(site="hub", base_dir=hub, name="b"), False)
+    assert one.values["token"] == issued.values["tokens"]["b"]
+    # The result carries tokens only under `tokens`; facts about them carry no key.
+    facts = json.dumps(issued.values["token_info"])
+    assert "PRIVATE" not in facts and sorted(issued.values["token_info"]) == list(names)
+
+
+def test_a_bad_name_in_the_list_is_named_and_nothing_is_issued(hub):
+    with pytest.raises(SkiffError) as err:
+        run_token(TokenParams(site="hub", base_dir=hub, names=("ok", "no/slash")), False)
+    assert "site 'hub': token 'no/slash': name: 'no/slash' is not a valid name" in str(err.value)
+    assert not (Path(hub) / "hub" / "tokens" / "ok").exists()
