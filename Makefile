@@ -16,6 +16,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo demo-teardown test lint unit integration build clean molecule molecule-setup images
+.PHONY: gates gates-setup sanity ansible-lint galaxy-importer changelog-lint docs-lint mypy
 
 help:
 	@echo "make demo          - build a three-site application network on this machine and use it"
@@ -23,6 +24,8 @@ help:
 	@echo "make test          - lint and run every test (molecule included)"
 	@echo "make molecule      - the molecule scenario alone (systemd and podman sites)"
 	@echo "make build         - build the collection tarball into build/"
+	@echo "make gates         - Ansible's own gates: ansible-test sanity, ansible-lint production,"
+	@echo "                     galaxy-importer, antsibull-changelog/-docs lint, mypy (part of make test)"
 
 # System packages a fresh Debian machine may lack (python3-venv); needs root there.
 $(CURDIR)/.cache/system.ok: scripts/bootstrap-system
@@ -60,7 +63,7 @@ lint: setup
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"
 
-test: setup lint
+test: setup lint gates
 	pytest -q -p no:cacheprovider tests router/tests
 	$(MAKE) molecule
 
@@ -117,3 +120,83 @@ clean:
 bench: setup
 	bash bench/ensure-tools
 	$(BIN)/python -m bench.run $(if $(filter 1 yes true,$(QUICK)),--quick) $(BENCH_ARGS)
+
+# --- gates: what Ansible's own tooling and Galaxy check (README "Gates") ---
+# The gate tools live in their own virtualenv, every package pinned in
+# requirements-gates.txt (galaxy-importer and ansible-lint pin their own
+# ranges that need not agree with the project's tool chain). ansible-core is
+# the same pinned version as in .venv.
+GATES_VENV := $(CURDIR)/.cache/gates-venv
+GATES_BIN := $(GATES_VENV)/bin
+GATES_STAMP := $(GATES_VENV)/.installed
+GATES_ENV := PATH=$(GATES_BIN):$(PATH)
+# ansible-test keeps its per-test virtualenvs (pinned by ansible-test itself)
+# under $HOME/.ansible/test; HOME points into .cache so a run neither reads nor
+# writes the user's home, and get_pip.py stands in for the bootstrap script it
+# would download from a host that is not reachable.
+ANSIBLE_TEST_HOME := $(CURDIR)/.cache/ansible-test-home
+ANSIBLE_TEST_PIP := 24.2
+SANITY_ROOT := $(CURDIR)/.cache/sanity
+SANITY_COLLECTION := $(SANITY_ROOT)/ansible_collections/skiff/fleet
+COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
+TARBALL = build/skiff-fleet-$(COLLECTION_VERSION).tar.gz
+# Prints how long a gate took: the CI budget is read from these lines.
+gate_timer = start=$$(date +%s)
+gate_done = echo "gate $@: passed in $$(( $$(date +%s) - start )) s"
+
+$(GATES_STAMP): requirements-gates.txt $(CURDIR)/.cache/system.ok
+	rm -rf $(GATES_VENV)
+	python3 -m venv $(GATES_VENV)
+	$(GATES_BIN)/pip install --quiet --disable-pip-version-check -r requirements-gates.txt
+	@touch $@
+
+$(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py: scripts/gates/get_pip.py
+	@mkdir -p $(@D)
+	cp $< $@
+
+gates-setup: setup $(GATES_STAMP) $(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
+
+gates: sanity ansible-lint galaxy-importer changelog-lint docs-lint mypy
+
+# ansible-test sanity, every test, on the controller's Python (tests/config.yml
+# says which Pythons the modules support; the ignore file says why each line).
+sanity: gates-setup
+	@$(gate_timer); \
+	$(GATES_BIN)/python scripts/gates/stage_collection.py $(CURDIR) $(SANITY_ROOT) >/dev/null; \
+	cd $(SANITY_COLLECTION) && HOME=$(ANSIBLE_TEST_HOME) $(GATES_ENV) \
+	  ansible-test sanity --python 3.11 --color no; \
+	$(gate_done)
+
+ansible-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) ansible-lint --profile production --offline --nocolor; \
+	$(gate_done)
+
+changelog-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) antsibull-changelog lint; \
+	$(GATES_ENV) antsibull-changelog generate --check-only 2>/dev/null || { \
+	  echo "CHANGELOG.rst is not what changelogs/ renders: run antsibull-changelog generate" >&2; exit 1; }; \
+	$(gate_done)
+
+docs-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .; \
+	$(gate_done)
+
+mypy: gates-setup
+	@$(gate_timer); \
+	$(GATES_BIN)/mypy --python-executable $(BIN)/python; \
+	$(gate_done)
+
+# Galaxy's importer on the built tarball, offline (tests/galaxy-importer.cfg):
+# it runs ansible-doc and ansible-lint itself; any WARNING or ERROR fails.
+galaxy-importer: gates-setup
+	@$(gate_timer); \
+	rm -rf build && ansible-galaxy collection build --output-path build/ >/dev/null; \
+	mkdir -p .cache/galaxy-importer && cd .cache/galaxy-importer && \
+	GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg $(GATES_ENV) \
+	  python -m galaxy_importer.main $(CURDIR)/$(TARBALL) > import.log 2>&1 \
+	  || { cat import.log; exit 1; }; \
+	if grep -E '^(WARNING|ERROR)' import.log; then echo "galaxy-importer: see .cache/galaxy-importer/import.log" >&2; exit 1; fi; \
+	$(gate_done)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The demo's backend: a small HTTP service that site `east` offers through a connector.
 
 `start` runs it in the background (once; a second start finds it running),

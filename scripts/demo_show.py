@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """After `make demo`: send a request through each listener and show every site's status.
 
 Reads the sites, listeners and admin ports from the demo inventory, so it

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
@@ -42,7 +44,7 @@ class TokenParams:
         )
 
 
-def _read_json(path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -51,7 +53,9 @@ def _read_json(path) -> dict[str, Any] | None:
 
 
 class TokenRunner:
-    def __init__(self, params: TokenParams, *, check_mode: bool, now=None):
+    def __init__(
+        self, params: TokenParams, *, check_mode: bool, now: datetime | None = None
+    ) -> None:
         self.params = params
         self.check_mode = check_mode
         self.now = now
@@ -80,7 +84,7 @@ class TokenRunner:
                 "set link_access: true and link_endpoint with skiff.fleet.site first",
             )
         ca_pem, ca_key = pki.read_optional(paths.ca_cert), pki.read_optional(paths.ca_key)
-        if pki.ca_reissue_reason(ca_pem, ca_key):
+        if ca_pem is None or ca_key is None or pki.ca_reissue_reason(ca_pem, ca_key):
             raise SkiffError(
                 "the site CA is missing or unusable; re-run skiff.fleet.site to repair it"
             )
@@ -96,7 +100,7 @@ class TokenRunner:
             reason = "token.json does not match"
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
-        if not reason:
+        if not reason and cert_pem and key_pem:  # reissue_reason() found both
             token = Token(
                 params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
                 cert_pem.decode(), key_pem.decode(),
