@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ description:
     is checked with C(skiff-router check-config) and a running router is reloaded
     (SIGHUP) and awaited until it runs the new config.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ description:
     new config.
   - O(state=absent) stops the router and removes the site directory, keys included.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir.base_dir
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full
