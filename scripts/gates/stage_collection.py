@@ -33,6 +33,11 @@ def main() -> None:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target, follow_symlinks=False)
+    # ansible-test lists a collection's files with git when it finds a .git in
+    # the collection or above it; the copy lives under this repository's
+    # ignored .cache/, so it gets a repository of its own holding exactly them.
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    subprocess.run(["git", "-C", str(dest), "add", "-A"], check=True)
     print(dest)
 
 
