@@ -140,9 +140,9 @@ SANITY_ROOT := $(CURDIR)/.cache/sanity
 SANITY_COLLECTION := $(SANITY_ROOT)/ansible_collections/skiff/fleet
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 TARBALL = build/skiff-fleet-$(COLLECTION_VERSION).tar.gz
-# Prints how long a gate took: the CI budget is read from these lines.
-gate_timer = start=$$(date +%s)
-gate_done = echo "gate $@: passed in $$(( $$(date +%s) - start )) s"
+# Each gate prints whether it passed and how long it took (the CI budget is
+# read from these lines), also when it fails.
+gate_timer = start=$$(date +%s); trap 'rc=$$?; echo "gate $@: $$(test $$rc -eq 0 && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; exit $$rc' EXIT
 
 $(GATES_STAMP): requirements-gates.txt $(CURDIR)/.cache/system.ok
 	rm -rf $(GATES_VENV)
@@ -164,13 +164,11 @@ sanity: gates-setup
 	@$(gate_timer); \
 	$(GATES_BIN)/python scripts/gates/stage_collection.py $(CURDIR) $(SANITY_ROOT) >/dev/null; \
 	cd $(SANITY_COLLECTION) && HOME=$(ANSIBLE_TEST_HOME) $(GATES_ENV) \
-	  ansible-test sanity --python 3.11 --color no; \
-	$(gate_done)
+	  ansible-test sanity --python 3.11 --color no
 
 ansible-lint: gates-setup
 	@$(gate_timer); \
-	$(GATES_ENV) ansible-lint --profile production --offline --nocolor; \
-	$(gate_done)
+	$(GATES_ENV) ansible-lint --profile production --offline --nocolor
 
 # Fragments and changelog.yaml lint clean, and CHANGELOG.rst is what they render.
 changelog-lint: gates-setup
@@ -179,18 +177,15 @@ changelog-lint: gates-setup
 	$(GATES_ENV) antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml; \
 	$(GATES_ENV) antsibull-changelog generate --output .cache/CHANGELOG.rst --output-format rst; \
 	cmp -s .cache/CHANGELOG.rst CHANGELOG.rst || { \
-	  echo "CHANGELOG.rst differs from what changelogs/ renders: run antsibull-changelog generate" >&2; exit 1; }; \
-	$(gate_done)
+	  echo "CHANGELOG.rst differs from what changelogs/ renders: run antsibull-changelog generate" >&2; exit 1; }
 
 docs-lint: gates-setup
 	@$(gate_timer); \
-	$(GATES_ENV) antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .; \
-	$(gate_done)
+	$(GATES_ENV) antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .
 
 mypy: gates-setup
 	@$(gate_timer); \
-	$(GATES_BIN)/mypy --python-executable $(BIN)/python; \
-	$(gate_done)
+	$(GATES_BIN)/mypy --python-executable $(BIN)/python
 
 # Galaxy's importer on the built tarball, offline (tests/galaxy-importer.cfg):
 # it runs ansible-doc and ansible-lint itself; any WARNING or ERROR fails. It
@@ -204,5 +199,4 @@ galaxy-importer: gates-setup
 	  GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg $(GATES_ENV) \
 	  python -m galaxy_importer.main $(CURDIR)/$(TARBALL) > import.log 2>&1 \
 	  || { cat import.log; exit 1; }; \
-	if grep -E '^(WARNING|ERROR)' import.log; then echo "galaxy-importer: see .cache/galaxy-importer/import.log" >&2; exit 1; fi; \
-	$(gate_done)
+	if grep -E '^(WARNING|ERROR)' import.log; then echo "galaxy-importer: see .cache/galaxy-importer/import.log" >&2; exit 1; fi
