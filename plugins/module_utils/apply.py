@@ -1,16 +1,15 @@
 """Changing a site's router config safely (private to skiff.fleet; not a public API).
 
-Shared by every module that edits `router.json`: the result type, and
-`ConfigApplier`, which validates a new config with the router's own
-`check-config`, replaces the file atomically, reloads a running router, waits
-for `/v1/status` to show the new sha256, asks the caller whether the router
-reports the change as failed, and if so puts the previous file back.
+Shared by every module that edits the router config: the result type, and
+`ConfigApplier`, which is built from the platform's capabilities: it checks a
+new config with the platform's config check (the router's own `check-config`),
+replaces it in the platform's config store, reloads the running router(s),
+waits until their `/v1/status` shows the new sha256, asks the caller whether
+the router reports the change as failed, and if so puts the previous config back.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,6 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
     wait_for_config,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
-    PUBLIC_MODE,
     SiteStore,
     dump_json,
     sha256_bytes,
@@ -68,6 +66,8 @@ class ConfigApplier:
     ):
         self.store = store
         self.platform = platform
+        # One config store for the module run: the platform's.
+        store.config = platform.config
         self._wait = wait
 
     @property
@@ -75,21 +75,8 @@ class ConfigApplier:
         return self.store.site
 
     def validate(self, data: bytes) -> None:
-        """Run the router's check-config on `data` before it may replace the file in force.
-
-        The candidate ends in `.json` because the router picks its parser by
-        the name: checked as YAML, JSON it would reject could pass.
-        """
-        fd, tmp = tempfile.mkstemp(
-            prefix=".router.check.", suffix=".json", dir=self.store.paths.root
-        )
-        try:
-            os.fchmod(fd, PUBLIC_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            problems = self.platform.check_config(tmp)
-        finally:
-            os.unlink(tmp)
+        """Run the platform's config check on `data` before it may replace the config in force."""
+        problems = self.platform.check_config(data)
         if problems:
             raise SkiffError(
                 "the router rejects the new config: " + "; ".join(problems),
@@ -99,11 +86,11 @@ class ConfigApplier:
 
     def write(self, config: dict[str, Any]) -> tuple[bytes | None, bytes]:
         """Validate and write `config`; returns (previous bytes, new bytes)."""
-        previous = self.store.read_config_bytes()
+        previous = self.platform.config.read()
         data = dump_json(config)
         if data != previous:
             self.validate(data)
-            self.store.write_config_bytes(data)
+            self.platform.config.write(data)
         return previous, data
 
     def current_error(self) -> str | None:
@@ -126,9 +113,7 @@ class ConfigApplier:
         previous_error = self.current_error() if running else None
         previous, data = self.write(config)
         if not running:
-            result.note(
-                "router not running: the change takes effect when skiff.fleet.site starts it"
-            )
+            result.note(self.platform.not_running_note())
             return None
         return self.reload(data, previous, previous_error, verify)
 
@@ -156,7 +141,7 @@ class ConfigApplier:
         return status
 
     def _restore(self, previous: bytes) -> None:
-        self.store.write_config_bytes(previous)
+        self.platform.config.write(previous)
         try:
             self.platform.reload()
             self._wait(self.platform, sha256_bytes(previous), site=self.site)

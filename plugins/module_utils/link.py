@@ -1,8 +1,8 @@
 """Logic of skiff.fleet.link (private to skiff.fleet; not a public API).
 
-A link is an entry in `links` of router.json plus the token's material in
-`links/<name>/`. The config entry names only paths, so `--diff` never shows a
-key. When only the credentials change (a new token for the same link), the
+A link is an entry in `links` of the router config plus the token's material
+in the platform's secret store (`links/<name>/` in a site directory). The
+config entry names only paths, so `--diff` never shows a key. When only the credentials change (a new token for the same link), the
 config entry is the same and the router would not notice; the link is then
 removed and added again, in two reloads, so the router dials with the new
 certificate.
@@ -10,10 +10,8 @@ certificate.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import validation
@@ -27,14 +25,12 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
 from ansible_collections.skiff.fleet.plugins.module_utils.service import replace_entry
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
-    KEY_MODE,
-    PUBLIC_MODE,
+    FileSecretStore,
+    LinkCredentials,
     SiteMetadata,
     SitePaths,
     SiteStore,
-    atomic_write,
     canonical_order,
-    ensure_dir,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import Token, decode
 
@@ -60,24 +56,21 @@ class LinkParams:
         return f"LinkParams(site={self.site!r}, name={self.name!r}, cost={self.cost!r})"
 
 
-def link_entry(name: str, token: Token, cost: int) -> dict[str, Any]:
+def link_entry(name: str, token: Token, cost: int, paths: dict[str, str]) -> dict[str, Any]:
+    """The config entry; `paths` are where the platform's secret store keeps the credentials."""
     return {
         "name": name,
         "peer": token.site,
         "cost": cost,
         "endpoints": token.endpoints,
-        "ca": f"links/{name}/ca.crt",
-        "cert": f"links/{name}/tls.crt",
-        "key": f"links/{name}/tls.key",
+        "ca": paths["ca"],
+        "cert": paths["cert"],
+        "key": paths["key"],
     }
 
 
-def credential_files(folder: Path, token: Token) -> dict[Path, tuple[bytes, int]]:
-    return {
-        folder / "ca.crt": (token.ca.encode(), PUBLIC_MODE),
-        folder / "tls.key": (token.key.encode(), KEY_MODE),
-        folder / "tls.crt": (token.cert.encode(), PUBLIC_MODE),
-    }
+def credentials(token: Token) -> LinkCredentials:
+    return LinkCredentials(token.ca.encode(), token.cert.encode(), token.key.encode())
 
 
 class LinkRunner:
@@ -105,7 +98,9 @@ class LinkRunner:
 
     def _platform(self) -> Platform:
         metadata = self.store.require()
-        return self.platform_factory(metadata.platform, self.store.paths, metadata)
+        platform = self.platform_factory(metadata.platform, self.store.paths, metadata)
+        self.store.config = platform.config
+        return platform
 
     def present(self) -> Result:
         params, result = self.params, Result()
@@ -128,23 +123,28 @@ class LinkRunner:
                 f"at site '{token.site}'",
                 field="token",
             )
-        entry = link_entry(name, token, cost)
-        result.values = {"link": entry}
-
         if not self.store.exists() and self.check_mode:
+            # No platform to ask yet: the entry as a site directory would name it.
+            entry = link_entry(
+                name, token, cost, FileSecretStore(self.store.paths).link_paths(name)
+            )
+            result.values = {"link": entry}
             result.act(f"add link '{name}' to site '{token.site}' (site does not exist yet)")
             result.diff = {"before": {"links": []}, "after": {"links": [entry]}}
             return result
         platform = self._platform()
+        secrets = platform.secrets
+        entry = link_entry(name, token, cost, secrets.link_paths(name))
+        result.values = {"link": entry}
         config = self.store.read_config()
         entries = list(config.get("links") or [])
         current = next((e for e in entries if e.get("name") == name), None)
         new_entries = replace_entry(entries, name, entry)
         result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
 
-        folder = self.store.paths.link_dir(name)
-        files = credential_files(folder, token)
-        stale = [p for p, (data, _mode) in files.items() if _read(p) != data]
+        wanted = credentials(token)
+        backup = secrets.link(name)
+        stale = backup != wanted
         if current is None:
             result.act(f"add link '{name}' to site '{token.site}' ({self._describe(entry)})")
         elif current != entry:
@@ -156,18 +156,14 @@ class LinkRunner:
         if self.check_mode:
             return result
 
-        backup = {p: _read(p) for p in files}
-        ensure_dir(self.store.paths.links_dir)
-        ensure_dir(folder)
-        for path, (data, mode) in files.items():
-            atomic_write(path, data, mode)
+        secrets.put_link(name, wanted)
         applier = ConfigApplier(self.store, platform, wait=self.wait)
         try:
             # One reload: the router re-reads credential files whose content
             # changed and redials that link only.
             status = applier.apply(canonical_order(dict(config, links=new_entries)), result)
         except SkiffError:
-            _restore_files(backup)
+            secrets.put_link(name, backup if backup.exists else None)
             raise
         if status is not None:
             state = next((s for s in status.get("links") or [] if s.get("name") == name), None)
@@ -186,11 +182,11 @@ class LinkRunner:
         config = self.store.read_config()
         entries = list(config.get("links") or [])
         new_entries = replace_entry(entries, name, None)
-        folder = self.store.paths.link_dir(name)
+        has_credentials = platform.secrets.link(name).exists
         result.diff = {"before": {"links": entries}, "after": {"links": new_entries}}
         if new_entries != entries:
             result.act(f"remove link '{name}'")
-        if folder.exists():
+        if has_credentials:
             result.act(f"remove the credentials of link '{name}'")
         if self.check_mode or not result.changed:
             return result
@@ -199,29 +195,15 @@ class LinkRunner:
             if not new_entries:
                 new_config.pop("links")
             ConfigApplier(self.store, platform, wait=self.wait).apply(new_config, result)
-        # After the router let go of the link: its files may go.
-        shutil.rmtree(folder, ignore_errors=True)
+        # After the router let go of the link: its credentials may go.
+        if has_credentials:
+            platform.secrets.put_link(name, None)
         return result
 
     @staticmethod
     def _describe(entry: dict[str, Any]) -> str:
         endpoints = ", ".join(f"{e['host']}:{e['port']}" for e in entry["endpoints"])
         return f"cost {entry['cost']}, endpoints {endpoints}"
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _restore_files(backup: dict[Path, bytes | None]) -> None:
-    for path, data in backup.items():
-        if data is None:
-            path.unlink(missing_ok=True)
-        else:
-            atomic_write(path, data, KEY_MODE if path.name.endswith(".key") else PUBLIC_MODE)
 
 
 def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:

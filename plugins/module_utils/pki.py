@@ -13,14 +13,7 @@ import datetime
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from ansible_collections.skiff.fleet.plugins.module_utils.store import (
-    KEY_MODE,
-    PUBLIC_MODE,
-    atomic_write,
-)
 
 try:
     from cryptography import x509
@@ -312,19 +305,6 @@ def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs: A
     except x509.ExtensionNotFound:
         return "not a CA certificate"
     return None
-
-
-def read_optional(path: Path) -> bytes | None:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def write_pair(cert_path: Path, key_path: Path, issued: Issued) -> None:
-    """Key first (0600), then the certificate: a reader never sees a cert without its key."""
-    atomic_write(key_path, issued.key_pem, KEY_MODE)
-    atomic_write(cert_path, issued.cert_pem, PUBLIC_MODE)
 
 
 def describe(cert_pem: bytes) -> dict[str, object]:

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +27,14 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
     Platform,
     check_config_problems,
 )
-from ansible_collections.skiff.fleet.plugins.module_utils.store import ensure_dir
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    PUBLIC_MODE,
+    ConfigStore,
+    FileConfigStore,
+    FileSecretStore,
+    SecretStore,
+    ensure_dir,
+)
 
 STATUS_TIMEOUT = 2.0
 # Lines that look like secrets are dropped from log excerpts, whatever wrote them.
@@ -53,6 +61,18 @@ class LocalPlatform(Platform):
     def __init__(self, paths, metadata):
         super().__init__(paths, metadata)
         self._started: subprocess.Popen | None = None
+        self._config = FileConfigStore(paths.config)
+        self._secrets = FileSecretStore(paths)
+
+    # -- where config and secrets live: the site directory ---------------------
+
+    @property
+    def config(self) -> ConfigStore:
+        return self._config
+
+    @property
+    def secrets(self) -> SecretStore:
+        return self._secrets
 
     # -- process discovery -------------------------------------------------
 
@@ -89,6 +109,13 @@ class LocalPlatform(Platform):
 
     def is_running(self) -> bool:
         return self.supervisor_pid() is not None
+
+    def plan(self) -> list[tuple[str, bool]]:
+        pid = self.supervisor_pid()
+        running_python = _cmdline(pid)[:1] if pid is not None else []
+        if running_python and running_python[0] != self.python:
+            return [(f"run the router with {self.python} (router_python changed)", True)]
+        return []
 
     def has_exited(self) -> bool:
         return self._started is not None and self._started.poll() is not None
@@ -176,7 +203,16 @@ class LocalPlatform(Platform):
 
     # -- config and status -----------------------------------------------
 
-    def check_config(self, path: Path) -> list[str]:
+    def check_config(self, data: bytes) -> list[str]:
+        # The candidate ends in `.json` because the router picks its parser by
+        # the name: checked as YAML, JSON it would reject could pass.
+        with tempfile.TemporaryDirectory(prefix="skiff-check-") as folder:
+            path = Path(folder) / "router.json"
+            path.write_bytes(data)
+            os.chmod(path, PUBLIC_MODE)
+            return self.check_config_file(path)
+
+    def check_config_file(self, path: Path) -> list[str]:
         command = [self.python, "-m", "skiff_router", "check-config", str(path)]
         try:
             done = subprocess.run(
@@ -205,13 +241,16 @@ class LocalPlatform(Platform):
 
     def admin_address(self) -> tuple[str, int]:
         try:
-            admin = json.loads(self.paths.config.read_text()).get("admin") or {}
+            admin = json.loads(self.config.read() or b"{}").get("admin") or {}
         except (OSError, ValueError, AttributeError):
             admin = {}
         host = admin.get("host") or "127.0.0.1"
         # A router bound to every address is reached on loopback.
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return host, int(admin.get("port") or 9191)
+
+    def statuses(self) -> list[dict[str, Any] | None]:
+        return [self.status()]
 
     def status(self) -> dict[str, Any] | None:
         host, port = self.admin_address()

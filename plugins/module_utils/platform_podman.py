@@ -16,8 +16,10 @@ is used.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
@@ -27,6 +29,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd impor
     SystemdPlatform,
     run,
 )
+from ansible_collections.skiff.fleet.plugins.module_utils.store import PUBLIC_MODE
 
 DEFAULT_IMAGE = "localhost/skiff-router:latest"
 QUADLET_DIR = Path("/etc/containers/systemd")
@@ -180,7 +183,18 @@ class PodmanPlatform(SystemdPlatform):
                 actions.append((f"run the new image {self.image}", True))
         return actions
 
-    def check_config(self, path: Path) -> list[str]:
+    def check_config(self, data: bytes) -> list[str]:
+        # The container sees the site directory only: the candidate goes there.
+        fd, tmp = tempfile.mkstemp(prefix=".router.check.", suffix=".json", dir=self.paths.root)
+        try:
+            os.fchmod(fd, PUBLIC_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return self.check_config_file(Path(tmp))
+        finally:
+            os.unlink(tmp)
+
+    def check_config_file(self, path: Path) -> list[str]:
         root = str(self.paths.root)
         self.require_router()
         # As root in the container: this checks the config, not file ownership.

@@ -1,16 +1,17 @@
 """Logic of skiff.fleet.site (private to skiff.fleet; not a public API).
 
-A site is a directory (docs/design.md), a CA, a server certificate when the
-site accepts links, the router config sections this module owns (`site`,
-`log_level`, `admin`, `link_access`; the lists belong to other modules and are
-kept), `site.json`, and a running router.
+A site is `site.json` where the module runs (docs/design.md), a CA and a
+server certificate when the site accepts links (in the platform's secret
+store), the router config sections this module owns (`site`, `log_level`,
+`admin`, `link_access`, `overlay`; the lists belong to other modules and are
+kept; in the platform's config store), and a running router.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
@@ -26,6 +27,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
     DIR_MODE,
     SITE_SECTIONS,
+    CertPair,
     SiteMetadata,
     SitePaths,
     SiteStore,
@@ -57,6 +59,9 @@ class SiteParams:
     router_python: str = ""
     router_user: str = "skiff"
     image: str = ""
+    replicas: int = 1
+    # Platform kubernetes: namespace, context, kubeconfig, apply, manifests_dir, ...
+    kube: dict[str, Any] | None = None
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> SiteParams:
@@ -73,7 +78,35 @@ class WantedSite:
     metadata: SiteMetadata
 
 
+def platform_options(params: SiteParams, *, strict: bool = True) -> dict[str, Any]:
+    """What the platform keeps in `site.json` besides the common fields.
+
+    `strict=False` (removing a site): what is given, without requiring anything.
+    """
+    options: dict[str, Any] = {}
+    if params.platform in ("systemd", "podman"):
+        options["router_user"] = params.router_user
+    if params.platform in ("podman", "kubernetes"):
+        if not params.image and strict:
+            raise SkiffError(
+                f"required with platform {params.platform}: the router image", field="image"
+            )
+        if params.image:
+            options["image"] = params.image
+    if params.platform == "kubernetes":
+        options["replicas"] = params.replicas
+        options.update({k: v for k, v in (params.kube or {}).items() if v not in (None, "", {})})
+    elif params.replicas != 1 and strict:
+        raise SkiffError(
+            f"platform {params.platform} runs one router per site; replicas need "
+            "platform kubernetes",
+            field="replicas",
+        )
+    return options
+
+
 def normalize(params: SiteParams, default_python: str) -> WantedSite:
+    """The site's config sections and metadata, before the platform adds what it needs."""
     if params.platform not in PLATFORMS:
         raise SkiffError(
             f"unknown platform {params.platform!r} (supported: {', '.join(PLATFORMS)})",
@@ -97,25 +130,24 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
     endpoints: list[dict[str, Any]] = []
     if params.link_access:
         raw = dict(params.link_endpoint or {})
-        if not raw.get("host"):
-            raise SkiffError(
-                "host is required when link_access is true: the host name or "
-                "address other sites dial (it goes into tokens and the server certificate)",
-                field="link_endpoint",
-            )
-        raw.setdefault("port", DEFAULT_LINK_PORT)
-        if raw["port"] is None:
+        if raw.get("port") is None:
             raw["port"] = DEFAULT_LINK_PORT
-        endpoint = validation.endpoint(raw, "link_endpoint")
-        endpoints = [endpoint]
+        if raw.get("host") or params.platform != "kubernetes":
+            if not raw.get("host"):
+                raise SkiffError(
+                    "host is required when link_access is true: the host name or "
+                    "address other sites dial (it goes into tokens and the server certificate)",
+                    field="link_endpoint",
+                )
+            endpoints = [validation.endpoint(raw, "link_endpoint")]
+        else:
+            # Kubernetes finds the host itself (the Service's name or load balancer).
+            endpoints = [{"host": None, "port": validation.port(raw["port"], "link_endpoint.port")}]
         link_access = {
             "host": validation.host(params.link_bind_host, "link_bind_host"),
-            "port": endpoint["port"],
-            "ca": "ca/ca.crt",
-            "cert": "tls/server.crt",
-            "key": "tls/server.key",
+            "port": endpoints[0]["port"],
         }
-        if admin["port"] == endpoint["port"] and validation.addresses_overlap(
+        if admin["port"] == link_access["port"] and validation.addresses_overlap(
             admin["host"], admin["port"], link_access["host"], link_access["port"]
         ):
             raise SkiffError(
@@ -126,20 +158,29 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
     # The router's default (interior) stays implicit, so existing configs compare equal.
     sections["mode"] = "edge" if params.mode == "edge" else None
     sections["link_access"] = link_access
-    options: dict[str, Any] = {}
-    if params.platform in ("systemd", "podman"):
-        options["router_user"] = params.router_user
-    if params.platform == "podman":
-        if not params.image:
-            raise SkiffError("required with platform podman: the router image", field="image")
-        options["image"] = params.image
     metadata = SiteMetadata(
         name=params.name,
         platform=params.platform,
         link_endpoints=endpoints,
         router_python=params.router_python or default_python,
-        options=options,
+        options=platform_options(params),
     )
+    return WantedSite(sections, metadata)
+
+
+def on_platform(wanted: WantedSite, platform: Platform, *, settled: bool = False) -> WantedSite:
+    """`wanted` as `platform` runs it: its bind addresses, secret paths and link endpoints.
+
+    `settled`: the platform's objects exist, so addresses only known then (a
+    load balancer's) can be waited for.
+    """
+    sections = dict(wanted.sections)
+    if sections["link_access"] is not None:
+        sections["link_access"] = dict(sections["link_access"], **platform.secrets.server_paths())
+    sections = platform.router_sections(sections)
+    endpoints = platform.link_endpoints(wanted.metadata.link_endpoints, wait=settled)
+    metadata = replace(wanted.metadata, link_endpoints=endpoints)
+    platform.metadata = metadata
     return WantedSite(sections, metadata)
 
 
@@ -183,25 +224,71 @@ class SiteRunner:
         self.result = Result()
 
     def run(self) -> Result:
-        if self.params.state == "absent":
-            self.absent()
-        else:
-            self.present()
+        try:
+            if self.params.state == "absent":
+                self.absent()
+            else:
+                self.present()
+        except SkiffError as exc:
+            raise exc.with_context(site=self.params.name) from None
         return self.result
 
     # -- present ---------------------------------------------------------
 
     def present(self) -> None:
         site = self.params.name
-        try:
-            wanted = normalize(self.params, self.default_python)
-        except SkiffError as exc:
-            raise exc.with_context(site=site) from None
+        wanted = normalize(self.params, self.default_python)
         paths, result = self.paths, self.result
         platform = self.platform_factory(wanted.metadata.platform, paths, wanted.metadata)
+        wanted = on_platform(wanted, platform)
+        self.store.config = platform.config
+        secrets = platform.secrets
         current_meta = self.store.read_metadata() if paths.metadata.is_file() else None
         current = self.store.read_config()
         config = wanted_config(current, wanted.sections)
+
+        if not paths.root.is_dir():
+            result.act(f"create site directory {paths.root}")
+        elif paths.root.stat().st_mode & 0o777 != DIR_MODE:
+            result.act(f"set mode 0700 on {paths.root}")
+
+        ca = secrets.ca()
+        ca_reason = pki.ca_reissue_reason(ca.cert_pem, ca.key_pem)
+        if ca_reason:
+            result.act(
+                "create the site CA"
+                if ca_reason == "missing"
+                else f"replace the site CA ({ca_reason})"
+            )
+        hosts: list[str] = []
+        server_reason = None
+        if wanted.sections["link_access"] is not None:
+            hosts = platform.server_hosts(wanted.metadata.link_endpoints)
+            server = secrets.server()
+            server_reason = (
+                "new CA"
+                if ca_reason
+                else pki.reissue_reason(
+                    server.cert_pem, server.key_pem, ca_cert_pem=ca.cert_pem, hosts=hosts
+                )
+            )
+            if server_reason:
+                result.act(f"issue the server certificate for {', '.join(hosts)} ({server_reason})")
+
+        current_bytes = platform.config.read()
+        config_bytes = dump_json(config)
+        config_changed = config_bytes != current_bytes
+        if config_changed:
+            changed = sorted(k for k in SITE_SECTIONS if current.get(k) != config.get(k)) or [
+                "file"
+            ]
+            result.act(f"write {platform.config.location} ({', '.join(changed)})")
+        if current_meta != wanted.metadata:
+            result.act(f"write {paths.metadata}")
+
+        platform_plan = platform.plan()
+        for action, _ in platform_plan:
+            result.act(action)
         result.diff = {
             "before": {
                 "config": owned_sections(current),
@@ -209,70 +296,27 @@ class SiteRunner:
             },
             "after": {"config": owned_sections(config), "metadata": wanted.metadata.to_dict()},
         }
+        objects = platform.diff()
+        if objects:
+            result.diff["before"]["objects"] = objects["before"]
+            result.diff["after"]["objects"] = objects["after"]
 
-        if not paths.root.is_dir():
-            result.act(f"create site directory {paths.root}")
-        elif paths.root.stat().st_mode & 0o777 != DIR_MODE:
-            result.act(f"set mode 0700 on {paths.root}")
-
-        ca_cert_pem = pki.read_optional(paths.ca_cert)
-        ca_reason = pki.ca_reissue_reason(ca_cert_pem, pki.read_optional(paths.ca_key))
-        if ca_reason:
-            result.act(
-                "create the site CA"
-                if ca_reason == "missing"
-                else f"replace the site CA ({ca_reason})"
-            )
-        server_reason = None
-        if wanted.sections["link_access"] is not None:
-            hosts = [e["host"] for e in wanted.metadata.link_endpoints]
-            server_reason = (
-                "new CA"
-                if ca_reason
-                else pki.reissue_reason(
-                    pki.read_optional(paths.server_cert),
-                    pki.read_optional(paths.server_key),
-                    ca_cert_pem=ca_cert_pem,
-                    hosts=hosts,
-                )
-            )
-            if server_reason:
-                result.act(f"issue the server certificate for {', '.join(hosts)} ({server_reason})")
-
-        current_bytes = self.store.read_config_bytes()
-        config_bytes = dump_json(config)
-        config_changed = config_bytes != current_bytes
-        if config_changed:
-            changed = sorted(k for k in SITE_SECTIONS if current.get(k) != config.get(k)) or [
-                "file"
-            ]
-            result.act(f"write {paths.config} ({', '.join(changed)})")
-        if current_meta != wanted.metadata:
-            result.act(f"write {paths.metadata}")
-
-        try:
-            platform_plan = platform.plan()
-        except SkiffError as exc:
-            raise exc.with_context(site=site) from None
-        for action, _ in platform_plan:
-            result.act(action)
-
-        running = platform.is_running()
+        running = platform.applies and platform.is_running()
         status = platform.status() if running else None
         restart_reason = None
         # A reload re-reads TLS files whose content changed, so new CA or
         # server certificates never need a restart.
         tls_changed = running and bool(ca_reason or server_reason)
-        if running and current_meta and current_meta.router_python != wanted.metadata.router_python:
-            restart_reason = "router_python changed"
-        elif running and any(restart for _, restart in platform_plan):
+        if running and any(restart for _, restart in platform_plan):
             restart_reason = "the platform's unit changed"
         drifted = (
             running
             and not config_changed
             and ((status or {}).get("config") or {}).get("sha256") != sha256_bytes(config_bytes)
         )
-        if not running:
+        if not platform.applies:
+            pass
+        elif not running:
             result.act("start the router")
         elif restart_reason:
             result.act(f"restart the router ({restart_reason})")
@@ -284,37 +328,45 @@ class SiteRunner:
         result.values = {
             "site_dir": str(paths.root),
             "admin_url": admin_url(wanted.sections["admin"]),
-            "ca_certificate": ca_cert_pem.decode() if ca_cert_pem and not ca_reason else None,
+            "ca_certificate": ca.cert_pem.decode() if ca.cert_pem and not ca_reason else None,
+            "link_endpoints": wanted.metadata.link_endpoints,
         }
         if self.check_mode or not result.changed:
             return
 
         ensure_dir(paths.root)
-        ensure_dir(paths.ca_dir)
         if ca_reason:
-            ca = pki.create_ca(site)
-            pki.write_pair(paths.ca_cert, paths.ca_key, ca)
-            result.values["ca_certificate"] = ca.cert_pem.decode()
+            issued_ca = pki.create_ca(site)
+            secrets.put_ca(CertPair(issued_ca.cert_pem, issued_ca.key_pem))
+            ca = secrets.ca()
+            result.values["ca_certificate"] = issued_ca.cert_pem.decode()
         if server_reason:
-            ensure_dir(paths.tls_dir)
-            ca = pki.Issued(paths.ca_cert.read_bytes(), paths.ca_key.read_bytes())
-            hosts = [e["host"] for e in wanted.metadata.link_endpoints]
-            pki.write_pair(
-                paths.server_cert, paths.server_key, pki.issue_server_cert(ca, site, hosts)
-            )
+            self._issue_server(platform, ca, hosts)
 
         applier = ConfigApplier(self.store, platform, wait=self.wait)
         previous_error = ((status or {}).get("config") or {}).get("error")
-        try:
-            previous, data = applier.write(config)
-        except SkiffError as exc:
-            raise exc.with_context(site=site) from None
+        previous, data = applier.write(config)
         self.store.write_metadata(wanted.metadata)
-        try:
-            platform.install()
-        except SkiffError as exc:
-            raise exc.with_context(site=site) from None
+        platform.install()
 
+        # Addresses known only once the platform's objects exist (a load
+        # balancer's) go into the metadata and the server certificate now.
+        settled = on_platform(normalize(self.params, self.default_python), platform, settled=True)
+        if settled.metadata != wanted.metadata:
+            self.store.write_metadata(settled.metadata)
+            result.values["link_endpoints"] = settled.metadata.link_endpoints
+            if settled.sections["link_access"] is not None:
+                settled_hosts = platform.server_hosts(settled.metadata.link_endpoints)
+                if pki.wanted_sans(settled_hosts) != pki.wanted_sans(hosts):
+                    result.act(
+                        f"issue the server certificate for {', '.join(settled_hosts)} "
+                        "(the link address is known now)"
+                    )
+                    self._issue_server(platform, ca, settled_hosts)
+                    tls_changed = running
+
+        if not platform.applies:
+            return
         if not running:
             self._start(platform, data)
         elif restart_reason:
@@ -326,13 +378,19 @@ class SiteRunner:
         elif config_changed or drifted or tls_changed:
             applier.reload(data, previous if config_changed else None, previous_error)
 
+    @staticmethod
+    def _issue_server(platform: Platform, ca: CertPair, hosts: list[str]) -> None:
+        issuer = pki.Issued(ca.cert_pem or b"", ca.key_pem or b"")
+        server = pki.issue_server_cert(issuer, platform.metadata.name, hosts)
+        platform.secrets.put_server(CertPair(server.cert_pem, server.key_pem))
+
     def _restart_previous(
         self, platform: Platform, failure: SkiffError, previous: bytes | None, data: bytes
     ) -> SkiffError:
         """After a failed restart, bring the router back on the config it ran before."""
         if previous is None or previous == data:
             return failure
-        self.store.write_config_bytes(previous)
+        platform.config.write(previous)
         try:
             self._start(platform, previous)
         except SkiffError:
@@ -355,24 +413,31 @@ class SiteRunner:
 
     def absent(self) -> None:
         paths, result = self.paths, self.result
-        if not paths.root.exists():
-            return
-        current = self.store.read_config() if paths.config.is_file() else {}
-        metadata = (
-            self.store.read_metadata()
-            if paths.metadata.is_file()
-            else SiteMetadata(name=self.params.name, router_python=self.default_python)
-        )
-        result.diff = {
-            "before": {"config": owned_sections(current), "metadata": metadata.to_dict()},
-            "after": {},
-        }
+        if paths.metadata.is_file():
+            metadata = self.store.read_metadata()
+        else:
+            # No site.json here: the platform named in the task says where to look.
+            metadata = SiteMetadata(
+                name=self.params.name,
+                platform=self.params.platform,
+                router_python=self.params.router_python or self.default_python,
+                options=platform_options(self.params, strict=False),
+            )
         platform = self.platform_factory(metadata.platform, paths, metadata)
+        self.store.config = platform.config
+        current = self.store.read_config()
         if platform.is_running():
             result.act("stop the router")
         for action in platform.uninstall():
             result.act(action)
-        result.act(f"remove {paths.root}")
+        if paths.root.exists():
+            result.act(f"remove {paths.root}")
+        if not result.changed:
+            return
+        result.diff = {
+            "before": {"config": owned_sections(current), "metadata": metadata.to_dict()},
+            "after": {},
+        }
         if self.check_mode:
             return
         platform.stop()

@@ -1,9 +1,15 @@
-"""Site directory layout and atomic file writes (private to skiff.fleet; not a public API).
+"""Site directory layout, atomic file writes and the stores of a site (private to skiff.fleet).
 
 The layout is the contract in docs/design.md ("Site directory"). Every module
-reads and writes `router.json` through `SiteStore`, which keeps the sections
-other modules own: the site module rewrites `site`/`admin`/`link_access` and
-must not drop `links`, `listeners` or `connectors`.
+reads and writes the router config through `SiteStore`, which keeps the
+sections other modules own: the site module rewrites `site`/`admin`/`link_access`
+and must not drop `links`, `listeners` or `connectors`.
+
+`site.json` (what only Ansible needs) is always a file where the module runs;
+the config and the secrets live where the site's platform keeps them: the
+`ConfigStore` and `SecretStore` capabilities. `FileConfigStore` and
+`FileSecretStore` are the site directory's; a platform that keeps them
+elsewhere (kubernetes: a ConfigMap and Secrets) brings its own.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
 SITE_NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Sections of router.json owned by the site module; everything else belongs to another module.
-SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access")
+SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access", "overlay")
 LIST_SECTIONS = ("links", "listeners", "connectors")
 
 DIR_MODE = 0o700
@@ -190,20 +197,238 @@ class SiteMetadata:
         return data
 
 
-class SiteStore:
-    """Reads and writes one site's files; knows nothing about what the values mean."""
+@dataclass(frozen=True)
+class CertPair:
+    """A certificate and its key as PEM bytes; None for a half that is missing."""
 
-    def __init__(self, paths: SitePaths, site: str):
+    cert_pem: bytes | None
+    key_pem: bytes | None
+
+
+@dataclass(frozen=True)
+class LinkCredentials:
+    """What a token gives a dialing site: the far CA, a client certificate and its key."""
+
+    ca: bytes | None
+    cert: bytes | None
+    key: bytes | None
+
+    @property
+    def exists(self) -> bool:
+        return any(part is not None for part in (self.ca, self.cert, self.key))
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A client certificate this site issued, its key and `token.json` (what it was issued for)."""
+
+    cert: bytes | None
+    key: bytes | None
+    info: bytes | None
+
+    @property
+    def exists(self) -> bool:
+        return any(part is not None for part in (self.cert, self.key, self.info))
+
+
+class ConfigStore(ABC):
+    """Capability: where a site's router config lives."""
+
+    # Where it is, for messages and actions (a path, a ConfigMap).
+    location = "the router config"
+
+    @abstractmethod
+    def read(self) -> bytes | None:
+        """The config bytes in store; None when there are none yet."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Replace the config with `data` (readers see the old or the new one, never half)."""
+
+
+class SecretStore(ABC):
+    """Capability: where a site's CA pair, server pair, link credentials and issued tokens live."""
+
+    @abstractmethod
+    def ca(self) -> CertPair: ...
+
+    @abstractmethod
+    def put_ca(self, pair: CertPair) -> None: ...
+
+    @abstractmethod
+    def server(self) -> CertPair: ...
+
+    @abstractmethod
+    def put_server(self, pair: CertPair) -> None: ...
+
+    @abstractmethod
+    def server_paths(self) -> dict[str, str]:
+        """`ca`, `cert`, `key` of `link_access` as the router config names them."""
+
+    @abstractmethod
+    def link(self, name: str) -> LinkCredentials: ...
+
+    @abstractmethod
+    def put_link(self, name: str, credentials: LinkCredentials | None) -> None:
+        """Store a link's credentials; None removes them."""
+
+    @abstractmethod
+    def link_paths(self, name: str) -> dict[str, str]:
+        """`ca`, `cert`, `key` of a link entry as the router config names them."""
+
+    @abstractmethod
+    def token(self, name: str) -> IssuedToken: ...
+
+    @abstractmethod
+    def put_token(self, name: str, token: IssuedToken | None) -> None:
+        """Keep an issued token; None removes it."""
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+class FileConfigStore(ConfigStore):
+    """`router.json` in the site directory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.location = str(self.path)
+
+    def read(self) -> bytes | None:
+        return _read_optional(self.path)
+
+    def write(self, data: bytes) -> None:
+        ensure_dir(self.path.parent)
+        atomic_write(self.path, data, PUBLIC_MODE)
+
+
+class FileSecretStore(SecretStore):
+    """The site directory's `ca/`, `tls/`, `links/<name>/` and `tokens/<name>/` (keys 0600)."""
+
+    def __init__(self, paths: SitePaths):
+        self.paths = paths
+
+    @staticmethod
+    def _put_pair(cert_path: Path, key_path: Path, pair: CertPair) -> None:
+        # Key first: a reader never sees a certificate without its key.
+        ensure_dir(cert_path.parent)
+        atomic_write(key_path, pair.key_pem or b"", KEY_MODE)
+        atomic_write(cert_path, pair.cert_pem or b"", PUBLIC_MODE)
+
+    def ca(self) -> CertPair:
+        return CertPair(_read_optional(self.paths.ca_cert), _read_optional(self.paths.ca_key))
+
+    def put_ca(self, pair: CertPair) -> None:
+        ensure_dir(self.paths.root)
+        self._put_pair(self.paths.ca_cert, self.paths.ca_key, pair)
+
+    def server(self) -> CertPair:
+        return CertPair(
+            _read_optional(self.paths.server_cert), _read_optional(self.paths.server_key)
+        )
+
+    def put_server(self, pair: CertPair) -> None:
+        ensure_dir(self.paths.root)
+        self._put_pair(self.paths.server_cert, self.paths.server_key, pair)
+
+    def server_paths(self) -> dict[str, str]:
+        return {"ca": "ca/ca.crt", "cert": "tls/server.crt", "key": "tls/server.key"}
+
+    def link(self, name: str) -> LinkCredentials:
+        folder = self.paths.link_dir(name)
+        return LinkCredentials(
+            _read_optional(folder / "ca.crt"),
+            _read_optional(folder / "tls.crt"),
+            _read_optional(folder / "tls.key"),
+        )
+
+    def put_link(self, name: str, credentials: LinkCredentials | None) -> None:
+        folder = self.paths.link_dir(name)
+        if credentials is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        ensure_dir(self.paths.links_dir)
+        ensure_dir(folder)
+        for file_name, data, mode in (
+            ("ca.crt", credentials.ca, PUBLIC_MODE),
+            ("tls.key", credentials.key, KEY_MODE),
+            ("tls.crt", credentials.cert, PUBLIC_MODE),
+        ):
+            if data is None:
+                (folder / file_name).unlink(missing_ok=True)
+            else:
+                atomic_write(folder / file_name, data, mode)
+
+    def link_paths(self, name: str) -> dict[str, str]:
+        return {
+            "ca": f"links/{name}/ca.crt",
+            "cert": f"links/{name}/tls.crt",
+            "key": f"links/{name}/tls.key",
+        }
+
+    def token(self, name: str) -> IssuedToken:
+        folder = self.paths.token_dir(name)
+        return IssuedToken(
+            _read_optional(folder / "tls.crt"),
+            _read_optional(folder / "tls.key"),
+            _read_optional(folder / "token.json"),
+        )
+
+    def put_token(self, name: str, token: IssuedToken | None) -> None:
+        folder = self.paths.token_dir(name)
+        if token is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        ensure_dir(self.paths.tokens_dir)
+        ensure_dir(folder)
+        atomic_write(folder / "tls.key", token.key or b"", KEY_MODE)
+        atomic_write(folder / "tls.crt", token.cert or b"", PUBLIC_MODE)
+        atomic_write(folder / "token.json", token.info or b"", KEY_MODE)
+
+
+class SiteStore:
+    """One site's metadata (`site.json`, where the module runs) and its config (in the
+    platform's `ConfigStore`); knows nothing about what the values mean."""
+
+    def __init__(self, paths: SitePaths, site: str, config: ConfigStore | None = None):
         self.paths = paths
         self.site = site
+        self._config = config
 
     @classmethod
     def open(cls, base_dir: str, site: str, *, field_name: str = "site") -> SiteStore:
         validate_site_name(site, field_name=field_name)
         return cls(SitePaths.for_site(base_dir, site), site)
 
+    @property
+    def config(self) -> ConfigStore:
+        """The platform's config store, found through `site.json` on first use."""
+        if self._config is None:
+            self._config = self._platform_config()
+        return self._config
+
+    @config.setter
+    def config(self, store: ConfigStore) -> None:
+        self._config = store
+
+    def _platform_config(self) -> ConfigStore:
+        if not self.paths.metadata.is_file():
+            return FileConfigStore(self.paths.config)
+        # Imported here: the platforms import this module.
+        from ansible_collections.skiff.fleet.plugins.module_utils.platform import get_platform
+
+        metadata = self.read_metadata()
+        try:
+            return get_platform(metadata.platform, self.paths, metadata).config
+        except SkiffError as exc:
+            raise exc.with_context(site=self.site) from None
+
     def exists(self) -> bool:
-        return self.paths.metadata.is_file() and self.paths.config.is_file()
+        return self.paths.metadata.is_file() and self.read_config_bytes() is not None
 
     def require(self) -> SiteMetadata:
         """The site's metadata, or a clear error when the site was never created here."""
@@ -227,51 +452,52 @@ class SiteStore:
             ) from None
 
     def write_metadata(self, metadata: SiteMetadata) -> None:
+        ensure_dir(self.paths.root)
         atomic_write(self.paths.metadata, dump_json(metadata.to_dict()), PUBLIC_MODE)
 
     def read_config_bytes(self) -> bytes | None:
-        try:
-            return self.paths.config.read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.config.read()
 
     def read_config(self) -> dict[str, Any]:
         """The router config as data; {} when there is none yet."""
         raw = self.read_config_bytes()
         if raw is None:
             return {}
+        location = self.config.location
         try:
             data = json.loads(raw)
         except ValueError as exc:
             raise SkiffError(
-                f"{self.paths.config} is not valid JSON (line {getattr(exc, 'lineno', '?')}); "
+                f"{location} is not valid JSON (line {getattr(exc, 'lineno', '?')}); "
                 "fix or remove it and re-run skiff.fleet.site",
                 site=self.site,
                 field="router.json",
             ) from None
         if not isinstance(data, dict):
             raise SkiffError(
-                f"{self.paths.config} does not hold a JSON object",
+                f"{location} does not hold a JSON object",
                 site=self.site,
                 field="router.json",
             )
         return data
 
     def write_config_bytes(self, data: bytes) -> None:
-        atomic_write(self.paths.config, data, PUBLIC_MODE)
+        self.config.write(data)
 
     def remove(self) -> None:
-        shutil.rmtree(self.paths.root)
+        shutil.rmtree(self.paths.root, ignore_errors=True)
 
 
 def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
     """Keys in the contract's order so that the file (and its sha256) is stable."""
     order = (
         "site",
+        "router_id",
         "mode",
         "log_level",
         "admin",
         "link_access",
+        "overlay",
         "links",
         "listeners",
         "connectors",

@@ -1,30 +1,33 @@
 """Logic of skiff.fleet.token (private to skiff.fleet; not a public API).
 
 A token is issued once and read back: the client certificate, its key and
-`token.json` stay in `tokens/<name>/`, and a later run returns the same token
-while it is still valid, signed by the current CA and names the current link
-endpoints. Anything else issues a new client certificate.
+`token.json` stay in the platform's secret store (`tokens/<name>/` in a site
+directory), and a later run returns the same token while it is still valid,
+signed by the current CA and names the current link endpoints. Anything else
+issues a new client certificate.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
+    Platform,
+    get_platform,
+)
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
-    KEY_MODE,
+    IssuedToken,
+    SiteMetadata,
+    SitePaths,
     SiteStore,
-    atomic_write,
     dump_json,
-    ensure_dir,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import VERSION, Token
 
@@ -44,22 +47,36 @@ class TokenParams:
         )
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+
+
+def _parse_json(data: bytes | None) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        parsed = json.loads(data or b"")
+    except ValueError:
         return None
-    return data if isinstance(data, dict) else None
+    return parsed if isinstance(parsed, dict) else None
 
 
 class TokenRunner:
     def __init__(
-        self, params: TokenParams, *, check_mode: bool, now: datetime | None = None
-    ) -> None:
+        self,
+        params: TokenParams,
+        *,
+        check_mode: bool,
+        now=None,
+        platform_factory: PlatformFactory = get_platform,
+    ):
         self.params = params
         self.check_mode = check_mode
         self.now = now
+        self.platform_factory = platform_factory
         self.store = SiteStore.open(params.base_dir, params.site)
+
+    def _platform(self, metadata: SiteMetadata) -> Platform:
+        platform = self.platform_factory(metadata.platform, self.store.paths, metadata)
+        self.store.config = platform.config
+        return platform
 
     def run(self) -> Result:
         try:
@@ -73,26 +90,27 @@ class TokenRunner:
             ) from None
 
     def present(self) -> Result:
-        params, paths, result = self.params, self.store.paths, Result()
+        params, result = self.params, Result()
         if params.valid_days < 2:
             raise SkiffError(f"{params.valid_days} must be at least 2", field="valid_days")
         metadata = self.store.require()
+        secrets = self._platform(metadata).secrets
         config = self.store.read_config()
         if not config.get("link_access") or not metadata.link_endpoints:
             raise SkiffError(
                 "this site does not accept links, so its tokens would lead nowhere; "
                 "set link_access: true and link_endpoint with skiff.fleet.site first",
             )
-        ca_pem, ca_key = pki.read_optional(paths.ca_cert), pki.read_optional(paths.ca_key)
-        if ca_pem is None or ca_key is None or pki.ca_reissue_reason(ca_pem, ca_key):
+        ca = secrets.ca()
+        ca_pem, ca_key = ca.cert_pem, ca.key_pem
+        if pki.ca_reissue_reason(ca_pem, ca_key):
             raise SkiffError(
                 "the site CA is missing or unusable; re-run skiff.fleet.site to repair it"
             )
 
-        folder = paths.token_dir(params.name)
-        cert_pem = pki.read_optional(folder / "tls.crt")
-        key_pem = pki.read_optional(folder / "tls.key")
-        stored = _read_json(folder / "token.json") or {}
+        kept = secrets.token(params.name)
+        cert_pem, key_pem = kept.cert, kept.key
+        stored = _parse_json(kept.info) or {}
         reason = pki.reissue_reason(cert_pem, key_pem, ca_cert_pem=ca_pem, now=self.now)
         if not reason and stored.get("endpoints") != metadata.link_endpoints:
             reason = "the link endpoints changed"
@@ -100,7 +118,7 @@ class TokenRunner:
             reason = "token.json does not match"
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
-        if not reason and cert_pem and key_pem:  # reissue_reason() found both
+        if not reason:
             token = Token(
                 params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
                 cert_pem.decode(), key_pem.decode(),
@@ -122,9 +140,6 @@ class TokenRunner:
 
         ca = pki.Issued(ca_pem, ca_key)
         issued = pki.issue_client_cert(ca, params.name, valid_days=params.valid_days)
-        ensure_dir(paths.tokens_dir)
-        ensure_dir(folder)
-        pki.write_pair(folder / "tls.crt", folder / "tls.key", issued)
         info = pki.describe(issued.cert_pem)
         stored = {
             "v": VERSION,
@@ -134,7 +149,9 @@ class TokenRunner:
             "serial": info["serial"],
             "not_after": info["not_after"],
         }
-        atomic_write(folder / "token.json", dump_json(stored), KEY_MODE)
+        secrets.put_token(
+            params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(stored))
+        )
         token = Token(
             params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
             issued.cert_pem.decode(), issued.key_pem.decode(),
@@ -161,14 +178,16 @@ class TokenRunner:
 
     def absent(self) -> Result:
         result = Result()
-        folder = self.store.paths.token_dir(self.params.name)
-        if not folder.exists():
+        if not self.store.paths.metadata.is_file():
+            return result
+        secrets = self._platform(self.store.read_metadata()).secrets
+        if not secrets.token(self.params.name).exists:
             return result
         result.act(f"remove token '{self.params.name}' (links already made with it keep working "
                    "until the site CA changes)")  # fmt: skip
         result.diff = {"before": {"name": self.params.name}, "after": {}}
         if not self.check_mode:
-            shutil.rmtree(folder)
+            secrets.put_token(self.params.name, None)
         return result
 
 

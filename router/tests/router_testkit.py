@@ -139,14 +139,26 @@ class Site:
     listeners: list[dict[str, Any]] = field(default_factory=list)
     connectors: list[dict[str, Any]] = field(default_factory=list)
     log_level: str = "debug"
+    router_id: str | None = None  # None: the config has no router_id (it defaults to the site)
+    overlay: str | None = None
 
     @classmethod
-    def create(cls, base: Path, name: str, *, accept: bool = False) -> Site:
-        d = base / name
+    def create(
+        cls,
+        base: Path,
+        name: str,
+        *,
+        accept: bool = False,
+        router_id: str | None = None,
+        ca: Ca | None = None,
+    ) -> Site:
+        """A site directory; ``router_id`` and ``ca`` make another router (replica)
+        of a site whose CA already exists."""
+        d = base / (router_id or name)
         d.mkdir(parents=True)
-        site = cls(name, d, free_port())
-        if accept:
-            site.ca = Ca.create(name)
+        site = cls(name, d, free_port(), router_id=router_id)
+        if accept or ca is not None:
+            site.ca = ca or Ca.create(name)
             _write(d / "ca" / "ca.crt", site.ca.pem)
             cert, key = site.ca.issue(f"{name} router", server=True)
             _write(d / "tls" / "server.crt", cert)
@@ -159,7 +171,7 @@ class Site:
     ) -> None:
         """Dial ``other`` with a client cert issued by its CA (or ``client_ca``)."""
         assert other.ca is not None and other.link_port is not None
-        name = name or other.name
+        name = name or other.router_id or other.name
         # The client cert names the dialing site, as a token's does.
         cert, key = (client_ca or other.ca).issue(self.name, server=False)
         ld = self.dir / "links" / name
@@ -193,6 +205,8 @@ class Site:
     def config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
             "site": self.name,
+            **({"router_id": self.router_id} if self.router_id else {}),
+            **({"overlay": self.overlay} if self.overlay else {}),
             "log_level": self.log_level,
             "admin": {"host": "127.0.0.1", "port": self.admin_port},
             "links": self.links,

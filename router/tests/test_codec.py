@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import struct
 
 import pytest
@@ -112,7 +113,7 @@ def test_flow_and_link_frame_sets_partition_types() -> None:
 
 
 def test_typed_payloads_round_trip() -> None:
-    h = Hello(1, "east", 3)
+    h = Hello(1, "east.r1", "east", 3)
     assert decode_hello(encode_hello(h)) == h
     lsa = Lsa("east", 7, (("north", 2), ("west", 1)), frozenset({"a"}), frozenset({"b", "c"}))
     assert decode_lsa(encode_lsa(lsa)) == lsa
@@ -143,3 +144,33 @@ def test_window_zero_and_reason_sanitised() -> None:
     assert decode_reason(b"no route") == "no route"
     assert decode_reason(b"\x1b[31m") == "?"
     assert decode_reason(b"x" * 65) == "?"
+
+
+def test_hello_and_lsa_carry_router_id_and_site() -> None:
+    # A replica: its own router id, its site's name.
+    h = decode_hello(b'{"v": 1, "id": "east.r2", "site": "east", "cost": 1}')
+    assert (h.router, h.site) == ("east.r2", "east")
+    # A router of an older release sends no site: its id is its site.
+    assert decode_hello(b'{"v": 1, "id": "east", "cost": 1}').site == "east"
+    lsa = Lsa("east.r2", 7, (("east.r1", 1),), frozenset(), frozenset(), site="east")
+    assert decode_lsa(encode_lsa(lsa)) == lsa
+    assert b'"site"' not in encode_lsa(Lsa("west", 1, (), frozenset(), frozenset()))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v": 1, "id": "east.r2", "cost": 1}',  # a replica id alone names no site
+        b'{"v": 1, "id": "west.r2", "site": "east", "cost": 1}',  # not a router of east
+        b'{"v": 1, "id": "east.r2.x", "site": "east", "cost": 1}',  # one dot at most
+        b'{"v": 1, "id": "east", "site": "East", "cost": 1}',
+    ],
+)
+def test_router_id_must_belong_to_its_site(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_hello(payload)
+    d = json.loads(payload)
+    del d["v"], d["cost"]
+    d.update(seq=1, links={}, connectors=[], listeners=[])
+    with pytest.raises(ProtocolError, match=r"site|LSA\.id"):
+        decode_lsa(json.dumps(d).encode())

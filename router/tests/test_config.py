@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-from skiff_router.config import Admin, ConfigError, Endpoint, load, validate
+from skiff_router.config import (
+    Admin,
+    ConfigError,
+    Endpoint,
+    ListenerConfig,
+    Overlay,
+    load,
+    load_overlay,
+    merge_overlay,
+    overlay_clashes,
+    validate,
+)
 
 LINK = {
     "name": "east",
@@ -138,6 +149,11 @@ def test_yaml_and_defaults(tmp_path: Path) -> None:
         ({"site": "a", "links": [LINK, LINK]}, "links[1].name: duplicate name"),
         ({"site": "a", "links": {"name": "x"}}, "links: must be a list"),
         ([1, 2], "(document): must be a mapping"),
+        ({"site": "a", "router_id": "b.1"}, "router_id: must be the site name or"),
+        ({"site": "a", "router_id": "a.1.2"}, "router_id: must be the site name or"),
+        ({"site": "a", "router_id": "a.Z"}, "router_id: must be the site name or"),
+        ({"site": "a", "router_id": ""}, "router_id: must be a non-empty string"),
+        ({"site": "a", "overlay": 3}, "overlay: must be a non-empty string"),
     ],
 )
 def test_errors_carry_field_path(data: Any, expected: str) -> None:
@@ -161,3 +177,55 @@ def test_parse_error(tmp_path: Path) -> None:
     p.write_text("site: [unclosed")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load(p)
+
+
+def test_router_id_defaults_to_the_site() -> None:
+    assert validate({"site": "east"}).router_id == "east"
+    assert validate({"site": "east", "router_id": "east.7f9c2"}).router_id == "east.7f9c2"
+
+
+LISTENER = {"name": "web", "routing_key": "web", "host": "127.0.0.1", "port": 8080}
+
+
+def test_overlay_file_schema_and_paths(tmp_path: Path) -> None:
+    cfg = validate({"site": "a", "overlay": "run/overlay.json"}, tmp_path)
+    assert cfg.overlay == str(tmp_path / "run" / "overlay.json")
+    assert validate({"site": "a", "overlay": "/run/skiff/o.json"}).overlay == "/run/skiff/o.json"
+    # A missing file is an empty overlay.
+    assert load_overlay(str(tmp_path / "missing.json")) == Overlay()
+    path = tmp_path / "run" / "overlay.json"
+    path.parent.mkdir()
+    doc = {"listeners": [LISTENER], "links": [LINK]}
+    path.write_text(json.dumps(doc))
+    ov = load_overlay(str(path))
+    assert ov.counts() == {"listeners": 1, "connectors": 0, "links": 1}
+    assert ov.links[0].key == str(path.parent / "links/east/tls.key")
+    assert ov.sha256 is not None and len(ov.sha256) == 64
+    # The same schema and the same messages as the config's lists.
+    path.write_text(json.dumps({"listeners": [dict(LISTENER, port=0)], "site": "x"}))
+    with pytest.raises(ConfigError) as info:
+        load_overlay(str(path))
+    assert info.value.lines() == [
+        "site: unknown key",
+        "listeners[0].port: must be an integer 1..65535",
+    ]
+    path.write_text("{nope")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_overlay(str(path))
+
+
+def test_overlay_merge_and_clashes() -> None:
+    cfg = validate({"site": "a", "listeners": [LISTENER]})
+    mine = ListenerConfig("api", "api", "127.0.0.1", 8081)
+    ov = Overlay(listeners=(mine,))
+    assert overlay_clashes(cfg, ov) == []
+    assert merge_overlay(cfg, ov).listeners == (*cfg.listeners, mine)
+    same_name = ListenerConfig("web", "other", "127.0.0.1", 9000)
+    same_port = ListenerConfig("x", "x", "127.0.0.1", 8080)
+    bad = Overlay(listeners=(mine, same_name, same_port))
+    assert overlay_clashes(cfg, bad) == [
+        ("listeners[1].name", "'web' is a listener of the config"),
+        ("listeners[2].port", "127.0.0.1:8080 is used by the config"),
+    ]
+    # The config wins: clashing overlay entries are left out of the merge.
+    assert merge_overlay(cfg, bad).listeners == (*cfg.listeners, mine)

@@ -27,8 +27,8 @@ class Net:
     wires: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
     actions: dict[str, list[Action]] = field(default_factory=dict)
 
-    def add(self, name: str) -> RouterCore:
-        core = RouterCore(name, self.now, seq=0)
+    def add(self, name: str, site: str = "") -> RouterCore:
+        core = RouterCore(name, self.now, seq=0, site=site)
         self.cores[name] = core
         self.actions[name] = []
         return core
@@ -36,10 +36,11 @@ class Net:
     def connect(
         self, dialer: str, acceptor: str, cost: int = 1, expected: str | None = None
     ) -> tuple[int, int]:
-        hd = self.cores[dialer].link_connected(
-            acceptor, "outgoing", self.now, expected or acceptor, cost
-        )
-        ha = self.cores[acceptor].link_connected("in", "incoming", self.now)
+        """The dialer expects the acceptor's site (its link's peer); the acceptor the
+        dialer's site (what the client certificate names)."""
+        d, a = self.cores[dialer], self.cores[acceptor]
+        hd = d.link_connected(acceptor, "outgoing", self.now, expected or a.site, cost)
+        ha = a.link_connected("in", "incoming", self.now, d.site)
         self.wires[(dialer, hd)] = (acceptor, ha)
         self.wires[(acceptor, ha)] = (dialer, hd)
         self.run()
@@ -100,21 +101,21 @@ def delivered(actions: list[Action], lid: int) -> bytes:
 
 
 def test_hello_exchange_and_id_check() -> None:
-    d = LinkProtocol("west", dialer=True, now=0, expected_peer="east", cost=3)
+    d = LinkProtocol("west", dialer=True, now=0, expected_site="east", cost=3)
     a = LinkProtocol("east", dialer=False, now=0)
-    assert a.receive_data(d.data_to_send(), 0) == [LinkUp("west", 3)]
-    assert d.receive_data(a.data_to_send(), 0) == [LinkUp("east", 3)]
+    assert a.receive_data(d.data_to_send(), 0) == [LinkUp("west", 3, "interior", "west")]
+    assert d.receive_data(a.data_to_send(), 0) == [LinkUp("east", 3, "interior", "east")]
     assert d.allocate_flow_id() % 2 == 1 and a.allocate_flow_id() % 2 == 0
 
 
 def test_id_mismatch_closes_with_public_reason_only() -> None:
-    d = LinkProtocol("west", dialer=True, now=0, expected_peer="south")
+    d = LinkProtocol("west", dialer=True, now=0, expected_site="south")
     a = LinkProtocol("east", dialer=False, now=0)
     a.receive_data(d.data_to_send(), 0)
     (ev,) = d.receive_data(a.data_to_send(), 0)
     assert isinstance(ev, LinkClosed) and "expected 'south'" in ev.reason
     (ev2,) = a.receive_data(d.data_to_send(), 0)
-    assert ev2 == LinkClosed("closed by peer: unexpected router id")
+    assert ev2 == LinkClosed("closed by peer: unexpected site")
 
 
 def test_frames_before_hello_and_garbage_close_the_link() -> None:
@@ -140,6 +141,35 @@ def test_keepalive_and_dead_neighbour() -> None:
         net.tick(0.5)
     assert a.neighbours() == {} and b.neighbours() == {}
     assert net.take("a", CloseLink)
+
+
+def test_two_routers_of_one_site_are_two_routers() -> None:
+    """Replicas: distinct router ids, one site; linked to each other and to another site."""
+    net = Net()
+    ea, eb, w = net.add("east.a", "east"), net.add("east.b", "east"), net.add("west")
+    eb.set_services(set(), {"k"})
+    w.set_services({"k"}, set())
+    net.connect("east.b", "east.a")  # one site's routers linked to each other
+    net.connect("west", "east.a")
+    assert ea.neighbours() == {"east.b": 1, "west": 1}
+    assert {r["id"]: r["site"] for r in w.routers_status()} == {
+        "east.a": "east",
+        "east.b": "east",
+        "west": "west",
+    }
+    assert w.db.routes["east.b"].next_hop == "east.a"
+    la = w.open_flow("k")
+    assert la is not None
+    net.run()
+    (conn,) = net.take("east.b", ConnectLocal)
+    assert eb.local_connected(conn.lid)  # type: ignore[attr-defined]
+    w.local_data(la, b"to the second replica")
+    net.run()
+    assert delivered(net.take("east.b"), conn.lid) == b"to the second replica"  # type: ignore[attr-defined]
+    # A router announcing another site than its link expects is refused.
+    net.add("south")
+    net.connect("south", "east.b", expected="west")
+    assert "south" not in eb.neighbours() and "east.b" not in net.cores["south"].neighbours()
 
 
 # -- routing over cores --------------------------------------------------------------------

@@ -28,7 +28,7 @@ async def routers(*sites: Site) -> AsyncIterator[dict[str, Router]]:
         for s in sites:
             r = Router(load(s.write()))
             await r.start()
-            started[s.name] = r
+            started[s.router_id or s.name] = r
         yield started
     finally:
         for r in started.values():
@@ -106,11 +106,14 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "state": "up",
                         "endpoint": f"127.0.0.1:{east.link_port}",
                         "error": None,
+                        "peer_router": "east",
+                        "source": "config",
                     }
                 ]
                 assert st["routers"] == [
                     {
                         "id": "east",
+                        "site": "east",
                         "reachable": True,
                         "cost": 1,
                         "next_hop": "east",
@@ -118,6 +121,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                     },
                     {
                         "id": "west",
+                        "site": "west",
                         "reachable": True,
                         "cost": 0,
                         "next_hop": None,
@@ -133,6 +137,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "state": "listening",
                         "error": None,
                         "distribution": "balanced",
+                        "source": "config",
                     }
                 ]
                 assert st["connectors"] == []
@@ -161,6 +166,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "flows": 0,
                         "down": False,
                         "error": None,
+                        "source": "config",
                     }
                 ]
 
@@ -232,6 +238,7 @@ def test_three_router_chain(tmp_path: Path) -> None:
                 routes = {r["id"]: r for r in st["routers"]}
                 assert routes["east"] == {
                     "id": "east",
+                    "site": "east",
                     "reachable": True,
                     "cost": 2,
                     "next_hop": "west",

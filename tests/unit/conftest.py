@@ -13,7 +13,13 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
     Platform,
     wait_for_config,
 )
-from ansible_collections.skiff.fleet.plugins.module_utils.store import sha256_bytes
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    ConfigStore,
+    FileConfigStore,
+    FileSecretStore,
+    SecretStore,
+    sha256_bytes,
+)
 
 
 class FakePlatform(Platform):
@@ -35,6 +41,22 @@ class FakePlatform(Platform):
         # A config containing this text makes the router die at start.
         self.dies_on: str | None = None
         self.exited = False
+        self.started_python: str | None = None
+        self._config = FileConfigStore(paths.config)
+        self._secrets = FileSecretStore(paths)
+
+    @property
+    def config(self) -> ConfigStore:
+        return self._config
+
+    @property
+    def secrets(self) -> SecretStore:
+        return self._secrets
+
+    def plan(self) -> list[tuple[str, bool]]:
+        if self.running and self.started_python != self.metadata.router_python:
+            return [("run the router with the new router_python", True)]
+        return []
 
     def is_running(self) -> bool:
         return self.running
@@ -44,6 +66,7 @@ class FakePlatform(Platform):
 
     def start(self) -> None:
         self.calls.append("start")
+        self.started_python = self.metadata.router_python
         data = self.paths.config.read_bytes()
         self.exited = bool(self.dies_on and self.dies_on in data.decode())
         self.running = not self.exited
@@ -62,10 +85,13 @@ class FakePlatform(Platform):
         self.in_force = self.paths.config.read_bytes()
         self.config_error = None
 
-    def check_config(self, path: Path) -> list[str]:
+    def check_config(self, data: bytes) -> list[str]:
         self.calls.append("check_config")
-        json.loads(Path(path).read_text())
+        json.loads(data)
         return list(self.check_problems)
+
+    def statuses(self) -> list[dict[str, Any] | None]:
+        return [self.status()]
 
     def status(self) -> dict[str, Any] | None:
         if not self.running:

@@ -10,7 +10,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki
-from ansible_collections.skiff.fleet.plugins.module_utils.store import atomic_write
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    CertPair,
+    FileSecretStore,
+    SitePaths,
+    atomic_write,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +89,13 @@ def test_leaf_is_not_accepted_as_ca(ca):
 
 
 def test_key_files_are_0600_and_written_atomically(tmp_path, ca):
-    pki.write_pair(tmp_path / "ca.crt", tmp_path / "ca.key", ca)
-    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "ca.crt").stat().st_mode) == 0o644
-    assert (tmp_path / "ca.key").read_bytes() == ca.key_pem
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key"]
+    paths = SitePaths(tmp_path / "east")
+    FileSecretStore(paths).put_ca(CertPair(ca.cert_pem, ca.key_pem))
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.ca_cert.stat().st_mode) == 0o644
+    assert paths.ca_key.read_bytes() == ca.key_pem
+    assert sorted(p.name for p in paths.ca_dir.iterdir()) == ["ca.crt", "ca.key"]
+    assert FileSecretStore(paths).ca() == CertPair(ca.cert_pem, ca.key_pem)
 
 
 def test_atomic_write_sets_mode_before_content(tmp_path, monkeypatch):

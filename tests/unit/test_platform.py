@@ -28,7 +28,7 @@ def test_lookup(local, tmp_path):
     assert isinstance(local, LocalPlatform)
     with pytest.raises(
         SkiffError,
-        match="platform: unknown platform 'mars' \\(supported: local, systemd, podman\\)",
+        match="platform: unknown platform 'mars' \\(supported: local, systemd, podman, kubernetes\\)",
     ):
         get_platform("mars", local.paths, local.metadata)
 
@@ -94,7 +94,7 @@ def test_start_detaches_and_stop_ends_the_process_group(local, tmp_path):
 def test_check_config_reports_missing_router(local):
     local.metadata.router_python = "/nonexistent/python"
     with pytest.raises(SkiffError, match="router_python: cannot run /nonexistent/python"):
-        local.check_config(local.paths.root / "router.json")
+        local.check_config(b"{}")
 
 
 class Canned:
@@ -105,8 +105,8 @@ class Canned:
         self.paths = paths
         self.metadata = SiteMetadata(name="east")
 
-    def status(self):
-        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+    def statuses(self):
+        return [self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]]
 
     def has_exited(self):
         return False
@@ -116,6 +116,11 @@ class Canned:
 
     def log_tail(self, lines=20):
         return ["boom: cannot bind"]
+
+    def not_ready_hint(self):
+        return "Check the log"
+
+    config_wait_seconds = 0.2
 
 
 def test_wait_for_config_outcomes(tmp_path):

@@ -128,7 +128,7 @@ class AdminServer:
                 return 413, "text/plain", f"payload over {MAX_BODY} bytes\n".encode()
             body = await reader.readexactly(length)
             seq = self.router.publish(address, body)
-            out = {"origin": self.router.cfg.site, "seq": seq, "address": address}
+            out = {"origin": self.router.cfg.router_id, "seq": seq, "address": address}
             return 200, "application/json", json.dumps(out).encode() + b"\n"
         if method != "GET":
             return 405, "text/plain", b"method not allowed\n"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from skiff_router.config import SITE_RE
+from skiff_router.config import ROUTER_ID_RE, SITE_RE, router_of_site
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BBII")
@@ -194,10 +194,25 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _site(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not SITE_RE.match(value):
+def _router(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not ROUTER_ID_RE.match(value):
         raise ProtocolError(f"{what}: invalid router id")
     return value
+
+
+def _site(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not SITE_RE.match(value):
+        raise ProtocolError(f"{what}: invalid site name")
+    return value
+
+
+def _site_of(d: dict[str, Any], router: str, what: str) -> str:
+    """The ``site`` of a router described by ``d``. A router of an older release
+    sends none: its id is its site name."""
+    site = _site(d.get("site", router), f"{what}.site")
+    if not router_of_site(router, site):
+        raise ProtocolError(f"{what}.id: not a router id of its site")
+    return site
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
@@ -215,13 +230,14 @@ def _keys(value: Any, what: str) -> frozenset[str]:
 @dataclass(frozen=True, slots=True)
 class Hello:
     version: int
-    router: str
+    router: str  # the router id
+    site: str  # the site the router belongs to (replicas of one site share it)
     cost: int  # the dialer's configured link cost; the acceptor adopts it
     mode: str = "interior"  # "edge": takes no part in routing, never forwards transit
 
 
 def encode_hello(h: Hello) -> bytes:
-    d: dict[str, Any] = {"v": h.version, "id": h.router, "cost": h.cost}
+    d: dict[str, Any] = {"v": h.version, "id": h.router, "site": h.site, "cost": h.cost}
     if h.mode != "interior":
         d["mode"] = h.mode
     return _dump(d)
@@ -235,12 +251,9 @@ def decode_hello(payload: bytes) -> Hello:
     mode = d.get("mode", "interior")
     if mode not in ("interior", "edge"):
         raise ProtocolError("HELLO.mode: unknown mode")
-    return Hello(
-        version,
-        _site(d.get("id"), "HELLO.id"),
-        _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000),
-        mode,
-    )
+    router = _router(d.get("id"), "HELLO.id")
+    site = _site_of(d, router, "HELLO")
+    return Hello(version, router, site, _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000), mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +264,11 @@ class EdgeInfo:
     cost: int
     connectors: frozenset[str]
     listeners: frozenset[str]
+    site: str = ""  # "" = the router id
+
+    def __post_init__(self) -> None:
+        if not self.site:
+            object.__setattr__(self, "site", self.router)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +281,11 @@ class Lsa:
     connectors: frozenset[str]
     listeners: frozenset[str]
     edges: tuple[EdgeInfo, ...] = ()  # sorted by router id
+    site: str = ""  # the router's site; "" = the router id
+
+    def __post_init__(self) -> None:
+        if not self.site:
+            object.__setattr__(self, "site", self.router)
 
     @property
     def neighbours(self) -> dict[str, int]:
@@ -277,16 +300,22 @@ def encode_lsa(lsa: Lsa) -> bytes:
         "connectors": sorted(lsa.connectors),
         "listeners": sorted(lsa.listeners),
     }
+    if lsa.site != lsa.router:
+        d["site"] = lsa.site
     if lsa.edges:
-        d["edges"] = {
-            e.router: {
-                "cost": e.cost,
-                "connectors": sorted(e.connectors),
-                "listeners": sorted(e.listeners),
-            }
-            for e in lsa.edges
-        }
+        d["edges"] = {e.router: _edge_dict(e) for e in lsa.edges}
     return _dump(d)
+
+
+def _edge_dict(e: EdgeInfo) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "cost": e.cost,
+        "connectors": sorted(e.connectors),
+        "listeners": sorted(e.listeners),
+    }
+    if e.site != e.router:
+        d["site"] = e.site
+    return d
 
 
 def decode_lsa(payload: bytes) -> Lsa:
@@ -296,7 +325,7 @@ def decode_lsa(payload: bytes) -> Lsa:
         raise ProtocolError("LSA.links: not an object")
     pairs = tuple(
         sorted(
-            (_site(k, "LSA.links"), _int(v, "LSA.links", 1, 1_000_000)) for k, v in links.items()
+            (_router(k, "LSA.links"), _int(v, "LSA.links", 1, 1_000_000)) for k, v in links.items()
         )
     )
     raw_edges = d.get("edges", {})
@@ -308,19 +337,22 @@ def decode_lsa(payload: bytes) -> Lsa:
             raise ProtocolError("LSA.edges: entry is not an object")
         edges.append(
             EdgeInfo(
-                _site(k, "LSA.edges"),
+                _router(k, "LSA.edges"),
                 _int(v.get("cost"), "LSA.edges.cost", 1, 1_000_000),
                 _keys(v.get("connectors"), "LSA.edges.connectors"),
                 _keys(v.get("listeners"), "LSA.edges.listeners"),
+                _site_of(v, k, "LSA.edges"),
             )
         )
+    router = _router(d.get("id"), "LSA.id")
     return Lsa(
-        router=_site(d.get("id"), "LSA.id"),
+        router=router,
         seq=_int(d.get("seq"), "LSA.seq", 0, (1 << 63) - 1),
         links=pairs,
         connectors=_keys(d.get("connectors"), "LSA.connectors"),
         listeners=_keys(d.get("listeners"), "LSA.listeners"),
         edges=tuple(edges),
+        site=_site_of(d, router, "LSA"),
     )
 
 
@@ -356,8 +388,8 @@ def _decode_open(payload: bytes) -> Open:
         raise ProtocolError("OPEN.key: invalid routing key")
     return Open(
         key,
-        _site(d.get("dest"), "OPEN.dest"),
-        _site(d.get("src"), "OPEN.src"),
+        _router(d.get("dest"), "OPEN.dest"),
+        _router(d.get("src"), "OPEN.src"),
         _int(d.get("hops", 0), "OPEN.hops", 0, MAX_HOPS),
     )
 
@@ -426,7 +458,7 @@ def decode_mcast(payload: bytes) -> Mcast:
         address = payload[pos : pos + alen].decode("utf-8")
     except (IndexError, struct.error, UnicodeDecodeError):
         raise ProtocolError("MCAST: malformed") from None
-    _site(origin, "MCAST.origin")
+    _router(origin, "MCAST.origin")
     if not valid_address(address):
         raise ProtocolError("MCAST: invalid address")
     return Mcast(origin, seq, address, payload[pos + alen :])

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,18 @@ try:
 except ImportError:  # PyYAML is optional: JSON configs (what skiff writes) need nothing
     yaml = None  # type: ignore[assignment]
 
-SITE_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+SITE_RE = re.compile(rf"^{_LABEL}$")
+# A router id is a site name, or a site name, one dot and a replica suffix
+# ("east.7f9c2"): two routers of one site (replicas) announce distinct ids.
+ROUTER_ID_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})?$")
+
+
+def router_of_site(router_id: str, site: str) -> bool:
+    """A router id names its site: the site itself, or ``<site>.<suffix>``."""
+    return router_id == site or router_id.startswith(site + ".")
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MODES = ("interior", "edge")
 DISTRIBUTIONS = ("balanced", "closest")
@@ -77,6 +88,7 @@ class ConnectorConfig:
 @dataclass(frozen=True)
 class Config:
     site: str
+    router_id: str = ""  # names this router in the network; "" = the site name
     log_level: str = "info"
     mode: str = "interior"
     admin: Admin = Admin()
@@ -84,6 +96,11 @@ class Config:
     links: tuple[LinkConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     connectors: tuple[ConnectorConfig, ...] = ()
+    overlay: str | None = None  # path of the overlay file (extra listeners, connectors, links)
+
+    def __post_init__(self) -> None:
+        if not self.router_id:
+            object.__setattr__(self, "router_id", self.site)
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,17 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         data,
         "",
         {"site"},
-        {"log_level", "mode", "admin", "link_access", "links", "listeners", "connectors"},
+        {
+            "router_id",
+            "log_level",
+            "mode",
+            "admin",
+            "link_access",
+            "links",
+            "listeners",
+            "connectors",
+            "overlay",
+        },
     )
     if top is None:
         c.errors = [("(document)", "must be a mapping")]
@@ -184,6 +211,11 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
     site = c.string(top, "site", "")
     if site and not SITE_RE.match(site):
         c.err("site", "must match [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+    router_id = c.string(top, "router_id", "", site)
+    valid_id = bool(ROUTER_ID_RE.match(router_id)) and router_of_site(router_id, site)
+    if "router_id" in top and router_id and not valid_id:
+        c.err("router_id", "must be the site name or '<site>.<suffix>' (suffix like a site name)")
 
     log_level = "info"
     if "log_level" in top:
@@ -222,8 +254,32 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
                 key=c.file(d, "key", "link_access"),
             )
 
+    overlay = c.file(top, "overlay", "") if top.get("overlay") is not None else None
+    links = _links(c, top.get("links"))
+    listeners = _listeners(c, top.get("listeners"))
+    connectors = _connectors(c, top.get("connectors"))
+    if c.errors:
+        raise ConfigError(c.errors)
+    return Config(
+        site=site,
+        router_id=router_id,
+        log_level=log_level,
+        mode=mode,
+        admin=admin,
+        link_access=link_access,
+        links=links,
+        listeners=listeners,
+        connectors=connectors,
+        overlay=overlay or None,
+    )
+
+
+# -- the three lists (the config's, and the overlay's in the same schema) ------------------
+
+
+def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
     links: list[LinkConfig] = []
-    for path, item in c.items(top.get("links"), "links"):
+    for path, item in c.items(value, "links"):
         d = c.obj(item, path, {"name", "peer", "endpoints", "ca", "cert", "key"}, {"cost"})
         if d is None:
             continue
@@ -255,9 +311,12 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
             )
         )
     _unique(c, "links", [(f"links[{i}].name", lk.name) for i, lk in enumerate(links)])
+    return tuple(links)
 
+
+def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
     listeners: list[ListenerConfig] = []
-    for path, item in c.items(top.get("listeners"), "listeners"):
+    for path, item in c.items(value, "listeners"):
         d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"distribution"})
         if d is not None:
             dist = d.get("distribution", "balanced")
@@ -280,9 +339,12 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         [(f"listeners[{i}].port", (x.host, x.port)) for i, x in enumerate(listeners)],
         what="host and port",
     )
+    return tuple(listeners)
 
+
+def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
     connectors: list[ConnectorConfig] = []
-    for path, item in c.items(top.get("connectors"), "connectors"):
+    for path, item in c.items(value, "connectors"):
         d = c.obj(item, path, {"name", "routing_key", "host", "port"}, set())
         if d is not None:
             connectors.append(
@@ -294,19 +356,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
                 )
             )
     _unique(c, "connectors", [(f"connectors[{i}].name", x.name) for i, x in enumerate(connectors)])
-
-    if c.errors:
-        raise ConfigError(c.errors)
-    return Config(
-        site=site,
-        log_level=log_level,
-        mode=mode,
-        admin=admin,
-        link_access=link_access,
-        links=tuple(links),
-        listeners=tuple(listeners),
-        connectors=tuple(connectors),
-    )
+    return tuple(connectors)
 
 
 def _unique(c: _Checker, what_list: str, values: list[tuple[str, Any]], what: str = "name") -> None:
@@ -344,3 +394,88 @@ def load(path: str | os.PathLike[str]) -> LoadedConfig:
         raise ConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
     config = validate(parse(raw, p.name), p.parent)
     return LoadedConfig(config=config, path=str(p), sha256=hashlib.sha256(raw).hexdigest())
+
+
+# -- overlay: extra listeners, connectors and links from a second file ---------------------
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Entries merged over the config (written by the Kubernetes agent)."""
+
+    listeners: tuple[ListenerConfig, ...] = ()
+    connectors: tuple[ConnectorConfig, ...] = ()
+    links: tuple[LinkConfig, ...] = ()
+    sha256: str | None = None  # of the file's bytes; None = no file (an empty overlay)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "listeners": len(self.listeners),
+            "connectors": len(self.connectors),
+            "links": len(self.links),
+        }
+
+
+def load_overlay(path: str) -> Overlay:
+    """Read an overlay file; a missing file is an empty overlay. Relative paths in it
+    are relative to its directory. Raises ConfigError."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return Overlay()
+    except OSError as exc:
+        raise ConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
+    data = parse(raw, p.name)
+    c = _Checker(p.parent)
+    top = c.obj(data, "", set(), {"listeners", "connectors", "links"})
+    if top is None:
+        raise ConfigError([("(document)", "must be a mapping")])
+    overlay = Overlay(
+        listeners=_listeners(c, top.get("listeners")),
+        connectors=_connectors(c, top.get("connectors")),
+        links=_links(c, top.get("links")),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+    if c.errors:
+        raise ConfigError(c.errors)
+    return overlay
+
+
+def overlay_clashes(config: Config, overlay: Overlay) -> list[tuple[str, str]]:
+    """Overlay entries that collide with the config's own: (field path, message)."""
+    out: list[tuple[str, str]] = []
+    names = {x.name for x in config.listeners}
+    ports = {(x.host, x.port) for x in config.listeners}
+    for i, x in enumerate(overlay.listeners):
+        if x.name in names:
+            out.append((f"listeners[{i}].name", f"{x.name!r} is a listener of the config"))
+        elif (x.host, x.port) in ports:
+            out.append((f"listeners[{i}].port", f"{x.host}:{x.port} is used by the config"))
+    names = {x.name for x in config.connectors}
+    for i, c in enumerate(overlay.connectors):
+        if c.name in names:
+            out.append((f"connectors[{i}].name", f"{c.name!r} is a connector of the config"))
+    names = {x.name for x in config.links}
+    for i, lk in enumerate(overlay.links):
+        if lk.name in names:
+            out.append((f"links[{i}].name", f"{lk.name!r} is a link of the config"))
+    return out
+
+
+def merge_overlay(config: Config, overlay: Overlay) -> Config:
+    """The config with the overlay's entries added. Entries that clash with the
+    config (possible only after the config changed) are left out: the config wins."""
+    lnames = {x.name for x in config.listeners}
+    ports = {(x.host, x.port) for x in config.listeners}
+    cnames = {x.name for x in config.connectors}
+    knames = {x.name for x in config.links}
+    return replace(
+        config,
+        listeners=config.listeners
+        + tuple(
+            x for x in overlay.listeners if x.name not in lnames and (x.host, x.port) not in ports
+        ),
+        connectors=config.connectors + tuple(x for x in overlay.connectors if x.name not in cnames),
+        links=config.links + tuple(x for x in overlay.links if x.name not in knames),
+    )

@@ -100,8 +100,9 @@ class ResumeRead:
 @dataclass(frozen=True, slots=True)
 class LinkEstablished:
     link: int
-    peer: str
+    peer: str  # router id
     cost: int
+    site: str = ""  # the peer's site
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +201,18 @@ class LinkState:
 
 class RouterCore:
     def __init__(
-        self, site: str, now: float, seq: int | None = None, mode: str = "interior"
+        self,
+        router_id: str,
+        now: float,
+        seq: int | None = None,
+        mode: str = "interior",
+        site: str = "",
     ) -> None:
-        self.site = site
+        self.id = router_id
+        self.site = site or router_id  # several routers (replicas) may share a site
         self.mode = mode
         self.edge = mode == "edge"
-        self.db = LinkStateDb(site)
+        self.db = LinkStateDb(router_id)
         self.links: dict[int, LinkState] = {}
         self.locals: dict[int, End] = {}
         self.flows: dict[int, Flow] = {}
@@ -270,19 +277,20 @@ class RouterCore:
     # -- links -------------------------------------------------------------------------
 
     def link_connected(
-        self, name: str, direction: str, now: float, expected_peer: str | None = None, cost: int = 1
+        self, name: str, direction: str, now: float, expected_site: str | None = None, cost: int = 1
     ) -> int:
         """A transport to another router is up; returns the link handle."""
         self._now = now
         h = self._next_handle
         self._next_handle += 1
         proto = LinkProtocol(
-            self.site,
+            self.id,
             dialer=direction == "outgoing",
             now=now,
-            expected_peer=expected_peer,
+            expected_site=expected_site,
             cost=cost,
             mode=self.mode,
+            site=self.site,
         )
         self.links[h] = LinkState(h, name, direction, proto)
         self._dirty.add(h)
@@ -338,12 +346,14 @@ class RouterCore:
 
     def _link_up(self, ls: LinkState) -> None:
         log.info("link %s (%s) up: peer %s, cost %d", ls.name, ls.direction, ls.peer, ls.cost)
-        self._actions.append(LinkEstablished(ls.handle, ls.peer or "", ls.cost))
+        self._actions.append(
+            LinkEstablished(ls.handle, ls.peer or "", ls.cost, ls.proto.peer_site or "")
+        )
         if not self.edge:
             # Give the new neighbour (interior or edge) the whole database; an edge
             # only ever sends its own LSA, to its interiors.
             for lsa in self.db.lsas.values():
-                if lsa.router != self.site:
+                if lsa.router != self.id:
                     self._send(ls, FrameType.LSA, 0, encode_lsa(lsa))
         self._originate()
 
@@ -396,12 +406,19 @@ class RouterCore:
         edges: tuple[EdgeInfo, ...] = ()
         if not self.edge:
             edges = tuple(
-                EdgeInfo(e, cost, self._edge_lsas[e].connectors, self._edge_lsas[e].listeners)
+                EdgeInfo(
+                    e,
+                    cost,
+                    self._edge_lsas[e].connectors,
+                    self._edge_lsas[e].listeners,
+                    self._edge_lsas[e].site,
+                )
                 for e, cost in sorted(self.neighbours(edges=True).items())
                 if e in self._edge_lsas
             )
         lsa = Lsa(
-            router=self.site,
+            site=self.site,
+            router=self.id,
             seq=self._seq,
             links=tuple(sorted(self.neighbours().items())),
             connectors=self.connector_keys,
@@ -430,10 +447,10 @@ class RouterCore:
                 ):
                     self._originate()
             return
-        if lsa.router == self.site:
+        if lsa.router == self.id:
             # An older incarnation of ourselves is still advertised: outbid it. Our
             # own current LSA coming back (several links to one neighbour) is not.
-            mine = self.db.lsas.get(self.site)
+            mine = self.db.lsas.get(self.id)
             if lsa.seq > self._seq or (lsa.seq == self._seq and lsa != mine):
                 self._seq = lsa.seq
                 self._originate()
@@ -452,7 +469,7 @@ class RouterCore:
         """Send a multicast message to every subscriber of ``address`` in the network
         (local ones included). Returns its sequence number."""
         self._mc_seq += 1
-        msg = Mcast(self.site, self._mc_seq, address, payload)
+        msg = Mcast(self.id, self._mc_seq, address, payload)
         self._actions.append(McastDeliver(msg))
         data = encode_mcast(msg)
         for ls in self.links.values():
@@ -465,7 +482,7 @@ class RouterCore:
         # reaches a router in origin order, so "highest seq seen per origin" drops
         # every later copy and keeps per-origin order.
         msg = decode_mcast(payload)
-        if msg.origin == self.site or msg.seq <= self._mc_seen.get(msg.origin, -1):
+        if msg.origin == self.id or msg.seq <= self._mc_seen.get(msg.origin, -1):
             return
         self._mc_seen[msg.origin] = msg.seq
         self.mcast_in += 1
@@ -537,7 +554,7 @@ class RouterCore:
         if len(ls.flows) > MAX_LINK_FLOWS:
             self._reset(flow, None, "too many flows")
             return
-        if op.dest == self.site:
+        if op.dest == self.id:
             if op.key not in self.connector_keys:
                 # Refused here: the RESET must go back to the sender (no origin to spare).
                 self._reset(flow, None, "no connector")
@@ -576,7 +593,7 @@ class RouterCore:
 
     def _connect_end(self, flow: Flow, dest: str) -> End | None:
         """Create the connector-side end of an origin flow toward ``dest``."""
-        if dest == self.site:
+        if dest == self.id:
             b = self._local_end(flow, connected=False)
             self._actions.append(ConnectLocal(b.ident, flow.key))
             return b
@@ -585,7 +602,7 @@ class RouterCore:
         if out is None:
             return None
         b = self._link_end(flow, out, out.proto.allocate_flow_id())
-        self._send(out, FrameType.OPEN, b.ident, encode_open(Open(flow.key, dest, self.site)))
+        self._send(out, FrameType.OPEN, b.ident, encode_open(Open(flow.key, dest, self.id)))
         flog.debug("flow %d %s: open to %s via %s", flow.id, flow.key, dest, out.peer)
         return b
 
@@ -670,11 +687,11 @@ class RouterCore:
         dest = self.db.choose(key, distribution, self.outstanding.get(key), self._avoid(key))
         if dest is None:
             return None
-        if dest != self.site:
+        if dest != self.id:
             route = self.db.routes[dest]
             if route.next_hop is None or self._link_to(route.next_hop) is None:
                 return None
-        flow = self._new_flow(key, self.site, dest)
+        flow = self._new_flow(key, self.id, dest)
         flow.origin = True
         flow.replay = []
         flow.tried.append(dest)
@@ -894,10 +911,11 @@ class RouterCore:
         out = []
         for rid in sorted(set(self.db.lsas) | self.db.edges):
             route = self.db.routes.get(rid)
-            edge = rid in self.db.edges or (rid == self.site and self.edge)
+            edge = rid in self.db.edges or (rid == self.id and self.edge)
             out.append(
                 {
                     "id": rid,
+                    "site": self.db.sites.get(rid, rid),
                     "reachable": route is not None,
                     "cost": route.cost if route else None,
                     "next_hop": route.next_hop if route else None,

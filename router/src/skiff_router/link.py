@@ -35,9 +35,10 @@ _DATA = FrameType.DATA
 
 @dataclass(frozen=True, slots=True)
 class LinkUp:
-    peer: str
+    peer: str  # the peer's router id
     cost: int
     mode: str = "interior"  # the peer's mode
+    site: str = ""  # the peer's site ("" = its router id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +61,23 @@ class LinkProtocol:
         *,
         dialer: bool,
         now: float,
-        expected_peer: str | None = None,
+        expected_site: str | None = None,
         cost: int = 1,
         mode: str = "interior",
+        site: str = "",
     ) -> None:
-        self.local_id = local_id
+        self.local_id = local_id  # our router id
+        self.site = site or local_id
         self.mode = mode
         self.peer_mode = "interior"
         self.dialer = dialer
-        self.expected_peer = expected_peer
+        # The site the far router must belong to: for a dialer the link's peer,
+        # for an acceptor the site named by the client certificate.
+        self.expected_site = expected_site
         self.cost = cost
         self.state = "hello"
-        self.peer: str | None = None
+        self.peer: str | None = None  # the peer's router id, once up
+        self.peer_site: str | None = None
         self.close_reason: str | None = None
         self._decoder = FrameDecoder()
         self._out: list[bytes] = []  # header and payload pieces, joined once per write
@@ -82,7 +88,8 @@ class LinkProtocol:
         # two sides never collide. Ids only grow; a link carries < 2**31 flows.
         self._next_id = 1 if dialer else 2
         self._peer_max = 0  # highest flow id the peer has opened
-        self.send(FrameType.HELLO, 0, encode_hello(Hello(PROTOCOL_VERSION, local_id, cost, mode)))
+        hello = Hello(PROTOCOL_VERSION, local_id, self.site, cost, mode)
+        self.send(FrameType.HELLO, 0, encode_hello(hello))
 
     # -- output -----------------------------------------------------------------------
 
@@ -177,10 +184,12 @@ class LinkProtocol:
             if t is not FrameType.HELLO:
                 raise ProtocolError(f"{t.name} before HELLO")
             hello = decode_hello(payload)
-            if self.expected_peer is not None and hello.router != self.expected_peer:
+            site = hello.site
+            if self.expected_site is not None and site != self.expected_site:
                 return self.fail(
-                    f"peer announced router id {hello.router!r}, expected {self.expected_peer!r}",
-                    "unexpected router id",
+                    f"peer router {hello.router!r} announced site {site!r}, "
+                    f"expected {self.expected_site!r}",
+                    "unexpected site",
                 )
             if hello.router == self.local_id:
                 return self.fail(
@@ -192,11 +201,12 @@ class LinkProtocol:
                     "edge to edge link",
                 )
             self.peer = hello.router
+            self.peer_site = site
             self.peer_mode = hello.mode
             if not self.dialer:
                 self.cost = hello.cost
             self.state = "up"
-            return LinkUp(hello.router, self.cost, hello.mode)
+            return LinkUp(hello.router, self.cost, hello.mode, site)
         if t is FrameType.HELLO:
             raise ProtocolError("second HELLO")
         if t is FrameType.PING:

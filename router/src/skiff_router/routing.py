@@ -24,6 +24,7 @@ class LinkStateDb:
     # Reachable routers (edges included) -> (connector keys, listener keys).
     services: dict[str, tuple[frozenset[str], frozenset[str]]] = field(default_factory=dict)
     edges: set[str] = field(default_factory=set)  # reachable routers that are edges
+    sites: dict[str, str] = field(default_factory=dict)  # router id -> its site
     computations: int = 0
     _unreachable_since: dict[str, float] = field(default_factory=dict)
     _rr: dict[str, int] = field(default_factory=dict)
@@ -43,6 +44,7 @@ class LinkStateDb:
         self.routes = shortest_paths(self.self_id, self.lsas)
         services: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         edges: set[str] = set()
+        sites = {rid: lsa.site or rid for rid, lsa in self.lsas.items()}
         for rid, lsa in self.lsas.items():
             if rid not in self.routes:
                 continue
@@ -52,10 +54,12 @@ class LinkStateDb:
                 # An edge's own interiors speak for it; our own LSA knows better for us.
                 if e.router in self.routes and e.router != self.self_id:
                     edges.add(e.router)
+                    sites[e.router] = e.site or e.router
                     c, li = services.get(e.router, (frozenset(), frozenset()))
                     services[e.router] = (c | e.connectors, li | e.listeners)
         self.services = services
         self.edges = edges
+        self.sites = sites
         return self.routes
 
     def purge(self, now: float) -> bool:

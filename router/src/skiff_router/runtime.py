@@ -31,7 +31,11 @@ from skiff_router.config import (
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
+    Overlay,
     load,
+    load_overlay,
+    merge_overlay,
+    overlay_clashes,
 )
 from skiff_router.core import (
     CloseLink,
@@ -231,7 +235,7 @@ class LinkConn(asyncio.Protocol):
         owner: Dialer | Incoming,
         name: str,
         direction: str,
-        expected_peer: str | None = None,
+        expected_site: str | None = None,
         cost: int = 1,
     ) -> None:
         self.router = router
@@ -239,7 +243,7 @@ class LinkConn(asyncio.Protocol):
         self.owner = owner
         self.name = name
         self.direction = direction
-        self.expected_peer = expected_peer
+        self.expected_site = expected_site
         self.cost = cost
         self.handle = 0
         self.peer: str | None = None  # once the link is up
@@ -259,11 +263,11 @@ class LinkConn(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
             self.name = f"incoming {self.owner.endpoint}"
-            # A token's client certificate names the site it was issued to: that
-            # site, and no other, may announce itself over this link.
-            self.expected_peer = tls.peer_common_name(transport)
+            # A token's client certificate names the site it was issued to: routers
+            # of that site, and no other, may announce themselves over this link.
+            self.expected_site = tls.peer_common_name(transport)
         self.handle = self.core.link_connected(
-            self.name, self.direction, self._loop.time(), self.expected_peer, self.cost
+            self.name, self.direction, self._loop.time(), self.expected_site, self.cost
         )
         router.links[self.handle] = self
         router.owners[self.handle] = self.owner
@@ -308,6 +312,7 @@ class Dialer:
     cfg: LinkConfig
     task: asyncio.Task[None] | None = None
     state: str = "connecting"
+    peer_router: str | None = None  # the far router's id while up
     endpoint: str | None = None
     error: str | None = None
     stopped: bool = False
@@ -317,7 +322,8 @@ class Dialer:
 @dataclass
 class Incoming:
     endpoint: str = "?"
-    peer: str | None = None
+    peer: str | None = None  # the dialing router's id, once its HELLO arrived
+    peer_site: str | None = None
     cost: int = 1
     mode: str = "interior"
 
@@ -367,6 +373,44 @@ def _file_sha(path: str) -> str | None:
         return None
 
 
+@dataclass
+class OverlayState:
+    """The overlay file (config field ``overlay``): what is in force and the last error."""
+
+    path: str
+    in_force: Overlay = field(default_factory=Overlay)
+    error: str | None = None
+
+    def refresh(self, config: Config) -> None:
+        """Re-read the file against ``config``. A valid overlay that does not clash
+        with the config comes in force; otherwise the last good one stays."""
+        try:
+            candidate = load_overlay(self.path)
+        except ConfigError as exc:
+            self._fail(str(exc))
+            return
+        clashes = overlay_clashes(config, candidate)
+        if clashes:
+            self._fail("; ".join(f"{p}: {m}" for p, m in clashes))
+            return
+        if candidate != self.in_force:
+            log.info("overlay %s in force: %s", self.path, candidate.counts())
+        self.in_force, self.error = candidate, None
+
+    def _fail(self, error: str) -> None:
+        if error != self.error:
+            log.error("overlay %s: %s; keeping the last good overlay", self.path, error)
+        self.error = error
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.in_force.sha256,
+            "error": self.error,
+            **self.in_force.counts(),
+        }
+
+
 def _tls_files(cfg: Config) -> list[str]:
     out = []
     if cfg.link_access is not None:
@@ -380,6 +424,9 @@ def _tls_files(cfg: Config) -> list[str]:
 class Router:
     loaded: LoadedConfig
     config_error: str | None = None
+    overlay: OverlayState | None = None
+    # The config in force with the overlay merged in (what the router runs).
+    effective: Config | None = None
     # The config whose every change has been carried out. Status reports its
     # sha256, so a caller that sees the new sha256 also sees the new
     # listeners' bind results, never a half-applied state.
@@ -411,13 +458,32 @@ class Router:
 
     @property
     def cfg(self) -> Config:
-        return self.loaded.config
+        return self.effective or self.loaded.config
+
+    def _merged(self, config: Config) -> Config:
+        """``config`` with the overlay in force merged in (the overlay re-read first)."""
+        if config.overlay is None:
+            self.overlay = None
+            return config
+        if self.overlay is None or self.overlay.path != config.overlay:
+            self.overlay = OverlayState(config.overlay)
+        self.overlay.refresh(config)
+        return merge_overlay(config, self.overlay.in_force)
+
+    def _from_overlay(self, kind: str, name: str) -> bool:
+        if self.overlay is None:
+            return False
+        entries = getattr(self.overlay.in_force, kind)
+        return any(x.name == name for x in entries) and not any(
+            x.name == name for x in getattr(self.loaded.config, kind)
+        )
 
     # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self.effective = self._merged(self.loaded.config)
         set_level(self.cfg.log_level)
         self.admin = AdminServer(self)
         await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
@@ -426,13 +492,19 @@ class Router:
         self._ticker = asyncio.create_task(self._tick())
         self._watcher = asyncio.create_task(self._watch())
         log.info(
-            "router %s (%s) started (skiff-router %s)", self.cfg.site, self.cfg.mode, __version__
+            "router %s of site %s (%s) started (skiff-router %s)",
+            self.cfg.router_id,
+            self.cfg.site,
+            self.cfg.mode,
+            __version__,
         )
         self.event("router-started")
 
     async def _start_network(self) -> None:
         loop = asyncio.get_running_loop()
-        self.core = RouterCore(self.cfg.site, loop.time(), mode=self.cfg.mode)
+        self.core = RouterCore(
+            self.cfg.router_id, loop.time(), mode=self.cfg.mode, site=self.cfg.site
+        )
         self.connectors = {c.name: ConnectorRt(c) for c in self.cfg.connectors}
         self._tls_sha = {p: _file_sha(p) for p in _tls_files(self.cfg)}
         for lc in self.cfg.listeners:
@@ -461,7 +533,7 @@ class Router:
             await asyncio.wait(self._tasks, timeout=2)
         if self._stopped is not None:
             self._stopped.set()
-        log.info("router %s stopped", self.cfg.site)
+        log.info("router %s stopped", self.cfg.router_id)
 
     async def _stop_network(self) -> None:
         for name in list(self.listeners):
@@ -516,9 +588,13 @@ class Router:
 
     # -- config and TLS file watch -------------------------------------------------------
 
+    def _watched(self) -> list[str]:
+        overlay = [self.overlay.path] if self.overlay is not None else []
+        return [self.loaded.path, *overlay, *_tls_files(self.cfg)]
+
     def _fingerprint(self) -> tuple[Any, ...]:
         out: list[Any] = []
-        for p in [self.loaded.path, *_tls_files(self.cfg)]:
+        for p in self._watched():
             try:
                 st = os.stat(p)
                 out.append((p, st.st_mtime_ns, st.st_size, st.st_ino))
@@ -544,6 +620,8 @@ class Router:
                 # half-written file fails to load) shows up as another change.
                 log.info("config or TLS files changed on disk: reloading")
                 await self.reload()
+            elif self.overlay is not None:
+                await self.reload_overlay()
 
     # -- core actions ----------------------------------------------------------------------
 
@@ -601,9 +679,9 @@ class Router:
             if lc is not None:
                 lc.peer = a.peer
             if isinstance(owner, Dialer):
-                owner.state, owner.error = "up", None
+                owner.state, owner.error, owner.peer_router = "up", None, a.peer
             elif isinstance(owner, Incoming):
-                owner.peer, owner.cost = a.peer, a.cost
+                owner.peer, owner.peer_site, owner.cost = a.peer, a.site, a.cost
                 ls = self.core.links.get(a.link)
                 owner.mode = ls.proto.peer_mode if ls else "interior"
             self.event("link-up", peer=a.peer)
@@ -633,7 +711,7 @@ class Router:
 
     def event(self, kind: str, **fields: Any) -> None:
         """Announce a router event network-wide (multicast on EVENTS_ADDRESS)."""
-        body = {"event": kind, "router": self.cfg.site, **fields}
+        body = {"event": kind, "router": self.cfg.router_id, **fields}
         self.core.publish(EVENTS_ADDRESS, json.dumps(body, sort_keys=True).encode())
         if not self._pumping:
             self.pump()
@@ -699,7 +777,7 @@ class Router:
                     raise
                 finally:
                     d.conn = None
-                d.state, d.error = "down", reason
+                d.state, d.error, d.peer_router = "down", reason, None
                 if loop.time() - started > 10:
                     backoff = BACKOFF_MIN  # it ran for a while: retry quickly
                 break
@@ -833,26 +911,34 @@ class Router:
             except ConfigError as exc:
                 self.config_error = str(exc)
                 log.error("reload: invalid config, keeping the old one: %s", exc)
+                # The overlay is independent of the config file's troubles.
+                await self._apply(self.loaded, self._merged(self.loaded.config))
                 return False
-            await self._apply(new)
+            self.config_error = None
+            await self._apply(new, self._merged(new.config))
             self.reloads += 1
             return True
 
-    async def _apply(self, new: LoadedConfig) -> None:
+    async def reload_overlay(self) -> None:
+        """Re-read the overlay file and apply the difference (the config stays)."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            await self._apply(self.loaded, self._merged(self.loaded.config))
+
+    async def _apply(self, new: LoadedConfig, cfg: Config) -> None:
         old = self.cfg
-        cfg = new.config
         self.loaded = new
-        self.config_error = None
+        self.effective = cfg
         set_level(cfg.log_level)
         if cfg.admin != old.admin and self.admin is not None:
             await self.admin.stop()
             await self.admin.start(cfg.admin.host, cfg.admin.port)
-        if cfg.site != old.site or cfg.mode != old.mode:
+        if (cfg.site, cfg.router_id, cfg.mode) != (old.site, old.router_id, old.mode):
             # A new router id or role: everything restarts under the new name.
             await self._stop_network()
             await self._start_network()
             self.in_force = new
-            log.info("reloaded config %s (site %s -> %s)", new.path, old.site, cfg.site)
+            log.info("reloaded config %s (router %s -> %s)", new.path, old.router_id, cfg.router_id)
             return
         old_sha, new_sha = self._tls_sha, {p: _file_sha(p) for p in _tls_files(cfg)}
         self._tls_sha = new_sha
@@ -893,8 +979,9 @@ class Router:
             if name not in self.dialers:
                 self._start_dialer(lk)
         self.pump()
+        if self.in_force is None or self.in_force.sha256 != new.sha256:
+            log.info("reloaded config %s", new.path)
         self.in_force = new
-        log.info("reloaded config %s", new.path)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -905,7 +992,8 @@ class Router:
         if self.in_force is None:
             why.append("no config in force")
         for rt in self.listeners.values():
-            if rt.state != "listening":
+            # The overlay never makes the router unready (its writer reads status).
+            if rt.state != "listening" and not self._from_overlay("listeners", rt.cfg.name):
                 why.append(f"listener {rt.cfg.name}: {rt.error or rt.state}")
         if self.cfg.link_access is not None and self.access_server is None:
             why.append(f"link access: {self.access_error or 'not bound'}")
@@ -923,6 +1011,8 @@ class Router:
                     "state": d.state,
                     "endpoint": d.endpoint,
                     "error": d.error,
+                    "peer_router": d.peer_router,
+                    "source": "overlay" if self._from_overlay("links", d.cfg.name) else "config",
                 }
             )
         for owner in self.owners.values():
@@ -931,12 +1021,13 @@ class Router:
                     {
                         "name": owner.peer,
                         "direction": "incoming",
-                        "peer": owner.peer,
+                        "peer": owner.peer_site or owner.peer,
                         "cost": owner.cost,
                         "state": "up",
                         "endpoint": owner.endpoint,
                         "error": None,
                         "peer_mode": owner.mode,
+                        "peer_router": owner.peer,
                     }
                 )
         return links
@@ -949,6 +1040,7 @@ class Router:
         ready, why = self.ready
         return {
             "site": cfg.site,
+            "router_id": cfg.router_id,
             "mode": cfg.mode,
             "version": __version__,
             "ready": ready,
@@ -958,6 +1050,7 @@ class Router:
                 "sha256": self.in_force.sha256 if self.in_force else None,
                 "error": self.config_error,
             },
+            "overlay": None if self.overlay is None else self.overlay.status(),
             "link_access": None
             if acc is None
             else {
@@ -977,6 +1070,9 @@ class Router:
                     "state": rt.state,
                     "error": rt.error,
                     "distribution": rt.cfg.distribution,
+                    "source": "overlay"
+                    if self._from_overlay("listeners", rt.cfg.name)
+                    else "config",
                 }
                 for rt in self.listeners.values()
             ],
@@ -989,6 +1085,9 @@ class Router:
                     "flows": c.flows,
                     "down": c.down_until > now,
                     "error": c.error,
+                    "source": "overlay"
+                    if self._from_overlay("connectors", c.cfg.name)
+                    else "config",
                 }
                 for c in self.connectors.values()
             ],
