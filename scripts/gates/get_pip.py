@@ -17,8 +17,9 @@ GET_PIP_ONLY = {"--no-setuptools", "--no-wheel"}
 
 def main() -> None:
     arguments = [argument for argument in sys.argv[1:] if argument not in GET_PIP_ONLY]
-    subprocess.run([sys.executable, "-m", "ensurepip", "--default-pip"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ensurepip", "--default-pip"], check=True, stdout=subprocess.DEVNULL
+    )
     subprocess.run([sys.executable, "-m", "pip", "install", *arguments], check=True)
 
 
