@@ -139,7 +139,6 @@ ANSIBLE_TEST_PIP := 24.2
 SANITY_ROOT := $(CURDIR)/.cache/sanity
 SANITY_COLLECTION := $(SANITY_ROOT)/ansible_collections/skiff/fleet
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
-TARBALL = build/skiff-fleet-$(COLLECTION_VERSION).tar.gz
 # Each gate prints whether it passed and how long it took (the CI budget is
 # read from these lines), also when it fails.
 gate_timer = start=$$(date +%s); trap 'rc=$$?; echo "gate $@: $$(test $$rc -eq 0 && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; exit $$rc' EXIT
@@ -193,10 +192,11 @@ mypy: gates-setup
 # collections path.
 galaxy-importer: gates-setup
 	@$(gate_timer); \
-	rm -rf build && ansible-galaxy collection build --output-path build/ >/dev/null; \
-	mkdir -p .cache/galaxy-importer && cd .cache/galaxy-importer && \
+	rm -rf .cache/galaxy-importer && mkdir -p .cache/galaxy-importer; \
+	ansible-galaxy collection build --output-path .cache/galaxy-importer >/dev/null; \
+	cd .cache/galaxy-importer && \
 	env -u ANSIBLE_CONFIG -u ANSIBLE_COLLECTIONS_PATH \
 	  GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg $(GATES_ENV) \
-	  python -m galaxy_importer.main $(CURDIR)/$(TARBALL) > import.log 2>&1 \
+	  python -m galaxy_importer.main skiff-fleet-$(COLLECTION_VERSION).tar.gz > import.log 2>&1 \
 	  || { cat import.log; exit 1; }; \
 	if grep -E '^(WARNING|ERROR)' import.log; then echo "galaxy-importer: see .cache/galaxy-importer/import.log" >&2; exit 1; fi
