@@ -16,6 +16,7 @@ from typing import Any
 from skiff_router import __version__
 from skiff_router import log as logsetup
 from skiff_router.config import ConfigError, load
+from skiff_router.kube import agent as kube_agent
 
 log = logging.getLogger("router")
 
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--admin", default="http://127.0.0.1:9191")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.set_defaults(func=cmd_status)
+
+    kube_agent.register(sub)
     return p
 
 
