@@ -32,7 +32,7 @@ def test_module_documentation_renders(module: str) -> None:
 
 def test_role_documentation_renders() -> None:
     proc = subprocess.run(
-        [str(BIN / "ansible-doc"), "-t", "role", "skiff.fleet.site"],
+        [str(BIN / "ansible-doc"), "-t", "role", "skiff.fleet.skiff"],
         cwd=REPO,
         env=ansible_env(),
         capture_output=True,
@@ -61,14 +61,14 @@ def test_build_leaves_out_tests_and_build_outputs(tmp_path) -> None:
         "MANIFEST.json",
         "plugins/modules/site.py",
         "plugins/module_utils/topology.py",
-        "roles/site/tasks/main.yml",
+        "roles/skiff/tasks/main.yml",
         "playbooks/site.yml",
         "router/pyproject.toml",
         "router/src/skiff_router/py.typed",
         "LICENSE",
         "CHANGELOG.rst",
         "changelogs/changelog.yaml",
-        "roles/site/README.md",
+        "roles/skiff/README.md",
     ):
         assert wanted in names, wanted
     developer_files = {"tests", ".venv", ".cache", ".git", "build", ".demo", "bench", "molecule"}
