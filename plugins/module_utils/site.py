@@ -287,7 +287,7 @@ class SiteRunner:
             result.act(f"write {paths.metadata}")
 
         platform_plan = platform.plan()
-        for action, _ in platform_plan:
+        for action, _unused in platform_plan:
             result.act(action)
         result.diff = {
             "before": {
@@ -307,7 +307,7 @@ class SiteRunner:
         # A reload re-reads TLS files whose content changed, so new CA or
         # server certificates never need a restart.
         tls_changed = running and bool(ca_reason or server_reason)
-        if running and any(restart for _, restart in platform_plan):
+        if running and any(restart for _unused, restart in platform_plan):
             restart_reason = "the platform's unit changed"
         drifted = (
             running

@@ -54,7 +54,7 @@ class Net:
         self.run()
 
     def run(self, max_rounds: int = 1000) -> None:
-        for _ in range(max_rounds):
+        for _round in range(max_rounds):
             moved = False
             for name, core in self.cores.items():
                 self.actions[name] += core.take_actions()
@@ -132,12 +132,12 @@ def test_frames_before_hello_and_garbage_close_the_link() -> None:
 
 def test_keepalive_and_dead_neighbour() -> None:
     net, a, b = pair()
-    for _ in range(10):
+    for _round in range(10):
         net.tick(0.5)  # pings flow, links stay up
     assert a.neighbours() == {"b": 1}
     # Stop delivering: the neighbour is declared dead within DEAD_AFTER + a tick.
     net.wires.clear()
-    for _ in range(int(DEAD_AFTER / 0.5) + 2):
+    for _round in range(int(DEAD_AFTER / 0.5) + 2):
         net.tick(0.5)
     assert a.neighbours() == {} and b.neighbours() == {}
     assert net.take("a", CloseLink)
@@ -192,7 +192,7 @@ def test_multi_hop_and_convergence() -> None:
         net.add(n)
     net.cores["east"].set_services(set(), {"k"})
     net.connect("north", "west")
-    hwe, _ = net.connect("west", "east")
+    hwe, _unused = net.connect("west", "east")
     net.connect("north", "south", cost=5)
     net.connect("south", "east", cost=5)
     north = net.cores["north"]
@@ -277,7 +277,7 @@ def test_reset_propagates_both_ways_over_three_hops() -> None:
 def test_link_loss_resets_flows() -> None:
     net, a, b = pair()
     la, lb = open_flow(net, a, b)
-    (h,) = a.links
+    (h,) = list(a.links)
     net.cut("a", h)
     assert CloseLocal(la, abort=True) in net.take("a")
     assert CloseLocal(lb, abort=True) in net.take("b")
@@ -334,12 +334,13 @@ def test_credit_bounds_a_flow_without_stalling_others() -> None:
 def test_window_violation_and_unknown_flow_close_link() -> None:
     net, a, b = pair()
     open_flow(net, a, b)
-    (ha,) = a.links
-    (hb,) = b.links
+    (ha,) = list(a.links)
+    (hb,) = list(b.links)
     fid = next(iter(a.links[ha].flows))
     # A misbehaving peer sends beyond the window: only that link closes.
     big = b"".join(
-        encode_frame(FrameType.DATA, fid, b"x" * 65536) for _ in range(INITIAL_WINDOW // 65536 + 1)
+        encode_frame(FrameType.DATA, fid, b"x" * 65536)
+        for _round in range(INITIAL_WINDOW // 65536 + 1)
     )
     b.link_data(hb, big, net.now)
     assert hb not in b.links
@@ -347,8 +348,8 @@ def test_window_violation_and_unknown_flow_close_link() -> None:
         isinstance(x, CloseLink) and "exceeded its window" in x.reason for x in b.take_actions()
     )
     # DATA for a flow id that was never opened is a protocol error too.
-    net2, _, d = pair()
-    (hd,) = d.links
+    net2, _unused, d = pair()
+    (hd,) = list(d.links)
     d.link_data(hd, encode_frame(FrameType.DATA, 99, b"x"), net2.now)
     assert hd not in d.links
 
@@ -388,7 +389,7 @@ def test_open_flows_per_link_are_capped(monkeypatch) -> None:
 
     monkeypatch.setattr(core_module, "MAX_LINK_FLOWS", 3)
     net, a, b = pair()
-    for _ in range(5):
+    for _round in range(5):
         a.open_flow("k")
     net.run()
     # Three flows reach the connector side; the rest are refused, not queued.

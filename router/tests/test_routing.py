@@ -64,13 +64,13 @@ def test_tie_spread_round_robin_and_local_preferred() -> None:
         lsa("b", {"a": 1}, conn={"k"}),
         lsa("c", {"a": 1}, conn={"k"}),
     )
-    picks = [db.choose("k") for _ in range(4)]
+    picks = [db.choose("k") for _round in range(4)]
     assert sorted(picks) == ["b", "b", "c", "c"]
     assert picks[0] != picks[1]
     # A local connector (cost 0) wins.
     db.update(lsa("a", {"b": 1, "c": 1}, conn={"k"}, seq=2))
     db.compute()
-    assert {db.choose("k") for _ in range(4)} == {"a"}
+    assert {db.choose("k") for _round in range(4)} == {"a"}
     assert db.choose("other") is None
 
 

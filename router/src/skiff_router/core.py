@@ -304,7 +304,7 @@ class RouterCore:
         links = self.links
         frame = self._frame
         for ev in ls.proto.receive(data, now):
-            if type(ev) is tuple:
+            if isinstance(ev, tuple):
                 try:
                     frame(ls, ev[0], ev[1], ev[2])
                 except ProtocolError as exc:

@@ -135,11 +135,10 @@ class LinkProtocol:
     def receive_data(self, data: bytes, now: float) -> list[LinkEvent]:
         out: list[LinkEvent] = []
         for ev in self.receive(data, now):
-            if type(ev) is tuple:
-                t, fid, payload = ev
-                out.append(FrameIn(Frame(t, fid, bytes(payload))))
+            if isinstance(ev, tuple):
+                out.append(FrameIn(Frame(ev[0], ev[1], bytes(ev[2]))))
             else:
-                out.append(ev)  # type: ignore[arg-type]
+                out.append(ev)
         return out
 
     def receive(self, data: bytes, now: float) -> list[Any]:

@@ -632,7 +632,7 @@ class Router:
         self._pumping = True
         try:
             core = self.core
-            for _ in range(MAX_PUMP_ROUNDS):
+            for _round in range(MAX_PUMP_ROUNDS):
                 writes = core.pending_writes()
                 actions = core.take_actions()
                 if not writes and not actions:
