@@ -122,11 +122,11 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
             "interior router",
             field="mode",
         )
-    admin = {
+    admin: dict[str, Any] = {
         "host": validation.host(params.admin_host, "admin_host"),
         "port": validation.port(params.admin_port, "admin_port"),
     }
-    link_access = None
+    link_access: dict[str, Any] | None = None
     endpoints: list[dict[str, Any]] = []
     if params.link_access:
         raw = dict(params.link_endpoint or {})
@@ -154,7 +154,7 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
                 f"admin_port {admin['port']} is also the link port; choose another",
                 field="admin_port",
             )
-    sections = {"site": params.name, "log_level": params.log_level, "admin": admin}
+    sections: dict[str, Any] = {"site": params.name, "log_level": params.log_level, "admin": admin}
     # The router's default (interior) stays implicit, so existing configs compare equal.
     sections["mode"] = "edge" if params.mode == "edge" else None
     sections["link_access"] = link_access

@@ -19,7 +19,7 @@ import os
 import random
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from skiff_router import __version__, tls
 from skiff_router.admin import AdminServer
@@ -105,7 +105,8 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         router, core = self.router, self.core
         if router.core is not core:
             self.done = True
@@ -254,7 +255,8 @@ class LinkConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         router = self.router
         if router.core is not self.core:
             transport.abort()
