@@ -16,6 +16,7 @@ export ANSIBLE_FORCE_COLOR ?= 0
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup demo demo-teardown test lint unit integration build clean molecule molecule-setup images
+.PHONY: gates gates-setup sanity ansible-lint galaxy-importer changelog-lint docs-lint mypy
 
 help:
 	@echo "make demo          - build a three-site application network on this machine and use it"
@@ -24,6 +25,8 @@ help:
 	@echo "make molecule      - the molecule scenario alone (systemd and podman sites)"
 	@echo "make build         - build the collection tarball into build/"
 	@echo "make bench-fleet   - time rollouts of 4, 16 and 48 local sites against a ping play"
+	@echo "make gates         - Ansible's own gates: ansible-test sanity, ansible-lint production,"
+	@echo "                     galaxy-importer, antsibull-changelog/-docs lint, mypy (part of make test)"
 
 # System packages a fresh Debian machine may lack (python3-venv); needs root there.
 $(CURDIR)/.cache/system.ok: scripts/bootstrap-system
@@ -61,7 +64,7 @@ lint: setup
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"
 
-test: setup lint
+test: setup lint gates
 	pytest -q -p no:cacheprovider tests router/tests
 	$(MAKE) molecule
 
@@ -126,3 +129,82 @@ bench: setup
 bench-fleet: setup
 	flock /tmp/skiff-bench.lock $(BIN)/python -m bench.fleet.run \
 	  $(if $(SIZES),--sizes $(SIZES)) $(if $(REPS),--reps $(REPS)) $(BENCH_ARGS)
+# --- gates: what Ansible's own tooling and Galaxy check (README "Gates") ---
+# The gate tools live in their own virtualenv, every package pinned in
+# requirements-gates.txt (galaxy-importer and ansible-lint pin their own
+# ranges that need not agree with the project's tool chain). ansible-core is
+# the same pinned version as in .venv.
+GATES_VENV := $(CURDIR)/.cache/gates-venv
+GATES_BIN := $(GATES_VENV)/bin
+GATES_STAMP := $(GATES_VENV)/.installed
+GATES_ENV := PATH=$(GATES_BIN):$(PATH)
+# ansible-test keeps its per-test virtualenvs (pinned by ansible-test itself)
+# under $HOME/.ansible/test; HOME points into .cache so a run neither reads nor
+# writes the user's home, and get_pip.py stands in for the bootstrap script it
+# would download from a host that is not reachable.
+ANSIBLE_TEST_HOME := $(CURDIR)/.cache/ansible-test-home
+ANSIBLE_TEST_PIP := 24.2
+SANITY_ROOT := $(CURDIR)/.cache/sanity
+SANITY_COLLECTION := $(SANITY_ROOT)/ansible_collections/skiff/fleet
+COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
+# Each gate prints whether it passed and how long it took (the CI budget is
+# read from these lines), also when it fails.
+gate_timer = start=$$(date +%s); trap 'rc=$$?; echo "gate $@: $$(test $$rc -eq 0 && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s"; exit $$rc' EXIT
+
+$(GATES_STAMP): requirements-gates.txt $(CURDIR)/.cache/system.ok
+	rm -rf $(GATES_VENV)
+	python3 -m venv $(GATES_VENV)
+	$(GATES_BIN)/pip install --quiet --disable-pip-version-check -r requirements-gates.txt
+	@touch $@
+
+$(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py: scripts/gates/get_pip.py
+	@mkdir -p $(@D)
+	cp $< $@
+
+gates-setup: setup $(GATES_STAMP) $(ANSIBLE_TEST_HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py
+
+gates: sanity ansible-lint galaxy-importer changelog-lint docs-lint mypy
+
+# ansible-test sanity, every test, on the controller's Python (tests/config.yml
+# says which Pythons the modules support; the ignore file says why each line).
+sanity: gates-setup
+	@$(gate_timer); \
+	$(GATES_BIN)/python scripts/gates/stage_collection.py $(CURDIR) $(SANITY_ROOT) >/dev/null; \
+	cd $(SANITY_COLLECTION) && HOME=$(ANSIBLE_TEST_HOME) $(GATES_ENV) \
+	  ansible-test sanity --python 3.11 --color no
+
+ansible-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) ansible-lint --profile production --offline --nocolor
+
+# Fragments and changelog.yaml lint clean, and CHANGELOG.rst is what they render.
+changelog-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) antsibull-changelog lint; \
+	$(GATES_ENV) antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml; \
+	$(GATES_ENV) antsibull-changelog generate --output .cache/CHANGELOG.rst --output-format rst; \
+	cmp -s .cache/CHANGELOG.rst CHANGELOG.rst || { \
+	  echo "CHANGELOG.rst differs from what changelogs/ renders: run antsibull-changelog generate" >&2; exit 1; }
+
+docs-lint: gates-setup
+	@$(gate_timer); \
+	$(GATES_ENV) antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck .
+
+mypy: gates-setup
+	@$(gate_timer); \
+	$(GATES_BIN)/mypy --python-executable $(BIN)/python
+
+# Galaxy's importer on the built tarball, offline (tests/galaxy-importer.cfg):
+# it runs ansible-doc and ansible-lint itself; any WARNING or ERROR fails. It
+# sees only the tarball: not this checkout's ansible.cfg (roles_path) nor its
+# collections path.
+galaxy-importer: gates-setup
+	@$(gate_timer); \
+	rm -rf .cache/galaxy-importer && mkdir -p .cache/galaxy-importer; \
+	ansible-galaxy collection build --output-path .cache/galaxy-importer >/dev/null; \
+	cd .cache/galaxy-importer && \
+	env -u ANSIBLE_CONFIG -u ANSIBLE_COLLECTIONS_PATH \
+	  GALAXY_IMPORTER_CONFIG=$(CURDIR)/tests/galaxy-importer.cfg $(GATES_ENV) \
+	  python -m galaxy_importer.main skiff-fleet-$(COLLECTION_VERSION).tar.gz > import.log 2>&1 \
+	  || { cat import.log; exit 1; }; \
+	if grep -E '^(WARNING|ERROR)' import.log; then echo "galaxy-importer: see .cache/galaxy-importer/import.log" >&2; exit 1; fi

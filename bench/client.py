@@ -118,7 +118,7 @@ async def parallel_flows(port: int, parallel: int, count: int, seconds: float) -
             else:
                 errors += 1
 
-    await asyncio.gather(*(worker() for _ in range(parallel)))
+    await asyncio.gather(*(worker() for _worker in range(parallel)))
     elapsed = time.perf_counter() - started
     return Rate(ok, errors, elapsed, ok / elapsed)
 
@@ -127,7 +127,7 @@ def sequential_flows(port: int, count: int, seconds: float) -> Rate:
     started = time.perf_counter()
     deadline = started + seconds
     ok = errors = 0
-    for _ in range(count):
+    for _request in range(count):
         if one_flow_blocking(port):
             ok += 1
         else:
@@ -169,7 +169,7 @@ async def hold(port: int, count: int, parallel: int, seconds: float) -> None:
                 s.close()
                 errors += 1
 
-    await asyncio.gather(*(opener() for _ in range(parallel)))
+    await asyncio.gather(*(opener() for _opener in range(parallel)))
     emit({"opened": len(socks), "errors": errors, "seconds": time.perf_counter() - started})
     try:
         async with asyncio.timeout(seconds):

@@ -52,7 +52,7 @@ def summarize(raw: Path, top: int) -> str:
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _space, count = line.rpartition(" ")
         if not stack:
             continue
         n = int(count)

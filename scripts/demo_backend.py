@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The demo's services: one small HTTP server per connector of the demo inventory.
 
 Each answers with its own service name and site, so a request through a

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """After `make demo`: ask for every service from every site and show who answered.
 
 Reads the sites, connectors, listeners and admin ports from the demo

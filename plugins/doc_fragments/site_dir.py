@@ -1,5 +1,6 @@
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Options every skiff.fleet module shares: which site, and where its directory lives."""
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 try:
     from cryptography import x509
@@ -26,6 +27,12 @@ try:
 except ImportError as _exc:  # reported by the module edge with missing_required_lib
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR = str(_exc)
+
+if TYPE_CHECKING:  # names from cryptography >= 40; Debian 12 hosts run 38
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificatePublicKeyTypes,
+        PrivateKeyTypes,
+    )
 
 CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 3650 - 1
@@ -50,11 +57,14 @@ class Issued:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
     @property
-    def key(self):
-        return serialization.load_pem_private_key(self.key_pem, password=None)
+    def key(self) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+        key = serialization.load_pem_private_key(self.key_pem, password=None)
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+            raise TypeError("unsupported key type (skiff issues EC and RSA keys)")
+        return key
 
 
-def generate_key(kind: str = "ec"):
+def generate_key(kind: str = "ec") -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     if kind == "ec":
         return ec.generate_private_key(ec.SECP256R1())
     if kind == "rsa":
@@ -62,7 +72,7 @@ def generate_key(kind: str = "ec"):
     raise ValueError(f"unknown key kind {kind!r} (expected 'ec' or 'rsa')")
 
 
-def _key_pem(key) -> bytes:
+def _key_pem(key: PrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -91,7 +101,13 @@ def san_for_host(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key, valid_days: int, now=None):
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    valid_days: int,
+    now: datetime.datetime | None = None,
+) -> x509.CertificateBuilder:
     now = now or _now()
     return (
         x509.CertificateBuilder()
@@ -223,22 +239,18 @@ def _verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None
     if cert.issuer != ca_cert.subject:
         raise ValueError("issuer name does not match the CA's subject")
     public_key = ca_cert.public_key()
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None:  # Ed25519/Ed448 signatures; skiff never issues those
+        raise TypeError("unsupported signature algorithm")
     if isinstance(public_key, rsa.RSAPublicKey):
-        public_key.verify(
-            cert.signature,
-            cert.tbs_certificate_bytes,
-            padding.PKCS1v15(),
-            cert.signature_hash_algorithm,
-        )
+        public_key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
     elif isinstance(public_key, ec.EllipticCurvePublicKey):
-        public_key.verify(
-            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
-        )
+        public_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
     else:
         raise TypeError("unsupported CA key type")
 
 
-def key_matches(cert: x509.Certificate, key) -> bool:
+def key_matches(cert: x509.Certificate, key: PrivateKeyTypes) -> bool:
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     return cert.public_key().public_bytes(enc, pub) == key.public_key().public_bytes(enc, pub)
@@ -282,10 +294,10 @@ def reissue_reason(
     return None
 
 
-def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs) -> str | None:
+def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs: Any) -> str | None:
     reason = reissue_reason(cert_pem, key_pem, **kwargs)
-    if reason:
-        return reason
+    if reason or cert_pem is None:
+        return reason or "missing"
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:

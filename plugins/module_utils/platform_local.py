@@ -33,6 +33,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     FileConfigStore,
     FileSecretStore,
     SecretStore,
+    SiteMetadata,
+    SitePaths,
     ensure_dir,
 )
 
@@ -58,7 +60,7 @@ def _reap(pid: int) -> None:
 class LocalPlatform(Platform):
     name = "local"
 
-    def __init__(self, paths, metadata):
+    def __init__(self, paths: SitePaths, metadata: SiteMetadata) -> None:
         super().__init__(paths, metadata)
         self._started: subprocess.Popen | None = None
         self._config = FileConfigStore(paths.config)

@@ -29,7 +29,12 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd impor
     SystemdPlatform,
     run,
 )
-from ansible_collections.skiff.fleet.plugins.module_utils.store import PUBLIC_MODE, ensure_dir
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    PUBLIC_MODE,
+    SiteMetadata,
+    SitePaths,
+    ensure_dir,
+)
 
 DEFAULT_IMAGE = "localhost/skiff-router:latest"
 QUADLET_DIR = Path("/etc/containers/systemd")
@@ -44,7 +49,7 @@ def _version(text: str) -> tuple[int, int]:
 class PodmanPlatform(SystemdPlatform):
     name = "podman"
 
-    def __init__(self, paths, metadata):
+    def __init__(self, paths: SitePaths, metadata: SiteMetadata) -> None:
         super().__init__(paths, metadata)
         self._podman_version: tuple[int, int] | None = None
 

@@ -31,6 +31,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_local import 
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     PUBLIC_MODE,
+    SiteMetadata,
+    SitePaths,
     atomic_write,
 )
 
@@ -79,7 +81,7 @@ class SystemdPlatform(LocalPlatform):
 
     name = "systemd"
 
-    def __init__(self, paths, metadata):
+    def __init__(self, paths: SitePaths, metadata: SiteMetadata) -> None:
         super().__init__(paths, metadata)
         self._unit_started = False
 

@@ -128,11 +128,11 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
             "interior router",
             field="mode",
         )
-    admin = {
+    admin: dict[str, Any] = {
         "host": validation.host(params.admin_host, "admin_host"),
         "port": validation.port(params.admin_port, "admin_port"),
     }
-    link_access = None
+    link_access: dict[str, Any] | None = None
     endpoints: list[dict[str, Any]] = []
     if params.link_access:
         raw = dict(params.link_endpoint or {})
@@ -160,7 +160,7 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
                 f"admin_port {admin['port']} is also the link port; choose another",
                 field="admin_port",
             )
-    sections = {"site": params.name, "log_level": params.log_level, "admin": admin}
+    sections: dict[str, Any] = {"site": params.name, "log_level": params.log_level, "admin": admin}
     # The router's default (interior) stays implicit, so existing configs compare equal.
     sections["mode"] = "edge" if params.mode == "edge" else None
     sections["link_access"] = link_access
@@ -293,7 +293,7 @@ class SiteRunner:
             result.act(f"write {paths.metadata}")
 
         platform_plan = platform.plan()
-        for action, _ in platform_plan:
+        for action, _unused in platform_plan:
             result.act(action)
         result.diff = {
             "before": {
@@ -313,7 +313,7 @@ class SiteRunner:
         # A reload re-reads TLS files whose content changed, so new CA or
         # server certificates never need a restart.
         tls_changed = running and bool(ca_reason or server_reason)
-        if running and any(restart for _, restart in platform_plan):
+        if running and any(restart for _unused, restart in platform_plan):
             restart_reason = "the platform's unit changed"
         drifted = (
             running

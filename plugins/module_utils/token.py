@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
@@ -69,9 +70,9 @@ class TokenRunner:
         params: TokenParams,
         *,
         check_mode: bool,
-        now=None,
+        now: datetime | None = None,
         platform_factory: PlatformFactory = get_platform,
-    ):
+    ) -> None:
         self.params = params
         self.check_mode = check_mode
         self.now = now
@@ -108,7 +109,7 @@ class TokenRunner:
             )
         ca = secrets.ca()
         ca_pem, ca_key = ca.cert_pem, ca.key_pem
-        if pki.ca_reissue_reason(ca_pem, ca_key):
+        if ca_pem is None or ca_key is None or pki.ca_reissue_reason(ca_pem, ca_key):
             raise SkiffError(
                 "the site CA is missing or unusable; re-run skiff.fleet.site to repair it"
             )
@@ -123,7 +124,7 @@ class TokenRunner:
             reason = "token.json does not match"
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
-        if not reason:
+        if not reason and cert_pem and key_pem:  # reissue_reason() found both
             token = Token(
                 params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
                 cert_pem.decode(), key_pem.decode(),
@@ -143,8 +144,8 @@ class TokenRunner:
             result.values = {"token_info": {}}
             return result
 
-        ca = pki.Issued(ca_pem, ca_key)
-        issued = pki.issue_client_cert(ca, params.name, valid_days=params.valid_days)
+        issuer = pki.Issued(ca_pem, ca_key)
+        issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
         info = pki.describe(issued.cert_pem)
         stored = {
             "v": VERSION,

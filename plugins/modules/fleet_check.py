@@ -22,7 +22,7 @@ description:
     (C(link-cycle)). A site none of whose listeners would reach a connector
     over its links, edge routers carrying no transit (C(listeners-lose-connectors)).
   - A host whose C(skiff_intended) lists the check gets a warning instead.
-  - Every problem names the host and the field. The role M(skiff.fleet.site)
+  - Every problem names the host and the field. The role P(skiff.fleet.skiff#role)
     runs it once per run, then fails each host for its own problems, so the
     whole rollout stops before anything changes.
 author:
@@ -40,7 +40,7 @@ options:
     type: list
     elements: str
 seealso:
-  - role: skiff.fleet.site
+  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""

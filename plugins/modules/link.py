@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ description:
     the new files are written and the router reloaded; it redials this link
     with the new certificate and leaves every other link and flow alone.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
   - skiff.fleet.items.links
   - skiff.fleet.items.prune
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

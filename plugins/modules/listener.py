@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ description:
     (SIGHUP) once and awaited until it runs the new config. When nothing
     changes, the module neither runs the check nor contacts the router.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
   - skiff.fleet.items.listeners
   - skiff.fleet.items.prune
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

@@ -13,7 +13,7 @@ short_description: Show and write the plan of a whole fleet after a check run
 version_added: 0.2.0
 description:
   - Reads what each site's steps reported in this check run (the results the
-    role M(skiff.fleet.site) registers as C(skiff_site_result),
+    role P(skiff.fleet.skiff#role) registers as C(skiff_site_result),
     C(skiff_token_results) and C(skiff_config_result)) and the inventory, and
     prints one plan of the whole fleet.
   - The plan lists sites to create or change, links to add, remove or
@@ -41,7 +41,7 @@ options:
     description: A file on the controller to write the plan to, as JSON.
     type: path
 seealso:
-  - role: skiff.fleet.site
+  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""

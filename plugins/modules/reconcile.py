@@ -20,7 +20,7 @@ description:
     the module neither runs the check nor contacts the router.
   - A list that is not given is left as it is. With O(prune=true), entries of
     the given lists that they do not name are removed (links with their credentials).
-  - The role M(skiff.fleet.site) calls this module once per site and run.
+  - The role P(skiff.fleet.skiff#role) calls this module once per site and run.
 author:
   - skiff developers
 extends_documentation_fragment:
@@ -43,7 +43,7 @@ seealso:
   - module: skiff.fleet.link
   - module: skiff.fleet.listener
   - module: skiff.fleet.connector
-  - role: skiff.fleet.site
+  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ description:
     new config.
   - O(state=absent) stops the router and removes the site directory, keys included.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir.base_dir
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full
@@ -56,7 +58,7 @@ options:
         remote user, with its log in C(<site_dir>/logs/router.log).
       - V(systemd) runs it as the unit C(skiff-<name>.service) (written by this
         module) as the unprivileged O(router_user), with O(router_python) from
-        the virtualenv the role M(skiff.fleet.site) installs, hardened
+        the virtualenv the role P(skiff.fleet.skiff#role) installs, hardened
         (C(NoNewPrivileges), C(ProtectSystem=strict), C(ProtectHome),
         C(PrivateTmp), state in C(/var/lib/skiff/<name>)) and C(Restart=on-failure).
         Needs root and systemd as init. Log C(journalctl -u skiff-<name>.service).
@@ -83,15 +85,13 @@ options:
   router_user:
     description:
       - System user the router runs as with O(platform=systemd) or O(platform=podman).
-        It must exist (the role M(skiff.fleet.site) creates it).
+        It must exist (the role P(skiff.fleet.skiff#role) creates it).
     type: str
     default: skiff
   image:
     description:
       - Router image with O(platform=podman), e.g. C(localhost/skiff-router:latest).
-        It must be on the host (the role M(skiff.fleet.site) can build it).
-      - With O(platform=kubernetes), an image the cluster can pull, built from
-        C(router/Containerfile) and pushed to your registry.
+        It must be on the host (the role P(skiff.fleet.skiff#role) can build it).
     type: str
   replicas:
     description:

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ description:
     logged, while failures stay visible. Set C(no_log) on every other task that
     handles the token (for example C(set_fact)).
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ description:
     listeners in error (for example a port in use).
   - Never changes anything.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

@@ -464,7 +464,7 @@ class FakeApiServer:
             else:
                 backlog = [
                     {"type": "ADDED", "object": o}
-                    for (r, s, _), o in sorted(self.objects.items())
+                    for (r, s, _unused), o in sorted(self.objects.items())
                     if r == resource and s == ns
                 ]
             self.watches.append(w)

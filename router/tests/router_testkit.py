@@ -285,11 +285,11 @@ async def tcp_server(
 async def http_get(url: str) -> tuple[int, bytes]:
     """Minimal GET for the admin endpoint (keeps the event loop free)."""
     assert url.startswith("http://")
-    hostport, _, path = url[len("http://") :].partition("/")
-    host, _, port = hostport.partition(":")
+    hostport, _sep, path = url[len("http://") :].partition("/")
+    host, _sep, port = hostport.partition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode())
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _sep, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body

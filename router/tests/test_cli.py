@@ -19,8 +19,8 @@ from router_testkit import Site
 CLI = [sys.executable, "-m", "skiff_router"]
 
 
-def cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, **kw)  # type: ignore[call-overload]
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, check=False)
 
 
 def poll(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:

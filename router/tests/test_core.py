@@ -64,7 +64,7 @@ class Net:
         self.run()
 
     def run(self, max_rounds: int = 1000) -> None:
-        for _ in range(max_rounds):
+        for _round in range(max_rounds):
             moved = False
             for name, core in self.cores.items():
                 self.actions[name] += core.outbox.take_actions()
@@ -174,12 +174,12 @@ def test_frames_before_hello_and_garbage_close_the_link() -> None:
 
 def test_keepalive_and_dead_neighbour() -> None:
     net, a, b = pair()
-    for _ in range(10):
+    for _round in range(10):
         net.tick(0.5)  # pings flow, links stay up
     assert a.topology.neighbours() == {"b": 1}
     # Stop delivering: the neighbour is declared dead within DEAD_AFTER + a tick.
     net.wires.clear()
-    for _ in range(int(DEAD_AFTER / 0.5) + 2):
+    for _round in range(int(DEAD_AFTER / 0.5) + 2):
         net.tick(0.5)
     assert a.topology.neighbours() == {} and b.topology.neighbours() == {}
     assert net.take("a", CloseLink)
@@ -237,7 +237,7 @@ def test_multi_hop_and_convergence() -> None:
         net.add(n)
     net.cores["east"].topology.set_services(set(), {"k"})
     net.connect("north", "west")
-    hwe, _ = net.connect("west", "east")
+    hwe, _unused = net.connect("west", "east")
     net.connect("north", "south", cost=5)
     net.connect("south", "east", cost=5)
     north = net.cores["north"]
@@ -392,7 +392,8 @@ def test_window_violation_and_unknown_flow_close_link() -> None:
     fid = next(iter(a.topology.links[ha].flows))
     # A misbehaving peer sends beyond the window: only that link closes.
     big = b"".join(
-        encode_frame(FrameType.DATA, fid, b"x" * 65536) for _ in range(INITIAL_WINDOW // 65536 + 1)
+        encode_frame(FrameType.DATA, fid, b"x" * 65536)
+        for _round in range(INITIAL_WINDOW // 65536 + 1)
     )
     b.link_data(hb, big, net.now)
     assert hb not in b.topology.links

@@ -43,7 +43,7 @@ def close_flow(net: Net, o: RouterCore, lid: int) -> None:
 def test_balanced_spreads_short_flows_evenly() -> None:
     net, o = star(3)
     counts: Counter[str] = Counter()
-    for _ in range(200):
+    for _round in range(200):
         lid, target = open_and_accept(net, o)
         counts[target] += 1
         close_flow(net, o, lid)
@@ -54,13 +54,13 @@ def test_balanced_spreads_short_flows_evenly() -> None:
 def test_balanced_avoids_a_loaded_target() -> None:
     net, o = star(3)
     # Load every target with long-lived flows, then end those on t1 and t2.
-    held = [open_and_accept(net, o) for _ in range(30)]
+    held = [open_and_accept(net, o) for _round in range(30)]
     for lid, target in held:
         if target != "t0":
             close_flow(net, o, lid)
     assert o.sites.outstanding["k"] == {"t0": 10}
     counts: Counter[str] = Counter()
-    for _ in range(60):
+    for _round in range(60):
         lid, target = open_and_accept(net, o)
         counts[target] += 1
         close_flow(net, o, lid)
@@ -94,8 +94,8 @@ def test_balanced_prefers_local_until_loaded() -> None:
 def test_closest_picks_least_cost_and_spreads_ties() -> None:
     net, o = star(3, costs=[5, 2, 2])
     counts: Counter[str] = Counter()
-    for _ in range(20):
-        _, target = open_and_accept(net, o, "closest")
+    for _round in range(20):
+        _unused, target = open_and_accept(net, o, "closest")
         counts[target] += 1  # kept open: closest ignores load
     assert counts == {"t1": 10, "t2": 10}
 
@@ -131,7 +131,7 @@ def test_refused_target_is_retried_elsewhere_with_the_data() -> None:
     assert target == "t1"
     # After the backoff t0 is used again.
     net.tick(3.0)
-    _, target = open_and_accept(net, o, "closest")
+    _unused, target = open_and_accept(net, o, "closest")
     assert target == "t0"
     del lid2
 
@@ -200,7 +200,7 @@ def test_multicast_reaches_each_router_exactly_once_in_order() -> None:
 def test_malformed_multicast_closes_only_that_link() -> None:
     net = mesh_with_cycles()
     a = net.cores["a"]
-    (h, _) = next((h, d) for (src, h), d in net.wires.items() if src == "a")
+    (h, _unused) = next((h, d) for (src, h), d in net.wires.items() if src == "a")
     a.link_data(h, encode_frame(FrameType.MCAST, 0, b"\x05ab"), net.now)
     assert h not in a.topology.links
     assert len(a.topology.links) == 1  # the other link of a is untouched
@@ -252,13 +252,13 @@ def test_edge_never_transit_and_survives_losing_one_interior() -> None:
     o = net.cores["o"]
     # Nobody routes through the edge, even when it is the only way round.
     i2 = net.cores["i2"]
-    cut = next(h for (src, h), (dst, _) in net.wires.items() if src == "i2" and dst == "i1")
+    cut = next(h for (src, h), (dst, _unused) in net.wires.items() if src == "i2" and dst == "i1")
     net.cut("i2", cut)
     assert "i2" not in o.topology.db.routes  # i2 is reachable only through e: not a path
     assert "o" not in i2.topology.db.routes
     # e lost i1: still reachable through i2? Only if i2 connects to the rest; relink.
     net.connect("i2", "i1")
-    h_e_i1 = next(h for (src, h), (dst, _) in net.wires.items() if src == "e" and dst == "i1")
+    h_e_i1 = next(h for (src, h), (dst, _unused) in net.wires.items() if src == "e" and dst == "i1")
     net.cut("e", h_e_i1)
     assert o.keys_status()["k"]["connectors"] == ["e"]
     assert o.topology.db.routes["e"].cost == 1 + 1 + 3
@@ -273,7 +273,7 @@ def test_edge_does_not_forward_transit_opens_or_multicast() -> None:
     net.take("i2")
     net.cores["i1"].multicast.publish("x", b"1")
     net.run()
-    got = [a for a in net.take("i2", McastDeliver)]
+    got = list(net.take("i2", McastDeliver))
     assert len(got) == 1  # via i1 directly; e did not echo it
-    assert len([a for a in net.take("e", McastDeliver)]) == 1
+    assert len(list(net.take("e", McastDeliver))) == 1
     assert e.mode == "edge"

@@ -330,6 +330,7 @@ def test_command_line(srv: FakeApiServer, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert out.returncode == 2
     for field in (
@@ -374,12 +375,12 @@ def test_command_line(srv: FakeApiServer, tmp_path: Path) -> None:
         text=True,
     )
     try:
-        eventually(lambda: overlay_path.exists(), "overlay written")
+        eventually(overlay_path.exists, "overlay written")
         assert json.loads(overlay_path.read_text())["connectors"][0]["name"] == "db@db-0"
         raw = overlay_path.read_bytes()
     finally:
         proc.terminate()
-        output, _ = proc.communicate(timeout=30)
+        output, _unused = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert overlay_path.read_bytes() == raw  # stopping leaves the overlay in force
     assert srv.token not in output

@@ -180,7 +180,7 @@ def test_selector_connector_balances_over_ready_pods(srv: FakeApiServer, tmp_pat
                     await until(
                         lambda: len(rs["west"].status()["connectors"]) == 2, "two pod connectors"
                     )
-                    tags = {await ask(lport) for _ in range(12)}
+                    tags = {await ask(lport) for _round in range(12)}
                     assert tags == {b"pod-a", b"pod-b"}
                     srv.put("pods", "west", ready_pod("db-a", "127.0.0.2", ready=False, app="db"))
                     await until(
@@ -188,7 +188,7 @@ def test_selector_connector_balances_over_ready_pods(srv: FakeApiServer, tmp_pat
                         == ["db@db-b"],
                         "the unready pod left",
                     )
-                    assert {await ask(lport) for _ in range(6)} == {b"pod-b"}
+                    assert {await ask(lport) for _round in range(6)} == {b"pod-b"}
         finally:
             for s in servers:
                 s.close()

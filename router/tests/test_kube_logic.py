@@ -172,7 +172,7 @@ def test_agent_config_errors_name_each_field() -> None:
                 "colour": "blue",
             }
         )
-    fields = [f for f, _ in exc.value.errors]
+    fields = [f for f, _unused in exc.value.errors]
     for f in (
         "colour",
         "namespace",

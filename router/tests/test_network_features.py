@@ -54,8 +54,8 @@ async def ask(port: int) -> bytes:
 
 
 async def http(method: str, url: str, body: bytes = b"") -> tuple[int, bytes]:
-    hostport, _, path = url[len("http://") :].partition("/")
-    host, _, port = hostport.partition(":")
+    hostport, _sep, path = url[len("http://") :].partition("/")
+    host, _sep, port = hostport.partition(":")
     r, w = await asyncio.open_connection(host, int(port))
     w.write(
         f"{method} /{path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -63,14 +63,14 @@ async def http(method: str, url: str, body: bytes = b"") -> tuple[int, bytes]:
     )
     data = await asyncio.wait_for(r.read(), 5)
     w.close()
-    head, _, rest = data.partition(b"\r\n\r\n")
+    head, _sep, rest = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), rest
 
 
 @contextlib.asynccontextmanager
 async def subscription(url: str) -> AsyncIterator[asyncio.StreamReader]:
-    hostport, _, path = url[len("http://") :].partition("/")
-    host, _, port = hostport.partition(":")
+    hostport, _sep, path = url[len("http://") :].partition("/")
+    host, _sep, port = hostport.partition(":")
     r, w = await asyncio.open_connection(host, int(port))
     w.write(f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode())
     await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
@@ -107,7 +107,7 @@ def test_balanced_spreads_over_sites_and_local_connectors(tmp_path: Path) -> Non
                     TIMEOUT,
                     "both sites serve k",
                 )
-                counts = Counter([(await ask(lport))[:2] for _ in range(60)])
+                counts = Counter([(await ask(lport))[:2] for _round in range(60)])
                 assert counts[b"E1"] + counts[b"E2"] >= 20 and counts[b"N1"] >= 20, counts
                 assert counts[b"E1"] >= 8 and counts[b"E2"] >= 8, counts
 
@@ -138,7 +138,7 @@ def test_closest_and_refused_connector_retried_elsewhere(tmp_path: Path) -> None
                     "both sites serve k",
                 )
                 # east is closest but refuses: the client is served by north anyway.
-                for _ in range(5):
+                for _round in range(5):
                     assert (await ask(lport)).startswith(b"N1")
                 st = rs["west"].status()
                 assert st["flows"]["retried"] >= 1
@@ -179,7 +179,8 @@ def test_multicast_exactly_once_over_a_cycle(tmp_path: Path) -> None:
                         assert code == 200 and json.loads(body)["address"] == "news"
                 for sub in (sa, sc1, sc2):
                     got = [
-                        json.loads(await asyncio.wait_for(sub.readline(), 10)) for _ in range(2 * n)
+                        json.loads(await asyncio.wait_for(sub.readline(), 10))
+                        for _round in range(2 * n)
                     ]
                     for origin in ("a", "b"):
                         mine = [

@@ -225,7 +225,7 @@ def test_overlay_is_merged_watched_and_kept_when_bad(tmp_path: Path) -> None:
                 assert "'svc' is a listener of the config" in st["overlay"]["error"]
                 with contextlib.suppress(ConnectionError):
                     # The overlay's old port is closed (the flow on it stays).
-                    _, w2 = await asyncio.open_connection("127.0.0.1", svc_port)
+                    _unused, w2 = await asyncio.open_connection("127.0.0.1", svc_port)
                     w2.close()
                     raise AssertionError("overlay listener still bound")
                 west.listeners.pop()

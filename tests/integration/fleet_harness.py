@@ -72,7 +72,7 @@ def free_ports(count: int) -> list[int]:
     """Ports the kernel just handed out, so parallel runs and other services do not clash."""
     sockets = []
     try:
-        for _ in range(count):
+        for _port in range(count):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)
@@ -95,7 +95,7 @@ class EchoServer:
     def _accept(self) -> None:
         while not self.stopping.is_set():
             try:
-                conn, _ = self.listener.accept()
+                conn, _address = self.listener.accept()
             except (TimeoutError, OSError):
                 continue
             threading.Thread(target=self._echo, args=(conn,), daemon=True).start()

@@ -46,7 +46,7 @@ def test_module_documentation_renders(module: str) -> None:
 
 def test_role_documentation_renders() -> None:
     proc = subprocess.run(
-        [str(BIN / "ansible-doc"), "-t", "role", "skiff.fleet.site"],
+        [str(BIN / "ansible-doc"), "-t", "role", "skiff.fleet.skiff"],
         cwd=REPO,
         env=ansible_env(),
         capture_output=True,
@@ -80,13 +80,53 @@ def test_build_leaves_out_tests_and_build_outputs(tmp_path) -> None:
         "MANIFEST.json",
         "plugins/modules/site.py",
         "plugins/module_utils/topology.py",
-        "roles/site/tasks/main.yml",
+        "roles/skiff/tasks/main.yml",
         "playbooks/site.yml",
         "router/pyproject.toml",
+        "router/src/skiff_router/py.typed",
+        "LICENSE",
+        "CHANGELOG.rst",
+        "changelogs/changelog.yaml",
+        "roles/skiff/README.md",
     ):
         assert wanted in names, wanted
+    developer_files = {"tests", ".venv", ".cache", ".git", "build", ".demo", "bench", "molecule"}
+    developer_files |= {"scripts", "inventories", "Makefile", "ansible.cfg", "mypy.ini", ".ci"}
     for name in names:
         top = name.split("/")[0]
-        assert top not in {"tests", ".venv", ".cache", ".git", "build", ".demo", "bench"}, name
+        assert top not in developer_files and not top.startswith("requirements-"), name
         assert not name.startswith("router/tests"), name
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
+
+
+def test_action_group_sets_site_and_base_dir_once(tmp_path) -> None:
+    """meta/runtime.yml's group: module_defaults reach every module that takes `site`."""
+    base_dir = tmp_path / "sites"
+    playbook = tmp_path / "group.yml"
+    playbook.write_text(
+        f"""
+- hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/skiff.fleet.fleet:
+      site: nowhere
+      base_dir: {base_dir}
+  tasks:
+    - name: Wait for a site that does not exist, named only by the group's defaults
+      skiff.fleet.wait:
+        timeout: 1
+"""
+    )
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook),
+         "-e", f"ansible_python_interpreter={BIN / 'python'}"],
+        cwd=REPO,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert f"site 'nowhere': no site at {base_dir}/nowhere" in output, output
+    assert "Unsupported parameters" not in output, output

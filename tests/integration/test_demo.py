@@ -103,7 +103,7 @@ def test_demo_every_service_answers_from_every_other_site(tmp_path) -> None:
 
 def test_demo_show_fails_when_a_service_is_down(tmp_path) -> None:
     """The demo's check can fail: with no network running every request fails."""
-    inventory, _ = remapped_demo(tmp_path)
+    inventory, _unused = remapped_demo(tmp_path)
     shown = script("demo_show.py", str(inventory), "--no-status")
     assert shown.returncode == 1
     assert shown.stdout.count("FAILED") >= 6

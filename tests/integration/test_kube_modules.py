@@ -18,7 +18,7 @@ from kube_api_emulator import KubeApiServer
 
 pytestmark = pytest.mark.integration
 
-TARGET = Path(__file__).resolve().parent / "targets" / "site_kubernetes" / "main.yml"
+TARGET = Path(__file__).resolve().parent / "targets" / "site_kubernetes"
 
 
 def test_site_kubernetes_target(tmp_path):
@@ -29,9 +29,14 @@ def test_site_kubernetes_target(tmp_path):
             "kubeconfig": str(api.kubeconfig(tmp_path / "kubeconfig")),
             "ansible_python_interpreter": sys.executable,
         }
+        # The target applied as a role, the way ansible-test's own playbook does.
+        playbook = tmp_path / "site_kubernetes.yml"
+        playbook.write_text(
+            f"- hosts: localhost\n  gather_facts: false\n  roles:\n    - {json.dumps(str(TARGET))}\n"
+        )
         done = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "-v",
-             "-e", json.dumps(variables), str(TARGET)],
+             "-e", json.dumps(variables), str(playbook)],
             cwd=REPO, env=ansible_env(), capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         output = done.stdout + done.stderr

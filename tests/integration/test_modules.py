@@ -1,9 +1,11 @@
 """Every module run for real by ansible-playbook against localhost and real routers.
 
-Each target playbook (targets/<module>/main.yml) runs the four steps of
-community.crypto (check mode, apply, check mode again, apply again) with
-assertions on `changed`, a `--diff` case and bad-input cases. Here we give it
-a fresh base_dir and free ports, run it, and make sure no router outlives it.
+Each target (targets/<module>/tasks/main.yml, the layout `ansible-test
+integration` runs) does the four steps of community.crypto (check mode, apply,
+check mode again, apply again) with assertions on `changed`, a `--diff` case
+and bad-input cases. Here we apply it as a role, the way ansible-test's own
+playbook does, with a fresh base_dir and free ports, and make sure no router
+outlives it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def run_target(target: str, base_dir: Path, *extra: str) -> subprocess.Completed
         ANSIBLE_RETRY_FILES_ENABLED="0",
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
+    # What ansible-test generates for a role target, on localhost.
+    playbook = base_dir.parent / f"{target}.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  roles:\n"
+        f"    - {json.dumps(str(TARGETS / target))}\n"
+    )
     return subprocess.run(
         [
             str(BIN / "ansible-playbook"),
@@ -85,7 +93,7 @@ def run_target(target: str, base_dir: Path, *extra: str) -> subprocess.Completed
             "local",
             "-e",
             json.dumps(variables),
-            str(TARGETS / target / "main.yml"),
+            str(playbook),
             *extra,
         ],
         cwd=REPO,
@@ -110,6 +118,7 @@ def test_target(target: str, base_dir: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "failed=0" in output
+    assert f"TASK [{TARGETS / target} : " in output, "the target's tasks did not run"
     # Secrets never reach the output, even with -v.
     assert "PRIVATE KEY" not in output
     assert "skiff1.ey" not in output

@@ -3,40 +3,43 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 import yaml
 
-from ansible_collections.skiff.fleet.plugins.doc_fragments.items import ModuleDocFragment as Items
-from ansible_collections.skiff.fleet.plugins.doc_fragments.site_dir import ModuleDocFragment
-
-MODULES = (
-    "site",
-    "token",
-    "link",
-    "listener",
-    "connector",
-    "wait",
-    "reconcile",
-    "network_info",
-)
+REPO = Path(__file__).resolve().parents[2]
 # Controller-side actions: the module file is documentation only.
 ACTIONS = ("fleet_check", "plan")
-FRAGMENTS = {
-    "skiff.fleet.site_dir": ModuleDocFragment.DOCUMENTATION,
-    "skiff.fleet.site_dir.base_dir": ModuleDocFragment.BASE_DIR,
-    "skiff.fleet.items.listeners": Items.LISTENERS,
-    "skiff.fleet.items.connectors": Items.CONNECTORS,
-    "skiff.fleet.items.links": Items.LINKS,
-    "skiff.fleet.items.prune": Items.PRUNE,
-}
+MODULES = tuple(
+    sorted(
+        path.stem
+        for path in (REPO / "plugins" / "modules").glob("[a-z]*.py")
+        if path.stem not in ACTIONS
+    )
+)
+
+
+def fragment(name: str) -> dict:
+    """skiff.fleet.<file>[.<variable>], resolved the way ansible-doc does."""
+    parts = name.split(".")[2:]
+    plugin = importlib.import_module(
+        f"ansible_collections.skiff.fleet.plugins.doc_fragments.{parts[0]}"
+    )
+    variable = parts[1].upper() if len(parts) > 1 else "DOCUMENTATION"
+    return yaml.safe_load(getattr(plugin.ModuleDocFragment, variable))
+
+
+def module_doc(name: str) -> dict:
+    module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
+    return yaml.safe_load(module.DOCUMENTATION)
 
 
 def documented_options(module) -> dict:
     doc = yaml.safe_load(module.DOCUMENTATION)
     options = {}
-    for fragment in doc.get("extends_documentation_fragment", []):
-        options.update(yaml.safe_load(FRAGMENTS[fragment])["options"])
+    for name in doc.get("extends_documentation_fragment", []):
+        options.update(fragment(name).get("options") or {})
     options.update(doc.get("options") or {})
     return options
 
@@ -83,3 +86,49 @@ def test_token_option_of_link_is_no_log():
     # The list forms hide every item's token too.
     assert link.argument_spec()["links"]["options"]["token"]["no_log"] is True
     assert reconcile.argument_spec()["links"]["options"]["token"]["no_log"] is True
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_attributes_are_described_once_and_supported_everywhere(name):
+    doc = module_doc(name)
+    assert "skiff.fleet.attributes" in doc["extends_documentation_fragment"]
+    shared = fragment("skiff.fleet.attributes")["attributes"]
+    for attribute, own in doc["attributes"].items():
+        assert "description" not in own, f"{name}: {attribute} is described in the fragment"
+        assert attribute in shared, f"{name}: {attribute} has no description"
+        assert own["support"] in ("full", "partial", "none", "N/A")
+    assert {"check_mode", "diff_mode"} <= set(doc["attributes"])
+
+
+def returns(name: str) -> dict:
+    module = importlib.import_module(f"ansible_collections.skiff.fleet.plugins.modules.{name}")
+    return yaml.safe_load(module.RETURN)
+
+
+def test_shared_return_values_are_documented_alike():
+    """ansible-core's doc fragments extend DOCUMENTATION only, never RETURN: the
+    return values every module shares are written in each module, and kept equal here."""
+    documented = {name: returns(name) for name in MODULES}
+    actions = [doc["actions"] for doc in documented.values() if "actions" in doc]
+    assert len(actions) >= 4
+    for value in actions:
+        assert value["description"] == "What was done, or in check mode what would be done."
+        assert (value["type"], value["elements"], value["returned"]) == ("list", "str", "always")
+    for name, doc in documented.items():
+        if "diff" in doc:
+            assert doc["diff"]["type"] == "dict", name
+            assert "C(before) and C(after)" in " ".join(
+                [doc["diff"]["description"]]
+                if isinstance(doc["diff"]["description"], str)
+                else doc["diff"]["description"]
+            ), name
+
+
+def test_action_group_is_every_module_that_takes_site_and_base_dir():
+    runtime = yaml.safe_load((REPO / "meta" / "runtime.yml").read_text())
+    site_dir_modules = sorted(
+        name
+        for name in MODULES
+        if "skiff.fleet.site_dir" in module_doc(name)["extends_documentation_fragment"]
+    )
+    assert sorted(runtime["action_groups"]["fleet"]) == site_dir_modules

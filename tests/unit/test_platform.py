@@ -76,7 +76,7 @@ def test_start_detaches_and_stop_ends_the_process_group(local, tmp_path):
         local.start()
     finally:
         del os.environ["PYTHONPATH"]
-    for _ in range(100):
+    for _attempt in range(100):
         if local.is_running():
             break
         subprocess.run(["sleep", "0.05"], check=True)

@@ -90,7 +90,7 @@ def test_token_signed_by_another_ca_is_refused(material):
 
 
 def test_key_of_another_cert_is_refused(material):
-    ca, _ = material
+    ca, _issued = material
     stranger = pki.issue_client_cert(ca, "x")
     with pytest.raises(SkiffError, match="key does not match"):
         decode(make_token(material, key=stranger.key_pem.decode()).encode())

@@ -94,11 +94,11 @@ class AdminServer:
     async def _request(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
         length = 0
-        for _ in range(MAX_HEADERS):
+        for _round in range(MAX_HEADERS):
             h = (await reader.readuntil(b"\n")).strip()
             if h == b"":
                 break
-            name, _, value = h.decode("latin-1").partition(":")
+            name, _sep, value = h.decode("latin-1").partition(":")
             if name.strip().lower() == "content-length":
                 length = int(value.strip())  # ValueError -> 400
                 if length < 0:

@@ -125,7 +125,7 @@ class FrameDecoder:
         pos = 0
         buf = self._buf
         # Slices of an immutable bytes object stay valid; anything else is copied.
-        mv = memoryview(data) if type(data) is bytes else None
+        mv = memoryview(data) if isinstance(data, bytes) else None
         check = self._check
         try:
             if buf:
@@ -366,7 +366,7 @@ def encode_open(o: Open) -> bytes:
 
 
 def decode_open(payload: bytes) -> Open:
-    if type(payload) is not bytes:
+    if not isinstance(payload, bytes):
         payload = bytes(payload)
     return _decode_open(payload)
 

@@ -85,12 +85,12 @@ class LinkStateDb:
             self._serving_cache = {}
         got = self._serving_cache.get(key)
         if got is None:
-            got = tuple(sorted(r for r, (c, _) in services.items() if key in c))
+            got = tuple(sorted(r for r, (c, _unused) in services.items() if key in c))
             self._serving_cache[key] = got
         return got
 
     def listening(self, key: str) -> list[str]:
-        return sorted(r for r, (_, li) in self.services.items() if key in li)
+        return sorted(r for r, (_unused, li) in self.services.items() if key in li)
 
     def keys(self) -> set[str]:
         out: set[str] = set()

@@ -501,7 +501,7 @@ class Agent:
             if self.stop_event.is_set():
                 return
             try:
-                for _ in range(3):  # our own writes change the caches: plan again at once
+                for _round in range(3):  # our own writes change the caches: plan again at once
                     if not self.step():
                         break
             except Exception:  # one bad turn must not end the agent; the log says why
@@ -528,8 +528,8 @@ class Agent:
                 f"cannot follow {self.cfg.router_admin}: {item[1]}; retrying",
             )
         elif kind == "message":
-            _, origin, payload = item
-            _, problem = self.book.receive(origin, payload, now)
+            _unused, origin, payload = item
+            _unused, problem = self.book.receive(origin, payload, now)
             if problem is not None:
                 log.warning("%s", problem)
 

@@ -108,9 +108,9 @@ def exposure_of(svc: Service, site: str) -> tuple[Exposure | None, Problem | Non
     problem = routing_key_problem(key)
     if problem:
         return None, Problem(where, annotation_field(ROUTING_KEY), problem)
-    ports, problem = _selected_ports(svc, svc.annotations.get(PORT))
-    if problem:
-        return None, problem
+    ports, port_problem = _selected_ports(svc, svc.annotations.get(PORT))
+    if port_problem:
+        return None, port_problem
     return Exposure(svc.name, key, tuple(ports[:MAX_PORTS])), None
 
 
@@ -193,8 +193,10 @@ def decode(payload: bytes) -> Announcement:
         name, key, ports = s.get("name"), s.get("routing_key"), s.get("ports")
         if not isinstance(name, str) or not SERVICE_NAME_RE.match(name) or name in names:
             raise AnnouncementError(f"{where}.name: not a Service name, or repeated")
-        if routing_key_problem(key):
-            raise AnnouncementError(f"{where}.routing_key: {routing_key_problem(key)}")
+        key_problem = routing_key_problem(key)
+        # routing_key_problem() rejects non-strings; isinstance() says so to mypy.
+        if key_problem or not isinstance(key, str):
+            raise AnnouncementError(f"{where}.routing_key: {key_problem}")
         if (
             not isinstance(ports, list)
             or not 1 <= len(ports) <= MAX_PORTS

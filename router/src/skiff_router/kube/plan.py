@@ -131,7 +131,7 @@ def desired_proxies(
             continue
         for exp in ann.services:
             entries = by_name.setdefault(exp.name, [])
-            if all(site != ann.site for site, _ in entries):
+            if all(site != ann.site for site, _unused in entries):
                 entries.append((ann.site, exp))
     out: dict[str, Proxy] = {}
     problems: list[Problem] = []
@@ -352,7 +352,7 @@ def reconcile(cfg: AgentConfig, inputs: Inputs) -> Outcome:
 
     found_exposures, found = exposures(inputs.services.values(), cfg.site)
     problems += found
-    exposed_here = {e.name: e for e, _ in found_exposures}
+    exposed_here = {e.name: e for e, _unused in found_exposures}
     desired, found = desired_proxies(cfg, inputs.announcements, inputs.services, exposed_here)
     problems += found
     if not inputs.announcements_complete:
@@ -369,7 +369,7 @@ def reconcile(cfg: AgentConfig, inputs: Inputs) -> Outcome:
         service_connectors=exposure_connectors(found_exposures),
         proxy_listeners=listeners,
         actions=actions,
-        exposed=[e for e, _ in found_exposures],
+        exposed=[e for e, _unused in found_exposures],
         problems=sorted(set(problems)),
     )
 
