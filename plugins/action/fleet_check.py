@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Action for skiff.fleet.fleet_check: runs on the controller, reads the inventory, changes nothing."""
 
 from __future__ import annotations

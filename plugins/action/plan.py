@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Action for skiff.fleet.plan: builds the fleet's plan from this run's results, on the controller."""
 
 from __future__ import annotations

@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Action for skiff.fleet.token: the module's result carries a credential, so it is never shown.
 
 A module cannot mark its own return value no_log (Ansible strips that key

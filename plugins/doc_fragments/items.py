@@ -1,5 +1,6 @@
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """List options shared by skiff.fleet.listener/connector/link and skiff.fleet.reconcile.
 
 Their argument specs are in plugins/module_utils/options.py (same names).

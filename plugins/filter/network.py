@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Filter joining skiff.fleet.network_info results of several hosts into one network."""
 
 from __future__ import annotations

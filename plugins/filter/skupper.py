@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Filter turning Skupper v2 YAML documents into a skiff inventory (see module_utils/skupper.py)."""
 
 from __future__ import annotations

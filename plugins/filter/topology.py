@@ -1,3 +1,6 @@
+# Copyright: skiff developers
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 """Filters that read the fleet's topology from the inventory (see module_utils/topology.py)."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 # Runs on the controller as an action plugin (plugins/action/fleet_check.py);
 # this file holds its documentation.
@@ -26,7 +27,9 @@ description:
     runs it once per run, then fails each host for its own problems, so the
     whole rollout stops before anything changes.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
+extends_documentation_fragment:
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

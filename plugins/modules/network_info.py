@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ description:
     the network at a glance (as C(skiff-router status --network) does).
   - Never changes anything.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
+extends_documentation_fragment:
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

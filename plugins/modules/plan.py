@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 # Runs on the controller as an action plugin (plugins/action/plan.py);
 # this file holds its documentation.
@@ -26,7 +27,9 @@ description:
   - C(playbooks/site.yml --check) ends with it; C(playbooks/plan.yml) runs the
     same check and writes the JSON.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
+extends_documentation_fragment:
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: skiff developers
-# Apache License 2.0 (see galaxy.yml)
+# Apache License 2.0 (see LICENSE)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ description:
     the given lists that they do not name are removed (links with their credentials).
   - The role P(skiff.fleet.skiff#role) calls this module once per site and run.
 author:
-  - skiff developers
+  - skiff developers (@skiff-fleet)
 extends_documentation_fragment:
   - skiff.fleet.site_dir
   - skiff.fleet.items.links
   - skiff.fleet.items.listeners
   - skiff.fleet.items.connectors
   - skiff.fleet.items.prune
+  - skiff.fleet.attributes
 attributes:
   check_mode:
     support: full
