@@ -197,7 +197,7 @@ def site_certificates(secrets: SecretStore, links: list[str]) -> list[dict[str, 
 
     found = [("site CA", secrets.ca().cert_pem), ("server certificate", secrets.server().cert_pem)]
     found += [(f"link '{name}' client certificate", secrets.link(name).cert) for name in links]
-    out = []
+    out: list[dict[str, Any]] = []
     for what, pem in found:
         if pem is None:
             continue

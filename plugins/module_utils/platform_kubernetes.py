@@ -61,6 +61,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     IssuedToken,
     LinkCredentials,
     SecretStore,
+    SiteMetadata,
+    SitePaths,
     atomic_write,
     ensure_dir,
 )
@@ -367,12 +369,12 @@ class KubernetesPlatform(Platform):
 
     def __init__(
         self,
-        paths,
-        metadata,
+        paths: SitePaths,
+        metadata: SiteMetadata,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-    ):
+    ) -> None:
         super().__init__(paths, metadata)
         self.clock, self.sleep = clock, sleep
         options = metadata.options
@@ -520,7 +522,9 @@ class KubernetesPlatform(Platform):
         address = None
         if self.spec.link_service_type == "loadbalancer":
             address = km.load_balancer_address(self._live_link_service())
-        return km.server_hosts(self.spec, [e.get("host") for e in endpoints], address)
+        return km.server_hosts(
+            self.spec, [str(e["host"]) for e in endpoints if e.get("host")], address
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 

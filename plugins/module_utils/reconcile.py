@@ -68,7 +68,7 @@ class Change:
     pending: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             "section": self.section,
             "action": self.action,
             "name": self.name,
@@ -162,7 +162,7 @@ def _reconcile_kind(
     new_entries: list[Entry] = []
     seen: set[str] = set()
     for entry in entries:
-        name = entry.get("name")
+        name = str(entry.get("name"))
         seen.add(name)
         if name in normalized:
             wanted_entry = normalized[name]

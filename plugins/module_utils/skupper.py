@@ -241,17 +241,19 @@ def convert(
             "routing_key": str(key),
             "port": _port(doc.spec.get("port"), doc, "spec.port"),
         }
-        host = str(doc.spec.get("host") or "")
-        if host and _is_address(host):
-            listener["host"] = "127.0.0.1" if host == "localhost" else host
-        elif host and kube and vocabulary.is_site_name(host):
+        listen_host = str(doc.spec.get("host") or "")
+        if listen_host and _is_address(listen_host):
+            listener["host"] = "127.0.0.1" if listen_host == "localhost" else listen_host
+        elif listen_host and kube and vocabulary.is_site_name(listen_host):
             # On Kubernetes clients use the Service named after the listener.
-            listener["name"] = host
-            if host != doc.name:
-                notes.append(f"{doc.label}: became listener '{host}', the Service name clients use")
-        elif host:
+            listener["name"] = listen_host
+            if listen_host != doc.name:
+                notes.append(
+                    f"{doc.label}: became listener '{listen_host}', the Service name clients use"
+                )
+        elif listen_host:
             notes.append(
-                f"{doc.label}: host '{host}' is not an address this platform can listen on; "
+                f"{doc.label}: host '{listen_host}' is not an address this platform can listen on; "
                 "the listener uses the default (127.0.0.1)"
             )
         for unsupported in ("tlsCredentials", "exposePodsByName"):

@@ -688,7 +688,7 @@ class Router:
             addresses = ConnectorChoice.cached_addresses(c, loop.time())
             if not addresses:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                addresses = ConnectorChoice.resolved(c, (i[4][0] for i in infos), loop.time())
+                addresses = ConnectorChoice.resolved(c, (str(i[4][0]) for i in infos), loop.time())
         error: OSError = OSError(f"{host}: no address")
         for address in addresses:
             conn = LocalConn(self, lid, connector=c)

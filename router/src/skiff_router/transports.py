@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from skiff_router import tls
 from skiff_router.actions import Direction
@@ -71,14 +71,14 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = tr = cast(asyncio.Transport, transport)
         router = self.router
         if router.core is not self.core:
             self.done = True
-            transport.abort()
+            tr.abort()
             return
         # Every byte written is reported consumed only once it left our buffer.
-        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
+        tr.set_write_buffer_limits(high=0)
         if self.listener is not None:
             cfg = self.listener.cfg
             lid = self.flows.open(cfg.routing_key, cfg.distribution)
@@ -86,7 +86,7 @@ class LocalConn(asyncio.BufferedProtocol):
                 # Nobody reachable serves the key: refuse at once rather than hang.
                 flog.debug("listener %s: no reachable connector for %s", cfg.name, cfg.routing_key)
                 self.done = True
-                transport.abort()
+                tr.abort()
                 return
             self.lid = lid
             router.locals[lid] = self
@@ -97,7 +97,7 @@ class LocalConn(asyncio.BufferedProtocol):
             if not self.flows.local_connected(self.lid):
                 router.locals.pop(self.lid, None)
                 self.done = True
-                transport.abort()
+                tr.abort()
                 return
         router.pump()
 
@@ -218,18 +218,18 @@ class LinkConn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = tr = cast(asyncio.Transport, transport)
         router = self.router
         if router.core is not self.core:
-            transport.abort()
+            tr.abort()
             return
         if self.direction is Direction.INCOMING:
-            peer = transport.get_extra_info("peername")
+            peer = tr.get_extra_info("peername")
             self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
             self.name = f"incoming {self.owner.endpoint}"
             # A token's client certificate names the site it was issued to: routers
             # of that site, and no other, may announce themselves over this link.
-            self.expected_site = tls.peer_common_name(transport)
+            self.expected_site = tls.peer_common_name(tr)
         self.handle = self.core.link_connected(
             self.name, self.direction, self._loop.time(), self.expected_site, self.cost
         )
