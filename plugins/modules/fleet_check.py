@@ -42,8 +42,6 @@ options:
     description: The site hosts to check together. Defaults to the C(skiff_sites) group.
     type: list
     elements: str
-seealso:
-  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""

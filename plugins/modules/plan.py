@@ -43,8 +43,6 @@ options:
   dest:
     description: A file on the controller to write the plan to, as JSON.
     type: path
-seealso:
-  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""

@@ -45,7 +45,6 @@ seealso:
   - module: skiff.fleet.link
   - module: skiff.fleet.listener
   - module: skiff.fleet.connector
-  - role: skiff.fleet.skiff
 """
 
 EXAMPLES = r"""
