@@ -81,7 +81,7 @@ WORKLOADS = (
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--router-src", type=Path, help="measure the skiff_router found here")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's size")
     ap.add_argument("--reps", type=int, default=3)
@@ -110,7 +110,7 @@ def main() -> int:
             (work / name).mkdir()
             running[name] = start(work / name)
         print(f"skiff routers on {running['skiff'].event_loop or '?'}", file=sys.stderr)
-        for _ in range(args.reps):
+        for _unused in range(args.reps):
             for w in WORKLOADS:
                 if only and w.name not in only:
                     continue

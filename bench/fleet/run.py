@@ -155,7 +155,7 @@ def measure(size: int, reps: int, workdir: Path) -> SizeResult:
             if any(changed.values()) or len(changed) != size:
                 raise BenchError(f"re-run {rep + 1} changed something: {changed}")
             result.reruns.append(seconds)
-            seconds, _ = playbook(inventory_file, ping, here / f"ping-{rep}.log")
+            seconds, _unused = playbook(inventory_file, ping, here / f"ping-{rep}.log")
             result.pings.append(seconds)
     except BenchError as exc:
         result.notes.append(str(exc))

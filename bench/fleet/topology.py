@@ -24,7 +24,7 @@ def free_ports(count: int) -> list[int]:
     """Ports the kernel just handed out (bound together, so all distinct)."""
     sockets = []
     try:
-        for _ in range(count):
+        for _unused in range(count):
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             sockets.append(sock)

@@ -13,9 +13,17 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-import yaml
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+
+try:
+    import yaml
+
+    HAS_YAML = True
+except ImportError:  # reported when a kubernetes site's manifests are written or read
+    HAS_YAML = False
 
 ROUTER = "skiff-router"  # Deployment and ConfigMap
 AGENT = "skiff-agent"  # ServiceAccount, Role, RoleBinding
@@ -473,8 +481,13 @@ def sort_key(obj: dict[str, Any]) -> tuple[int, int, str]:
     return rank, 0 if name == LINK_SERVICE else 1, name
 
 
-class _Dumper(yaml.SafeDumper):
-    pass
+def _need_yaml() -> None:
+    if not HAS_YAML:
+        raise SkiffError(
+            "platform kubernetes needs PyYAML where the module runs (python3-yaml, or "
+            "pip install PyYAML)",
+            field="platform",
+        )
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -483,18 +496,26 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-_Dumper.add_representer(str, _str)
+@cache
+def _dumper() -> type[yaml.SafeDumper]:
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(str, _str)
+    return Dumper
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> bytes:
     """One multi-document YAML stream, objects in `sort_key` order: same objects, same bytes."""
+    _need_yaml()
     ordered = sorted(objects, key=sort_key)
     return "".join(
-        "---\n" + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+        "---\n" + yaml.dump(obj, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
                             width=1000)
         for obj in ordered
     ).encode()  # fmt: skip
 
 
 def from_yaml(data: bytes) -> list[dict[str, Any]]:
+    _need_yaml()
     return [doc for doc in yaml.safe_load_all(data) if isinstance(doc, dict)]

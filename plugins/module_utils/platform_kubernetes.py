@@ -198,7 +198,7 @@ class RenderedObjects(Objects):
     def find(self, kind: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         return [
             copy.deepcopy(obj)
-            for (k, _), obj in sorted(self._objects.items())
+            for (k, _unused), obj in sorted(self._objects.items())
             if k == kind
             and all((obj["metadata"].get("labels") or {}).get(a) == b for a, b in labels.items())
         ]
@@ -557,8 +557,10 @@ class KubernetesPlatform(Platform):
     def diff(self) -> dict[str, Any]:
         if not self._planned:
             self.plan()
-        before = {f"{o['kind']}/{o['metadata']['name']}": b or {} for o, b, _ in self._changes}
-        after = {f"{o['kind']}/{o['metadata']['name']}": a for o, _, a in self._changes}
+        before = {
+            f"{o['kind']}/{o['metadata']['name']}": b or {} for o, b, _unused in self._changes
+        }
+        after = {f"{o['kind']}/{o['metadata']['name']}": a for o, _unused, a in self._changes}
         if self._stale_link_service:
             before[f"Service/{km.LINK_SERVICE}"] = {"exists": True}
             after[f"Service/{km.LINK_SERVICE}"] = {}
@@ -568,8 +570,8 @@ class KubernetesPlatform(Platform):
         if not self._planned:
             self.plan()
         changes = self._changes
-        existed = any(o["kind"] == "Deployment" and b is not None for o, b, _ in changes)
-        self.objects.put([obj for obj, _, _ in changes])
+        existed = any(o["kind"] == "Deployment" and b is not None for o, b, _unused in changes)
+        self.objects.put([obj for obj, _unused, _unused in changes])
         if self._stale_link_service:
             self.objects.remove("Service", km.LINK_SERVICE)
         self._planned = False
@@ -628,7 +630,8 @@ class KubernetesPlatform(Platform):
         ]
 
     def wait_rollout(self) -> None:
-        assert self.api is not None
+        if self.api is None:  # render-only: nothing rolls out
+            return
         deadline = self.clock() + self.rollout_timeout
         while True:
             deployment = self.api.get("Deployment", km.ROUTER) or {}

@@ -63,7 +63,7 @@ def test_round_trip_any_split(fs: list[Frame], chunk: int) -> None:
 @given(st.lists(frames(), max_size=10))
 def test_data_payloads_are_views_of_the_chunk_fed(fs: list[Frame]) -> None:
     wire = b"".join(encode_frame(*f) for f in fs)
-    for t, _, payload in FrameDecoder().feed(wire):
+    for t, _unused, payload in FrameDecoder().feed(wire):
         # Whole DATA frames from an immutable chunk are not copied.
         assert isinstance(payload, memoryview if t is FrameType.DATA else bytes)
 
@@ -74,7 +74,7 @@ def test_any_bytes_parse_or_protocol_error(data: bytes, chunk: int) -> None:
     dec = FrameDecoder()
     try:
         for i in range(0, len(data), chunk):
-            for t, flow, _ in dec.feed(data[i : i + chunk]):
+            for t, flow, _unused in dec.feed(data[i : i + chunk]):
                 assert isinstance(t, FrameType) and 0 <= flow <= 0xFFFFFFFF
     except ProtocolError as exc:
         assert exc.reason

@@ -328,7 +328,7 @@ def test_reset_propagates_both_ways_over_three_hops() -> None:
 def test_link_loss_resets_flows() -> None:
     net, a, b = pair()
     la, lb = open_flow(net, a, b)
-    (h,) = a.topology.links
+    (h,) = list(a.topology.links)
     net.cut("a", h)
     assert CloseLocal(la, abort=True) in net.take("a")
     assert CloseLocal(lb, abort=True) in net.take("b")
@@ -387,8 +387,8 @@ def test_credit_bounds_a_flow_without_stalling_others() -> None:
 def test_window_violation_and_unknown_flow_close_link() -> None:
     net, a, b = pair()
     open_flow(net, a, b)
-    (ha,) = a.topology.links
-    (hb,) = b.topology.links
+    (ha,) = list(a.topology.links)
+    (hb,) = list(b.topology.links)
     fid = next(iter(a.topology.links[ha].flows))
     # A misbehaving peer sends beyond the window: only that link closes.
     big = b"".join(
@@ -402,8 +402,8 @@ def test_window_violation_and_unknown_flow_close_link() -> None:
         for x in b.outbox.take_actions()
     )
     # DATA for a flow id that was never opened is a protocol error too.
-    net2, _, d = pair()
-    (hd,) = d.topology.links
+    net2, _unused, d = pair()
+    (hd,) = list(d.topology.links)
     d.link_data(hd, encode_frame(FrameType.DATA, 99, b"x"), net2.now)
     assert hd not in d.topology.links
 
@@ -443,7 +443,7 @@ def test_open_flows_per_link_are_capped(monkeypatch) -> None:
 
     monkeypatch.setattr(flows_module, "MAX_LINK_FLOWS", 3)
     net, a, b = pair()
-    for _ in range(5):
+    for _unused in range(5):
         a.flows.open("k")
     net.run()
     # Three flows reach the connector side; the rest are refused, not queued.

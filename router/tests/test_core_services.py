@@ -78,7 +78,7 @@ def test_balanced_prefers_local_until_loaded() -> None:
     net.run()
     # One flow outstanding locally: now local (0 + 1) ties with the remotes (1 + 0).
     picks = set()
-    for _ in range(6):
+    for _unused in range(6):
         lid2 = o.flows.open("k")
         net.run()
         for n in net.cores:
@@ -151,13 +151,13 @@ def test_several_links_between_one_pair() -> None:
     net = Net()
     a, b = net.add("a"), net.add("b")
     b.topology.set_services(set(), {"k"})
-    h1, _ = net.connect("a", "b", cost=5)
-    h2, _ = net.connect("a", "b", cost=2)
+    h1, _unused = net.connect("a", "b", cost=5)
+    h2, _unused = net.connect("a", "b", cost=2)
     assert a.topology.db.routes["b"].cost == 2
     lid = a.flows.open("k")
     net.run()
     assert lid is not None
-    (flow,) = a.flows.by_id.values()
+    (flow,) = list(a.flows.by_id.values())
     assert flow.ends[1].link is not None and flow.ends[1].link.handle == h2
     # Losing the cheap link keeps the pair connected over the other one.
     net.cut("a", h2)

@@ -118,7 +118,10 @@ def test_router_processes_on_each_event_loop(
                 await asyncio.wait_for(
                     asyncio.gather(
                         *(bounded(client_closes_first(p_echo, i)) for i in range(SHORT_FLOWS)),
-                        *(bounded(client_reads_eof_first(p_first)) for _ in range(SHORT_FLOWS)),
+                        *(
+                            bounded(client_reads_eof_first(p_first))
+                            for _unused in range(SHORT_FLOWS)
+                        ),
                     ),
                     120,
                 )

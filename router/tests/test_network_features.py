@@ -419,7 +419,7 @@ def test_router_killed_mid_transfer(tmp_path: Path) -> None:
                         TIMEOUT,
                         "both paths",
                     )
-                    tasks = [asyncio.create_task(paced(lport, 1_500_000)) for _ in range(6)]
+                    tasks = [asyncio.create_task(paced(lport, 1_500_000)) for _unused in range(6)]
                     await wait_for(lambda: len(wr.core.flows.by_id) == 6, 10, "flows open")
                     dests = Counter(f.dest for f in wr.core.flows.by_id.values())
                     assert dests["e1"] >= 1 and dests["e2"] >= 1, dests
@@ -430,7 +430,7 @@ def test_router_killed_mid_transfer(tmp_path: Path) -> None:
                     assert b"corrupt" not in results
                     # New flows take the surviving path.
                     await wait_for(lambda: "b2" not in wr.core.topology.db.routes, 10, "b2 gone")
-                    for _ in range(5):
+                    for _unused in range(5):
                         assert await echo_roundtrip(lport, b"after") == b"after"
                     assert rs["b1"].status()["flows"]["total"] >= dests["e1"] + 5
             finally:

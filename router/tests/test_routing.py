@@ -71,13 +71,13 @@ def test_tie_spread_round_robin_and_local_preferred() -> None:
     def choose(key: str) -> str | None:
         return sites.choose(db, key, Distribution.BALANCED, 0.0)
 
-    picks = [choose("k") for _ in range(4)]
+    picks = [choose("k") for _unused in range(4)]
     assert sorted(picks) == ["b", "b", "c", "c"]  # type: ignore[type-var]
     assert picks[0] != picks[1]
     # A local connector (cost 0) wins.
     db.update(lsa("a", {"b": 1, "c": 1}, conn={"k"}, seq=2))
     db.compute()
-    assert {choose("k") for _ in range(4)} == {"a"}
+    assert {choose("k") for _unused in range(4)} == {"a"}
     assert choose("other") is None
 
 

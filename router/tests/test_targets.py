@@ -17,7 +17,7 @@ def conn(name: str, key: str = "k", port: int = 1) -> ConnectorConfig:
 def test_connectors_spread_least_loaded_first_refusing_last() -> None:
     cc = ConnectorChoice()
     cc.configure([conn("a"), conn("b"), conn("c"), conn("x", key="other")])
-    firsts = Counter(cc.order("k", 0.0)[0].cfg.name for _ in range(30))
+    firsts = Counter(cc.order("k", 0.0)[0].cfg.name for _unused in range(30))
     assert firsts == {"a": 10, "b": 10, "c": 10}  # ties round-robin
     a, b, c = (cc.by_name[n] for n in "abc")
     ConnectorChoice.connected(a)
@@ -59,9 +59,9 @@ def star_db() -> LinkStateDb:
 
 def test_sites_closest_balanced_refused_and_excluded() -> None:
     db, sites = star_db(), SiteChoice()
-    assert {sites.choose(db, "k", Distribution.CLOSEST, 0.0) for _ in range(4)} == {"t1"}
+    assert {sites.choose(db, "k", Distribution.CLOSEST, 0.0) for _unused in range(4)} == {"t1"}
     # Balanced weighs the flows already open: three on t1 make t2 (3 + 0) win.
-    for _ in range(3):
+    for _unused in range(3):
         sites.count("k", "t1", +1)
     assert sites.choose(db, "k", Distribution.BALANCED, 0.0) == "t2"
     assert sites.choose(db, "k", Distribution.CLOSEST, 0.0) == "t1"
@@ -75,7 +75,7 @@ def test_sites_closest_balanced_refused_and_excluded() -> None:
     assert sites.choose(db, "k", Distribution.CLOSEST, 5.0, exclude=["t2"]) == "t1"
     assert sites.choose(db, "k", Distribution.CLOSEST, 5.0 + DOWN_BACKOFF) == "t1"
     assert sites.choose(db, "k", Distribution.CLOSEST, 0.0, exclude=["t1", "t2"]) is None
-    for _ in range(3):
+    for _unused in range(3):
         sites.count("k", "t1", -1)
     assert sites.outstanding["k"] == {}
 

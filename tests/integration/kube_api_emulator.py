@@ -48,7 +48,7 @@ PLURALS = {
     "roles": ("Role", "rbac.authorization.k8s.io/v1"),
     "rolebindings": ("RoleBinding", "rbac.authorization.k8s.io/v1"),
 }
-KINDS = {kind: plural for plural, (kind, _) in PLURALS.items()}
+KINDS = {kind: plural for plural, (kind, _unused) in PLURALS.items()}
 PATH = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)/namespaces/(?P<ns>[a-z0-9-]+)/(?P<plural>[a-z]+)"
     r"(?:/(?P<name>[a-z0-9.-]+)(?::(?P<port>\d+))?(?:/(?P<sub>proxy|log)(?P<rest>/.*)?)?)?$"
@@ -219,7 +219,7 @@ class KubeApiServer:
 
     def router_pods(self, namespace: str) -> list[dict]:
         with self.lock:
-            return [copy.deepcopy(o) for (k, ns, _), o in sorted(self.objects.items())
+            return [copy.deepcopy(o) for (k, ns, _unused), o in sorted(self.objects.items())
                     if k == "Pod" and ns == namespace]  # fmt: skip
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class KubeApiServer:
                 for pair in (query.get("labelSelector") or [""])[0].split(",")
                 if pair
             )
-            items = [o for (k, n, _), o in sorted(self.objects.items()) if k == kind and n == ns
+            items = [o for (k, n, _unused), o in sorted(self.objects.items()) if k == kind and n == ns
                      and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in selector.items())]  # fmt: skip
             return 200, {"kind": f"{kind}List", "apiVersion": api_version,
                          "metadata": {"resourceVersion": str(next(self.rv))}, "items": items}  # fmt: skip
@@ -392,12 +392,9 @@ class KubeApiServer:
         if conflicts and not force:
             causes = [{"reason": "FieldManagerConflict", "message": f'conflict with "{o}"',
                        "field": "." + ".".join(map(str, p))} for o, p in conflicts]  # fmt: skip
-            raise Refused(409, status(
-                409, "Conflict",
-                f"Apply failed with {len(causes)} conflict(s): " + "; ".join(c["message"] + " using "
-                + api_version + ": " + c["field"] for c in causes),
-                {"causes": causes},
-            ))  # fmt: skip
+            listed = "; ".join(f"{c['message']} using {api_version}: {c['field']}" for c in causes)
+            message = f"Apply failed with {len(causes)} conflict(s): {listed}"
+            raise Refused(409, status(409, "Conflict", message, {"causes": causes}))
         for other in owners:
             if other != manager:
                 owners[other] -= set(wanted)

@@ -164,8 +164,8 @@ def test_reconcile_is_idempotent_and_converges(current, wanted, prune):
     for n, p in wanted:
         assert got[n] == p
     if prune:
-        assert set(got) == {n for n, _ in wanted}
+        assert set(got) == {n for n, _unused in wanted}
     else:
-        assert set(got) == {n for n, _ in wanted} | {n for n, _ in current}
+        assert set(got) == {n for n, _unused in wanted} | {n for n, _unused in current}
     # Every change is reported once, and only changes are.
     assert len(first.changes) == len({c.name for c in first.changes})

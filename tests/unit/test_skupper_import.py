@@ -15,6 +15,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.skupper import (
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.topology import fleet_problems
 
+# Multi-document YAML bundles, as kubectl writes them; named *.bundle because
+# ansible-test's yamllint wants one document per *.yaml file.
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "skupper"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "skupper-import"
 
@@ -24,7 +26,7 @@ def bundle(name: str) -> tuple[str, list]:
 
 
 def test_three_kubernetes_and_vm_sites_become_one_inventory():
-    done = convert([bundle("west.yaml"), bundle("east.yaml"), bundle("north.yaml")])
+    done = convert([bundle("west.bundle"), bundle("east.bundle"), bundle("north.bundle")])
     sites = done.inventory["skiff_sites"]
     assert sites["vars"] == {"skiff_platform": "kubernetes"}
     assert sites["hosts"] == {
@@ -53,21 +55,22 @@ def test_three_kubernetes_and_vm_sites_become_one_inventory():
         },
     }
     notes = "\n".join(done.notes)
-    assert "west.yaml document 4: v1/ConfigMap is not a skupper.io/v2alpha1" in notes
+    assert "west.bundle document 4: v1/ConfigMap is not a skupper.io/v2alpha1" in notes
     assert (
-        "Site 'north' (namespace 'north.yaml:north', north.yaml): ha is not carried over" in notes
+        "Site 'north' (namespace 'north.bundle:north', north.bundle): ha is not carried over"
+        in notes
     )
     assert (
-        "Connector 'db' (namespace 'north.yaml:north', north.yaml): tlsCredentials is not carried over"
+        "Connector 'db' (namespace 'north.bundle:north', north.bundle): tlsCredentials is not carried over"
         in notes
     )
     assert "skiff issues its own tokens" in notes
     assert (
-        "Connector 'backend' (namespace 'east', east.yaml): selects pods ('app=backend'), "
+        "Connector 'backend' (namespace 'east', east.bundle): selects pods ('app=backend'), "
         "which a skiff connector does not" in notes
     )
     assert "annotate the Service in front of those pods with skiff.io/expose" in notes
-    assert "Site 'west' (namespace 'west', west.yaml): set skiff_kube_image" in notes
+    assert "Site 'west' (namespace 'west', west.bundle): set skiff_kube_image" in notes
     # Nothing secret is copied: token codes, CA and TLS credential names stay behind.
     dumped = yaml.safe_dump(done.inventory)
     for secret in ("2Gr8tKjZp7NhQw5XvLm4", "BEGIN CERTIFICATE", "link-west", "db-tls"):
@@ -76,7 +79,7 @@ def test_three_kubernetes_and_vm_sites_become_one_inventory():
 
 def test_linux_platform_keeps_addresses_and_names_what_needs_a_hand():
     done = convert(
-        [bundle("west.yaml"), bundle("east.yaml"), bundle("north.yaml")], platform="systemd"
+        [bundle("west.bundle"), bundle("east.bundle"), bundle("north.bundle")], platform="systemd"
     )
     hosts = done.inventory["skiff_sites"]["hosts"]
     # A Service name is no address to bind on a Linux host: the default is used.
@@ -87,7 +90,7 @@ def test_linux_platform_keeps_addresses_and_names_what_needs_a_hand():
     # A connector that selects pods has no host: left out, said so.
     assert "skiff_connectors" not in hosts["east"]
     notes = "\n".join(done.notes)
-    assert "Connector 'backend' (namespace 'east', east.yaml): no host (it selects pods" in notes
+    assert "Connector 'backend' (namespace 'east', east.bundle): no host (it selects pods" in notes
     # With the connector gone, the import's own fleet checks speak up.
     assert (
         "after import: host 'west': skiff_listeners[0].routing_key: no connector in the fleet "
@@ -97,7 +100,7 @@ def test_linux_platform_keeps_addresses_and_names_what_needs_a_hand():
 
 def test_the_local_inventory_passes_the_fleet_checks():
     done = convert(
-        [bundle("west.yaml"), bundle("east.yaml"), bundle("north.yaml")], platform="local"
+        [bundle("west.bundle"), bundle("east.bundle"), bundle("north.bundle")], platform="local"
     )
     hosts = {
         h: dict(v, skiff_platform="local")
@@ -211,7 +214,7 @@ def test_script_writes_the_inventory_and_notes(tmp_path):
             str(SCRIPT),
             "--platform",
             "local",
-            *(str(FIXTURES / f) for f in ("west.yaml", "east.yaml", "north.yaml")),
+            *(str(FIXTURES / f) for f in ("west.bundle", "east.bundle", "north.bundle")),
         ],
         capture_output=True,
         text=True,
@@ -223,7 +226,7 @@ def test_script_writes_the_inventory_and_notes(tmp_path):
     assert sorted(inventory["skiff_sites"]["hosts"]) == ["east", "north", "west"]
     assert "note: " in done.stderr
     bad = subprocess.run(
-        [sys.executable, str(SCRIPT), "--endpoint", "nonsense", str(FIXTURES / "west.yaml")],
+        [sys.executable, str(SCRIPT), "--endpoint", "nonsense", str(FIXTURES / "west.bundle")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -138,7 +138,7 @@ def test_router_and_modules_accept_the_same_site_names(name):
         modules = True
     except SkiffError:
         modules = False
-    router = not any(path == "site" for path, _ in router_errors({"site": name}))
+    router = not any(path == "site" for path, _unused in router_errors({"site": name}))
     assert ours == modules == router, name
 
 
@@ -174,7 +174,9 @@ def test_router_and_modules_accept_the_same_costs(value):
         "cert": "b",
         "key": "c",
     }
-    router = not any(p.endswith(".cost") for p, _ in router_errors({"site": "s", "links": [link]}))
+    router = not any(
+        p.endswith(".cost") for p, _unused in router_errors({"site": "s", "links": [link]})
+    )
     assert ours == modules == router, value
 
 

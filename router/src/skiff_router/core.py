@@ -89,17 +89,17 @@ class RouterCore:
             return
         handlers = self._handlers
         for ev in link.proto.receive_data(data, now):
-            if type(ev) is tuple:
+            if isinstance(ev, tuple):
                 try:
                     handlers[ev[0]](link, ev[1], ev[2])
                 except ProtocolError as exc:
                     reason = f"protocol error: {exc.reason}"
                     self._close(link, link.proto.fail(reason, "protocol error"), notify=True)
                     break
-            elif type(ev) is LinkUp:
+            elif isinstance(ev, LinkUp):
                 self.topology.link_up(link)
             else:
-                assert type(ev) is LinkClosed
+                assert isinstance(ev, LinkClosed)
                 self._close(link, ev, notify=True)
                 break
         if link.proto.has_output:

@@ -425,7 +425,7 @@ class Router:
         try:
             outbox = self.core.outbox
             local = self.locals
-            for _ in range(MAX_PUMP_ROUNDS):
+            for _unused in range(MAX_PUMP_ROUNDS):
                 if outbox.urgent or outbox.queued >= WRITE_AT:
                     self._write_links()
                 elif outbox.dirty and not self._write_scheduled:
@@ -434,7 +434,7 @@ class Router:
                 if not outbox.actions:
                     return
                 for a in outbox.take_actions():
-                    if type(a) is Deliver:  # the common case, without a dispatch
+                    if isinstance(a, Deliver):  # the common case, without a dispatch
                         conn = local.get(a.lid)
                         if conn is not None:
                             conn.deliver(a.data)

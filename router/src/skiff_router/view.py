@@ -46,19 +46,15 @@ class RouterView(Protocol):
 
     def status(self) -> dict[str, Any]:
         """The ``/v1/status`` document (docs/design.md)."""
-        ...
 
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons it is not)."""
-        ...
 
     def flows_status(self) -> list[dict[str, Any]]:
         """The ``/v1/flows`` document."""
-        ...
 
     def counters(self) -> dict[str, int]:
         """Totals that only metrics export: ``route_computations``, ``config_reloads``."""
-        ...
 
 
 class MulticastPort(Protocol):
@@ -66,7 +62,6 @@ class MulticastPort(Protocol):
 
     def publish(self, address: str, payload: bytes) -> int:
         """Send network-wide; returns the message's sequence number."""
-        ...
 
     def subscribe(self, address: str) -> Subscriber: ...
 
