@@ -17,6 +17,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
 
 # What dialers() and network_of() read of each host.
 _LINK_VARS = ("skiff_links", "skiff_site_name")
+# network_of() also leaves render-only kubernetes sites out, which these say.
+_NETWORK_VARS = (*_LINK_VARS, "skiff_platform", "skiff_kube_apply")
 
 
 def skiff_dialers(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
@@ -24,7 +26,7 @@ def skiff_dialers(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
 
 
 def skiff_network(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
-    return network_of(_plain(hostvars, site_hosts, _LINK_VARS), list(site_hosts), host)
+    return network_of(_plain(hostvars, site_hosts, _NETWORK_VARS), list(site_hosts), host)
 
 
 def skiff_site_names(hosts: list[str], hostvars: Any) -> list[str]:
