@@ -154,17 +154,19 @@ def service_account(spec: KubeSite) -> dict[str, Any]:
 
 
 def role(spec: KubeSite) -> dict[str, Any]:
-    """Least privilege, namespaced: read pods (selector connectors), manage Services
-    (proxies; the agent touches only the ones it labelled as its own)."""
+    """Least privilege, namespaced: follow pods (selector connectors), manage Services
+    (proxies; the agent touches only the ones it labelled as its own). The agent
+    never reads one object (`get`) or replaces one (`update`): lists and watches
+    give it every object, merge patches and deletes carry preconditions."""
     return _object(
         "Role",
         _meta(spec, AGENT, "agent"),
         rules=[
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             {
                 "apiGroups": [""],
                 "resources": ["services"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "verbs": ["list", "watch", "create", "patch", "delete"],
             },
         ],
     )
