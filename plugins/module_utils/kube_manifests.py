@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
+
 ROUTER = "skiff-router"  # Deployment and ConfigMap
 AGENT = "skiff-agent"  # ServiceAccount, Role, RoleBinding
 LINK_SERVICE = "skiff-link"
@@ -37,9 +39,9 @@ RUN_DIR = "/run/skiff"
 OVERLAY_PATH = f"{RUN_DIR}/overlay.json"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-LINK_PORT = 55671  # the router's link port in the pod; the Service maps the dialed port to it
-AGENT_HEALTH_PORT = 9192
-PROXY_PORTS = (20000, 20999)  # the agent's proxy listeners
+LINK_PORT = vocabulary.KUBE_LINK_PORT
+AGENT_HEALTH_PORT = vocabulary.KUBE_AGENT_HEALTH_PORT
+PROXY_PORTS = vocabulary.KUBE_PROXY_PORTS
 RUN_AS = 10001  # the image's USER
 REFRESH_ANNOTATION = "skiff.io/refresh"
 AGENT_OWNED_LABEL = "skiff.io/owned-by-agent"
