@@ -12,8 +12,9 @@ from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
     plain_hostvars as _plain,
 )
 
-# What dialers() and network_of() read of each host.
-_LINK_VARS = ("skiff_links", "skiff_site_name")
+# What dialers() and network_of() read of each host (the platform and skiff_kube_apply:
+# a render-only kubernetes site runs no router to wait for).
+_LINK_VARS = ("skiff_links", "skiff_site_name", "skiff_platform", "skiff_kube_apply")
 
 
 def skiff_dialers(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:

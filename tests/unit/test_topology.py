@@ -262,6 +262,18 @@ def test_a_render_only_site_is_not_waited_for() -> None:
     assert "k8s" in network_of(fleet, list(fleet), "east")
 
 
+def test_the_network_filter_passes_what_render_only_needs() -> None:
+    # The role's wait reads the network through this filter: it must hand
+    # network_of() the platform and skiff_kube_apply, not only the links.
+    from ansible_collections.skiff.fleet.plugins.filter.topology import skiff_network
+
+    fleet = copy.deepcopy(GOOD)
+    fleet["k8s"] = {**LOCAL, **KUBE, "skiff_kube_apply": False, "skiff_links": [{"to": "east"}]}
+    assert "k8s" not in skiff_network("east", fleet, list(fleet))
+    fleet["k8s"]["skiff_kube_apply"] = True
+    assert "k8s" in skiff_network("east", fleet, list(fleet))
+
+
 # -- fleet-wide checks: the network the inventory describes -------------------------------------
 
 
