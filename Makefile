@@ -64,7 +64,9 @@ lint: setup
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"
 
-test: setup lint gates
+# `images` first: the `podman kube play` tier (tests/integration/test_kube_play.py)
+# builds the router image on the local base image.
+test: setup lint gates images
 	pytest -q -p no:cacheprovider tests router/tests
 	$(MAKE) molecule
 

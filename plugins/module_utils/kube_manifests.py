@@ -25,6 +25,8 @@ try:
 except ImportError:  # reported when a kubernetes site's manifests are written or read
     HAS_YAML = False
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
+
 ROUTER = "skiff-router"  # Deployment and ConfigMap
 AGENT = "skiff-agent"  # ServiceAccount, Role, RoleBinding
 LINK_SERVICE = "skiff-link"
@@ -45,9 +47,9 @@ RUN_DIR = "/run/skiff"
 OVERLAY_PATH = f"{RUN_DIR}/overlay.json"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-LINK_PORT = 55671  # the router's link port in the pod; the Service maps the dialed port to it
-AGENT_HEALTH_PORT = 9192
-PROXY_PORTS = (20000, 20999)  # the agent's proxy listeners
+LINK_PORT = vocabulary.KUBE_LINK_PORT
+AGENT_HEALTH_PORT = vocabulary.KUBE_AGENT_HEALTH_PORT
+PROXY_PORTS = vocabulary.KUBE_PROXY_PORTS
 RUN_AS = 10001  # the image's USER
 REFRESH_ANNOTATION = "skiff.io/refresh"
 AGENT_OWNED_LABEL = "skiff.io/owned-by-agent"
@@ -162,17 +164,19 @@ def service_account(spec: KubeSite) -> dict[str, Any]:
 
 
 def role(spec: KubeSite) -> dict[str, Any]:
-    """Least privilege, namespaced: read pods (selector connectors), manage Services
-    (proxies; the agent touches only the ones it labelled as its own)."""
+    """Least privilege, namespaced: follow pods (selector connectors), manage Services
+    (proxies; the agent touches only the ones it labelled as its own). The agent
+    never reads one object (`get`) or replaces one (`update`): lists and watches
+    give it every object, merge patches and deletes carry preconditions."""
     return _object(
         "Role",
         _meta(spec, AGENT, "agent"),
         rules=[
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             {
                 "apiGroups": [""],
                 "resources": ["services"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                "verbs": ["list", "watch", "create", "patch", "delete"],
             },
         ],
     )

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.kube_api import (
     ApiError,
@@ -748,9 +749,6 @@ class KubernetesPlatform(Platform):
     def kube_problems(self, config: dict[str, Any]) -> list[str]:
         """What the router accepts but a pod behind Services cannot serve."""
         spec = self.spec
-        reserved = {spec.admin_port: "the admin port", km.AGENT_HEALTH_PORT: "the agent's port"}
-        if spec.link_access:
-            reserved[km.LINK_PORT] = "the link port"
         problems = []
         for index, listener in enumerate(config.get("listeners") or []):
             where = f"listeners[{index}]"
@@ -766,13 +764,13 @@ class KubernetesPlatform(Platform):
                     f"{where}.host: {listener.get('host')} is not reachable through the "
                     "listener's Service; use 0.0.0.0"
                 )
-            if port in reserved:
-                problems.append(f"{where}.port: {port} is {reserved[port]} of the pod")
-            elif isinstance(port, int) and km.PROXY_PORTS[0] <= port <= km.PROXY_PORTS[1]:
-                problems.append(
-                    f"{where}.port: {port} is in the agent's proxy range "
-                    f"{km.PROXY_PORTS[0]}-{km.PROXY_PORTS[1]}; choose another"
-                )
+            clash = (
+                f"{port} is the admin port of the pod"
+                if port == spec.admin_port
+                else vocabulary.kube_port_problem(port, spec.link_access)
+            )
+            if clash:
+                problems.append(f"{where}.port: {clash}")
         return problems
 
     def _router_check(self, data: bytes) -> list[str]:

@@ -139,6 +139,12 @@ def _check_kubernetes(site: SiteVars) -> None:
                 "required in render-only mode (skiff_kube_apply: false): the load balancer's "
                 "address cannot be learnt without a cluster",
             )
+    link_access = bool(site.get("skiff_link_access", False))
+    clash = vocabulary.kube_port_problem(
+        site.get("skiff_admin_port", vocabulary.DEFAULT_ADMIN_PORT), link_access
+    )
+    if clash:
+        site.problem("skiff_admin_port", clash)
     for index, listener in enumerate(site.get("skiff_listeners", []) or []):
         name = listener.get("name") if isinstance(listener, dict) else None
         if isinstance(name, str) and not DNS1123_LABEL.match(name):
@@ -147,6 +153,10 @@ def _check_kubernetes(site: SiteVars) -> None:
                 f"'{name}' names the listener's Service in a kubernetes site: use lower-case "
                 "letters, digits and '-'",
             )
+        port = listener.get("port") if isinstance(listener, dict) else None
+        clash = vocabulary.kube_port_problem(port, link_access)
+        if clash:
+            site.problem(f"skiff_listeners[{index}].port", clash)
 
 
 def _check_link_access(site: SiteVars) -> None:

@@ -55,6 +55,29 @@ DEFAULT_LISTENER_HOST = "127.0.0.1"
 DEFAULT_KUBE_LISTENER_HOST = "0.0.0.0"
 DEFAULT_COST = 1
 DEFAULT_KUBE_LINK_ACCESS = "clusterip"
+# Ports a kubernetes site's pod binds besides the admin port and the listeners:
+# the router's link port (the Service maps the dialed port to it), the agent's
+# health port and the agent's proxy listeners. Listeners and the admin port stay clear.
+KUBE_LINK_PORT = 55671
+KUBE_AGENT_HEALTH_PORT = 9192
+KUBE_PROXY_PORTS = (20000, 20999)
+
+
+def kube_port_problem(port: object, link_access: bool) -> str | None:
+    """Why a kubernetes site's listener or admin port clashes with the pod's own ports."""
+    if not isinstance(port, int):
+        return None
+    if port == KUBE_AGENT_HEALTH_PORT:
+        return f"{port} is the agent's health port in the pod; choose another"
+    if link_access and port == KUBE_LINK_PORT:
+        return f"{port} is the router's link port in the pod; choose another"
+    if KUBE_PROXY_PORTS[0] <= port <= KUBE_PROXY_PORTS[1]:
+        return (
+            f"{port} is in the agent's proxy range {KUBE_PROXY_PORTS[0]}-{KUBE_PROXY_PORTS[1]} "
+            "(the proxy Services of services exposed at other sites); choose another"
+        )
+    return None
+
 
 # Fleet-wide checks that an inventory may mark as intended (skiff_intended):
 # the run then warns instead of stopping.

@@ -61,6 +61,36 @@ async def kube_routers(*sites: Site) -> AsyncIterator[dict[str, Router]]:
             await r.stop()
 
 
+# The agent's Role (kube_manifests.role, asserted in tests/unit/test_kube_manifests.py):
+# no `get`, no `update`.
+ROLE_VERBS = {"pods": {"list", "watch"}, "services": {"list", "watch", "create", "patch", "delete"}}
+
+
+def verbs_used(srv: FakeApiServer) -> dict[str, set[str]]:
+    """The RBAC verb of every request the agents made, by resource."""
+    used: dict[str, set[str]] = {}
+    for r in list(srv.requests):
+        parts = r.path.strip("/").split("/")
+        resource, named = parts[-1], False
+        if parts[-2] in ROLE_VERBS:  # .../<resource>/<name>
+            resource, named = parts[-2], True
+        if r.method == "GET":
+            verb = "watch" if r.query.get("watch") in ("1", "true") else "get" if named else "list"
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[
+                r.method
+            ]
+        used.setdefault(resource, set()).add(verb)
+    return used
+
+
+def assert_within_role(srv: FakeApiServer) -> None:
+    used = verbs_used(srv)
+    assert used, "no request reached the API"
+    for resource, verbs in used.items():
+        assert verbs <= ROLE_VERBS.get(resource, set()), (resource, verbs)
+
+
 def listener_state(r: Router, name: str) -> str | None:
     for x in r.status()["listeners"]:
         if x["name"] == name:
@@ -130,6 +160,8 @@ def test_annotation_at_one_site_gives_a_working_proxy_at_the_other(
                     await echo_roundtrip(target, b"x")
 
     run(main())
+    assert verbs_used(srv)["services"] >= {"list", "watch", "create", "delete"}
+    assert_within_role(srv)
 
 
 def test_selector_connector_balances_over_ready_pods(srv: FakeApiServer, tmp_path: Path) -> None:
@@ -194,3 +226,5 @@ def test_selector_connector_balances_over_ready_pods(srv: FakeApiServer, tmp_pat
                 s.close()
 
     run(main())
+    assert verbs_used(srv)["pods"] == {"list", "watch"}
+    assert_within_role(srv)

@@ -279,3 +279,55 @@ def test_overlay_connectors_at_the_serving_site(tmp_path: Path) -> None:
             await roundtrip_ok(port)
 
     run(main())
+
+
+def test_a_replica_gone_mid_transfer_leaves_new_flows_to_the_other(tmp_path: Path) -> None:
+    """HA at router level (skiff_router_replicas: 2): two routers of site east serve
+    the same key; one stops while flows through the site are open; new flows from
+    west are all carried by the other."""
+
+    async def main() -> None:
+        east_a = Site.create(tmp_path, "east", router_id="east.a", accept=True)
+        east_b = Site.create(tmp_path, "east", router_id="east.b", ca=east_a.ca)
+        west = Site.create(tmp_path, "west")
+        west.link_to(east_a)
+        west.link_to(east_b)
+        east_b.link_to(east_a)
+        async with tcp_server() as echo:
+            east_a.connect("k", echo)
+            east_b.connect("k", echo)
+            west_port = west.listen("k")
+            async with routers(east_a, east_b, west) as rs:
+                rw = rs["west"]
+                await wait_for(
+                    lambda: sorted(rw.status()["routing_keys"].get("k", {}).get("connectors", []))
+                    == ["east.a", "east.b"],
+                    TIMEOUT,
+                    "k served by both routers of east",
+                )
+                # Flows in the middle of a transfer, spread over both routers.
+                held = []
+                for _flow in range(4):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", west_port)
+                    writer.write(os.urandom(64_000))
+                    await writer.drain()
+                    held.append((reader, writer))
+                await wait_for(
+                    lambda: rw.status()["flows"]["open"] == 4, TIMEOUT, "the held flows open"
+                )
+                # Each router of east carries some of them (ties go round-robin).
+                assert rs["east.a"].status()["flows"]["open"] > 0
+                assert rs["east.b"].status()["flows"]["open"] > 0
+                gone = rs.pop("east.a")  # popped: the context must not stop it twice
+                await gone.stop()
+                await wait_for(
+                    lambda: rw.status()["routing_keys"]["k"]["connectors"] == ["east.b"],
+                    TIMEOUT,
+                    "west routes k to east.b only",
+                )
+                for _flow in range(8):
+                    await roundtrip_ok(west_port, 200_000)
+                for _reader, writer in held:
+                    writer.close()
+
+    run(main())

@@ -246,9 +246,9 @@ def test_objects_and_rbac_follow_the_contract():
     ]
     rules = km.role(spec)["rules"]
     assert rules == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["services"],
-         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+         "verbs": ["list", "watch", "create", "patch", "delete"]},
     ]  # fmt: skip
     for obj in site_manifests(spec):
         assert obj["kind"] not in ("ClusterRole", "ClusterRoleBinding")

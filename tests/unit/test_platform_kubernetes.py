@@ -382,6 +382,27 @@ def test_removal_deletes_every_object_of_the_site(api, tmp_path, kubeconfig):
     assert not run(site(tmp_path, kubeconfig, state="absent")).changed
 
 
+def test_removal_deletes_the_agents_proxy_services_and_leaves_the_users(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+
+    def service(name, labels):
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "east", "labels": labels},
+                "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+
+    # What the agent creates for a service exposed at another site (its labels,
+    # router/src/skiff_router/kube/plan.py proxy_labels), and a user's own Service.
+    proxy = {"app.kubernetes.io/managed-by": "skiff", "app.kubernetes.io/part-of": "skiff",
+             "skiff.io/site": "east", "skiff.io/owned-by-agent": "true"}  # fmt: skip
+    with api.lock:
+        api.objects[("Service", "east", "orders")] = service("orders", proxy)
+        api.objects[("Service", "east", "web")] = service("web", {"app": "web"})
+    check = run(site(tmp_path, kubeconfig, state="absent"), check=True)
+    assert "delete Service orders" in check.actions
+    assert run(site(tmp_path, kubeconfig, state="absent")).changed
+    assert api.kinds("east") == [("Service", "web")]
+
+
 # -- render-only (GitOps): files, no cluster ------------------------------------------------------
 
 

@@ -157,6 +157,26 @@ def test_kubernetes_sites_are_accepted_and_bind_no_controller_port() -> None:
             {"skiff_listeners": [{"name": "Backend", "port": 80}]},
             "skiff_listeners[0].name: 'Backend' names the listener's Service",
         ),
+        (
+            {"skiff_listeners": [{"name": "backend", "port": 20005}]},
+            "skiff_listeners[0].port: 20005 is in the agent's proxy range 20000-20999",
+        ),
+        (
+            {"skiff_listeners": [{"name": "backend", "port": 9192}]},
+            "skiff_listeners[0].port: 9192 is the agent's health port in the pod",
+        ),
+        (
+            {
+                "skiff_link_access": True,
+                "skiff_link_endpoint": {"host": "k8s.example.com"},
+                "skiff_listeners": [{"name": "backend", "port": 55671}],
+            },
+            "skiff_listeners[0].port: 55671 is the router's link port in the pod",
+        ),
+        (
+            {"skiff_admin_port": 20999},
+            "skiff_admin_port: 20999 is in the agent's proxy range 20000-20999",
+        ),
     ],
 )
 def test_kubernetes_site_problems(values, problem) -> None:
