@@ -49,8 +49,17 @@ class Distribution(StrEnum):
     CLOSEST = "closest"  # least path cost, ties round-robin
 
 
+class Strategy(StrEnum):
+    """How a multi-key listener picks the routing key of a new flow."""
+
+    PRIORITY = "priority"  # the first key with a reachable connector
+    WEIGHTED = "weighted"  # spread by weight over the keys with a reachable connector
+
+
 MODES = tuple(m.value for m in Mode)
 DISTRIBUTIONS = tuple(d.value for d in Distribution)
+STRATEGIES = tuple(s.value for s in Strategy)
+MAX_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -86,12 +95,27 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class KeyWeight:
+    key: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
-    routing_key: str
+    routing_key: str  # a multi-key listener: its first key
     host: str
     port: int
     distribution: Distribution = Distribution.BALANCED
+    # A multi-key listener's keys in order (``routing_keys`` in the file); () = one key.
+    routing_keys: tuple[KeyWeight, ...] = ()
+    strategy: Strategy = Strategy.PRIORITY
+
+    def key_names(self) -> tuple[str, ...]:
+        """Every routing key this listener may send a flow to, in order."""
+        if self.routing_keys:
+            return tuple(k.key for k in self.routing_keys)
+        return (self.routing_key,)
 
 
 @dataclass(frozen=True)
@@ -334,19 +358,27 @@ def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
 def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
     listeners: list[ListenerConfig] = []
     for path, item in c.items(value, "listeners"):
-        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"distribution"})
+        d = c.obj(
+            item,
+            path,
+            {"name", "host", "port"},
+            {"routing_key", "routing_keys", "strategy", "distribution"},
+        )
         if d is not None:
             dist = d.get("distribution", Distribution.BALANCED.value)
             if dist not in DISTRIBUTIONS:
                 c.err(f"{path}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}")
                 dist = Distribution.BALANCED.value
+            keys, strategy = _listener_keys(c, d, path)
             listeners.append(
                 ListenerConfig(
                     name=c.string(d, "name", path),
-                    routing_key=c.string(d, "routing_key", path),
+                    routing_key=keys[0].key if keys else c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
                     distribution=Distribution(dist),
+                    routing_keys=keys,
+                    strategy=strategy,
                 )
             )
     _unique(c, "listeners", [(f"listeners[{i}].name", x.name) for i, x in enumerate(listeners)])
@@ -357,6 +389,46 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
         what="host and port",
     )
     return tuple(listeners)
+
+
+def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ...], Strategy]:
+    """A listener's ``routing_keys`` and ``strategy`` (multi-key), or ((), default)."""
+    strategy = Strategy.PRIORITY
+    if "strategy" in d:
+        if d["strategy"] not in STRATEGIES:
+            c.err(f"{path}.strategy", f"must be one of {', '.join(STRATEGIES)}")
+        else:
+            strategy = Strategy(d["strategy"])
+    if "routing_keys" not in d:
+        if "routing_key" not in d:
+            c.err(f"{path}.routing_key", "is required (or routing_keys)")
+        elif "strategy" in d:
+            c.err(f"{path}.strategy", "needs routing_keys (a listener with several keys)")
+        return (), strategy
+    kpath = f"{path}.routing_keys"
+    if "routing_key" in d:
+        c.err(kpath, "give routing_key or routing_keys, not both")
+    value = d["routing_keys"]
+    if not isinstance(value, list) or not value:
+        c.err(kpath, "must be a non-empty list of {key, weight}")
+        return (), strategy
+    keys: list[KeyWeight] = []
+    seen: dict[str, str] = {}
+    for ipath, item in c.items(value, kpath):
+        e = c.obj(item, ipath, {"key"}, {"weight"})
+        if e is None:
+            continue
+        key = c.string(e, "key", ipath)
+        weight = e.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+            c.err(f"{ipath}.weight", f"must be a positive integer (1..{MAX_WEIGHT})")
+            weight = 1
+        if key in seen:
+            c.err(f"{ipath}.key", f"duplicate key {key!r} in routing_keys (also {seen[key]})")
+        elif key:
+            seen[key] = ipath
+            keys.append(KeyWeight(key, weight))
+    return tuple(keys), strategy
 
 
 def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:

@@ -32,7 +32,11 @@ def format_network(status: dict[str, Any]) -> str:
     )
     reachable = [r for r in routers if r.get("reachable")]
     keys = status.get("routing_keys") or {}
-    own_keys = {x.get("routing_key") for x in status.get("listeners") or []}
+    own_keys = {
+        k.get("key") if isinstance(k, dict) else k
+        for x in status.get("listeners") or []
+        for k in x.get("routing_keys") or [x.get("routing_key")]
+    }
     lines = [
         f"network as seen from {here} ({status.get('mode', 'interior')}): "
         f"{len(routers)} routers, {len(reachable)} reachable, {len(keys)} routing keys"

@@ -65,7 +65,7 @@ from skiff_router.plan import (
     reload_plan,
     services,
 )
-from skiff_router.targets import Connector, ConnectorChoice
+from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
 
@@ -145,6 +145,7 @@ class ListenerRt:
     server: asyncio.Server | None = None
     state: BindState = BindState.STARTING
     error: str | None = None
+    keys: KeyChoice = field(default_factory=KeyChoice)
 
 
 @dataclass
@@ -649,7 +650,9 @@ class Router:
             rt.state, rt.error = BindState.ERROR, err
             return
         rt.state, rt.error = BindState.LISTENING, None
-        log.info("listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, cfg.routing_key)
+        log.info(
+            "listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, ", ".join(cfg.key_names())
+        )
 
     async def _stop_listener(self, name: str) -> None:
         rt = self.listeners.pop(name, None)
@@ -829,6 +832,20 @@ class Router:
                 )
         return links
 
+    def _listener_keys_status(self, rt: ListenerRt) -> dict[str, Any]:
+        """A listener's keys: which take new flows now, and how many each got."""
+        cfg = rt.cfg
+        return {
+            "routing_keys": [
+                {"key": k, "weight": w, "flows": rt.keys.flows.get(k, 0)}
+                for k, w in (
+                    [(x.key, x.weight) for x in cfg.routing_keys] or [(cfg.routing_key, 1)]
+                )
+            ],
+            "strategy": cfg.strategy.value if cfg.routing_keys else None,
+            "keys_in_use": KeyChoice.in_use(cfg, self.core.topology.db),
+        }
+
     def status(self) -> dict[str, Any]:
         cfg = self.cfg
         core = self.core
@@ -873,6 +890,7 @@ class Router:
                     "error": rt.error,
                     "distribution": rt.cfg.distribution.value,
                     "source": self._source("listeners", rt.cfg.name),
+                    **self._listener_keys_status(rt),
                 }
                 for rt in self.listeners.values()
             ],

@@ -81,10 +81,11 @@ class LocalConn(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         if self.listener is not None:
             cfg = self.listener.cfg
-            lid = self.flows.open(cfg.routing_key, cfg.distribution)
+            key = self.listener.keys.choose(cfg, self.core.topology.db)
+            lid = None if key is None else self.flows.open(key, cfg.distribution)
             if lid is None:
                 # Nobody reachable serves the key: refuse at once rather than hang.
-                flog.debug("listener %s: no reachable connector for %s", cfg.name, cfg.routing_key)
+                flog.debug("listener %s: no reachable connector for %s", cfg.name, cfg.key_names())
                 self.done = True
                 transport.abort()
                 return
