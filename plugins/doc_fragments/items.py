@@ -44,6 +44,31 @@ options:
         type: str
         choices: [balanced, closest]
         default: balanced
+      routing_keys:
+        description:
+          - Several routing keys instead of O(listeners[].routing_key), for example the same
+            service at a primary and a standby site; O(listeners[].strategy) picks the key
+            of each new flow. Each key once.
+        type: list
+        elements: dict
+        suboptions:
+          key:
+            description: A routing key.
+            type: str
+            required: true
+          weight:
+            description: Share of new flows with O(listeners[].strategy=weighted) (1..1000).
+            type: int
+            default: 1
+      strategy:
+        description:
+          - How a listener with O(listeners[].routing_keys) picks the key of a new flow.
+          - V(priority) takes the first key with a reachable connector; new flows go back
+            to an earlier key as soon as it has one again (failover and failback).
+          - V(weighted) spreads new flows by weight over the keys with a reachable connector.
+        type: str
+        choices: [priority, weighted]
+        default: priority
       state:
         description: Whether this listener exists.
         type: str

@@ -24,6 +24,20 @@ LISTENER_ITEM: dict[str, dict[str, Any]] = {
         "choices": list(vocabulary.DISTRIBUTIONS),
         "default": vocabulary.DEFAULT_DISTRIBUTION,
     },
+    "routing_keys": {
+        "type": "list",
+        "elements": "dict",
+        "no_log": False,
+        "options": {
+            "key": {"type": "str", "required": True, "no_log": False},
+            "weight": {"type": "int", "default": vocabulary.DEFAULT_WEIGHT},
+        },
+    },
+    "strategy": {
+        "type": "str",
+        "choices": list(vocabulary.STRATEGIES),
+        "default": vocabulary.DEFAULT_STRATEGY,
+    },
     "state": STATE,
 }
 CONNECTOR_ITEM: dict[str, dict[str, Any]] = {

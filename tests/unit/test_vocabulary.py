@@ -25,8 +25,10 @@ from ansible_collections.skiff.fleet.plugins.module_utils.validation import (
 )
 from skiff_router import config as router_config
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "site"
-SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["_site_options"]
+ROLE = Path(__file__).resolve().parents[2] / "roles" / "skiff"
+SPECS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"][
+    "main"
+]["options"]
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
 
