@@ -33,7 +33,7 @@ def format_network(status: dict[str, Any]) -> str:
     reachable = [r for r in routers if r.get("reachable")]
     keys = status.get("routing_keys") or {}
     own_keys = {
-        k.get("key") if isinstance(k, dict) else k
+        str(k.get("key") if isinstance(k, dict) else k)
         for x in status.get("listeners") or []
         for k in x.get("routing_keys") or [x.get("routing_key")]
     }

@@ -36,7 +36,7 @@ class KeyChoice:
 
     def choose(self, cfg: ListenerConfig, db: LinkStateDb) -> str | None:
         if not cfg.routing_keys:
-            key: str | None = cfg.routing_key
+            key = cfg.routing_key
         else:
             up = [k for k in cfg.routing_keys if db.serving(k.key)]
             if not up:
