@@ -186,7 +186,7 @@ def format_status(s: dict[str, Any]) -> str:
         "listeners",
         ["name", "key", "address", "state", "error"],
         [
-            [x["name"], x["routing_key"], f"{x['host']}:{x['port']}", x["state"], dash(x["error"])]
+            [x["name"], _listener_keys(x), f"{x['host']}:{x['port']}", x["state"], dash(x["error"])]
             for x in s.get("listeners", [])
         ],
     )
@@ -225,6 +225,21 @@ def format_status(s: dict[str, Any]) -> str:
         ],
     )
     return "\n".join(lines)
+
+
+def _listener_keys(listener: dict[str, Any]) -> str:
+    """One key, or a multi-key listener's keys with the strategy and the keys in use
+    marked '*' (``db-primary*, db-standby (priority)``)."""
+    if not listener.get("strategy"):
+        return str(listener["routing_key"])
+    in_use = set(listener.get("keys_in_use") or [])
+    keys = ", ".join(
+        k["key"]
+        + ("*" if k["key"] in in_use else "")
+        + (f" x{k['weight']}" if listener["strategy"] == "weighted" else "")
+        for k in listener.get("routing_keys") or []
+    )
+    return f"{keys} ({listener['strategy']})"
 
 
 def build_parser() -> argparse.ArgumentParser:
