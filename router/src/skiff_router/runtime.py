@@ -49,6 +49,7 @@ from skiff_router.config import (
 )
 from skiff_router.core import RouterCore
 from skiff_router.log import set_level
+from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
     Operation,
     ReloadAccessTls,
@@ -831,6 +832,12 @@ class Router:
                     }
                 )
         return links
+
+    def network(self) -> dict[str, Any]:
+        """GET /v1/network: the whole network from link state (netgraph.py)."""
+        core = self.core
+        topo = core.topology
+        return network_graph(topo.db, topo.id, topo.edge, core.flows.key_counts())
 
     def _listener_keys_status(self, rt: ListenerRt) -> dict[str, Any]:
         """A listener's keys: which take new flows now, and how many each got."""
