@@ -95,6 +95,25 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class ListenerTls:
+    """A listener terminates TLS towards its clients with this certificate and key."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ConnectorTls:
+    """A connector originates TLS to its server, verified against ``ca`` and
+    ``server_name`` (default: the connector's host), with an optional client cert."""
+
+    ca: str
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class KeyWeight:
     key: str
     weight: int = 1
@@ -110,6 +129,7 @@ class ListenerConfig:
     # A multi-key listener's keys in order (``routing_keys`` in the file); () = one key.
     routing_keys: tuple[KeyWeight, ...] = ()
     strategy: Strategy = Strategy.PRIORITY
+    tls: ListenerTls | None = None
 
     def key_names(self) -> tuple[str, ...]:
         """Every routing key this listener may send a flow to, in order."""
@@ -124,6 +144,7 @@ class ConnectorConfig:
     routing_key: str
     host: str
     port: int
+    tls: ConnectorTls | None = None
 
 
 @dataclass(frozen=True)
@@ -362,7 +383,7 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
             item,
             path,
             {"name", "host", "port"},
-            {"routing_key", "routing_keys", "strategy", "distribution"},
+            {"routing_key", "routing_keys", "strategy", "distribution", "tls"},
         )
         if d is not None:
             dist = d.get("distribution", Distribution.BALANCED.value)
@@ -379,6 +400,7 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
                     distribution=Distribution(dist),
                     routing_keys=keys,
                     strategy=strategy,
+                    tls=_listener_tls(c, d, path),
                 )
             )
     _unique(c, "listeners", [(f"listeners[{i}].name", x.name) for i, x in enumerate(listeners)])
@@ -389,6 +411,58 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
         what="host and port",
     )
     return tuple(listeners)
+
+
+def _pem_file(c: _Checker, d: dict, key: str, path: str, what: str, owner: str) -> str:
+    """A TLS file named in the config: readable, and holding a PEM ``what``
+    (CERTIFICATE or PRIVATE KEY). Messages name the owner and the field, never
+    the file's content."""
+    p = c.file(d, key, path)
+    if not p:
+        return ""
+    try:
+        text = Path(p).read_bytes()
+    except OSError as exc:
+        c.err(f"{path}.{key}", f"{owner}: cannot read {p}: {exc.strerror or exc}")
+        return p
+    if f"-----BEGIN {what}".encode() not in text and not (
+        what == "PRIVATE KEY" and b"PRIVATE KEY-----" in text
+    ):
+        noun = "certificate" if what == "CERTIFICATE" else "private key"
+        c.err(f"{path}.{key}", f"{owner}: {p} is not a PEM {noun}")
+    return p
+
+
+def _listener_tls(c: _Checker, d: dict, path: str) -> ListenerTls | None:
+    if d.get("tls") is None:
+        return None
+    tpath = f"{path}.tls"
+    t = c.obj(d["tls"], tpath, {"cert", "key"}, set())
+    if t is None:
+        return None
+    owner = f"listener {d.get('name')!r}"
+    return ListenerTls(
+        cert=_pem_file(c, t, "cert", tpath, "CERTIFICATE", owner),
+        key=_pem_file(c, t, "key", tpath, "PRIVATE KEY", owner),
+    )
+
+
+def _connector_tls(c: _Checker, d: dict, path: str) -> ConnectorTls | None:
+    if d.get("tls") is None:
+        return None
+    tpath = f"{path}.tls"
+    t = c.obj(d["tls"], tpath, {"ca"}, {"server_name", "cert", "key"})
+    if t is None:
+        return None
+    owner = f"connector {d.get('name')!r}"
+    if ("cert" in t) != ("key" in t):
+        c.err(f"{tpath}.cert", f"{owner}: a client certificate needs both cert and key")
+    return ConnectorTls(
+        ca=_pem_file(c, t, "ca", tpath, "CERTIFICATE", owner),
+        server_name=c.string(t, "server_name", tpath) or None,
+        cert=_pem_file(c, t, "cert", tpath, "CERTIFICATE", owner) or None,
+        key=_pem_file(c, t, "key", tpath, "PRIVATE KEY", owner) or None,
+    )
 
 
 def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ...], Strategy]:
@@ -434,7 +508,7 @@ def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ..
 def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
     connectors: list[ConnectorConfig] = []
     for path, item in c.items(value, "connectors"):
-        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, set())
+        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"tls"})
         if d is not None:
             connectors.append(
                 ConnectorConfig(
@@ -442,6 +516,7 @@ def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
                     routing_key=c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
+                    tls=_connector_tls(c, d, path),
                 )
             )
     _unique(c, "connectors", [(f"connectors[{i}].name", x.name) for i, x in enumerate(connectors)])

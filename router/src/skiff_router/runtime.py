@@ -37,6 +37,7 @@ from skiff_router.codec import HEADER_SIZE, MAX_DATA
 from skiff_router.config import (
     Config,
     ConfigError,
+    ConnectorConfig,
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
@@ -236,6 +237,7 @@ class Router:
         self.links: dict[int, LinkConn] = {}  # by core link handle
         self.dialers: dict[str, Dialer] = {}
         self.listeners: dict[str, ListenerRt] = {}
+        self._app_tls: dict[ConnectorConfig, ssl.SSLContext] = {}
         self.connectors = ConnectorChoice()
         self.access_server: asyncio.Server | None = None
         self.access_error: str | None = None
@@ -641,10 +643,11 @@ class Router:
         cfg = rt.cfg
         loop = asyncio.get_running_loop()
         try:
+            ctx = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
             rt.server = await loop.create_server(
-                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024
+                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
             )
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
             if err != rt.error:
                 log.error("listener %s on %s:%d: %s", cfg.name, cfg.host, cfg.port, err)
@@ -694,16 +697,32 @@ class Router:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addresses = ConnectorChoice.resolved(c, (i[4][0] for i in infos), loop.time())
         error: OSError = OSError(f"{host}: no address")
+        ctx = self._connector_tls(c.cfg)
         for address in addresses:
             conn = LocalConn(self, lid, connector=c)
             try:
-                await loop.create_connection(lambda c=conn: c, address, port)  # type: ignore[misc]
+                await loop.create_connection(
+                    lambda c=conn: c,  # type: ignore[misc]
+                    address,
+                    port,
+                    ssl=ctx,
+                    server_hostname=(c.cfg.tls.server_name or host) if c.cfg.tls else None,
+                )
             except OSError as exc:
                 error = exc
                 continue
             ConnectorChoice.worked(c, address)
             return
         raise error
+
+    def _connector_tls(self, cfg: ConnectorConfig) -> ssl.SSLContext | None:
+        """The connector's TLS context, built once per connector config (not per flow)."""
+        if cfg.tls is None:
+            return None
+        got = self._app_tls.get(cfg)
+        if got is None:
+            got = self._app_tls[cfg] = tls.app_client_context(cfg.tls)
+        return got
 
     def _set_services(self, op: SetServices) -> None:
         self.core.topology.set_services(op.listener_keys, op.connector_keys)

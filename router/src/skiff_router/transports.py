@@ -172,9 +172,16 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def write_eof(self) -> None:
         t = self.transport
-        if t is not None and not t.is_closing() and t.can_write_eof():
+        if t is None or t.is_closing():
+            return
+        if t.can_write_eof():
             with contextlib.suppress(OSError):
                 t.write_eof()
+        else:
+            # TLS cannot half-close (close_notify ends the session): the other
+            # side finishing ends this one too, once what is queued is sent.
+            self.flows.local_eof(self.lid)
+            self.router.pump()
 
     def close(self) -> None:
         """EOF has passed both ways: close after the buffered bytes are sent."""
