@@ -69,6 +69,22 @@ options:
         type: str
         choices: [priority, weighted]
         default: priority
+      tls:
+        description:
+          - Terminate TLS towards the clients with this certificate and key (PEM files on
+            the site's host; relative paths are relative to the site directory). Keep
+            the key 0600. Flows carry the plaintext between the sites' routers (inside
+            their mutual-TLS links).
+        type: dict
+        suboptions:
+          cert:
+            description: The listener's certificate chain (PEM).
+            type: path
+            required: true
+          key:
+            description: Its private key (PEM).
+            type: path
+            required: true
       state:
         description: Whether this listener exists.
         type: str
@@ -102,6 +118,25 @@ options:
       port:
         description: Port of the real service (1..65535). Required when present.
         type: int
+      tls:
+        description:
+          - Originate TLS to the server, verified against the CA bundle O(connectors[].tls.ca) and the
+            server name; optionally with a client certificate. PEM files on the site's host.
+        type: dict
+        suboptions:
+          ca:
+            description: CA bundle (PEM) the server's certificate must chain to.
+            type: path
+            required: true
+          server_name:
+            description: Name the server's certificate must match. Defaults to the connector's host.
+            type: str
+          cert:
+            description: Client certificate (PEM), with its key.
+            type: path
+          key:
+            description: The client certificate's private key (PEM). Keep it 0600.
+            type: path
       state:
         description: Whether this connector exists.
         type: str

@@ -39,6 +39,11 @@ def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool
         entry["routing_key"] = validation.routing_key(key if key is not None else name)
     entry["host"] = validation.host(host, "host")
     entry["port"] = validation.port(item["port"], "port")
+    tls = item.get("tls")
+    if tls is not None:
+        # Paths only (the router reads the files; check-config refuses a missing or
+        # non-PEM one naming this entry and field): never a key's content.
+        entry["tls"] = {k: v for k, v in dict(tls).items() if v is not None}
     distribution = item.get("distribution")
     strategy = item.get("strategy")
     if not listener:
@@ -143,6 +148,7 @@ ITEM_FIELDS = (
     "distribution",
     "routing_keys",
     "strategy",
+    "tls",
     "state",
 )
 
@@ -163,6 +169,8 @@ class ServiceParams:
     # Listeners only: several routing keys ({key, weight}) and how new flows pick one.
     routing_keys: tuple[Mapping[str, Any], ...] | None = None
     strategy: str | None = None
+    # TLS towards clients (listener: cert, key) or the server (connector: ca, ...): paths.
+    tls: Mapping[str, Any] | None = None
     # The list form: every item as above; `prune` removes entries not listed.
     items: tuple[Mapping[str, Any], ...] | None = None
     prune: bool = False

@@ -92,6 +92,22 @@ options:
     type: str
     choices: [priority, weighted]
     default: priority
+  tls:
+    description:
+      - Terminate TLS towards the clients with this certificate and key (PEM files on
+        the site's host; relative paths are relative to the site directory). Keep
+        the key 0600. Flows carry the plaintext between the sites' routers (inside
+        their mutual-TLS links).
+    type: dict
+    suboptions:
+      cert:
+        description: The listener's certificate chain (PEM).
+        type: path
+        required: true
+      key:
+        description: Its private key (PEM).
+        type: path
+        required: true
 seealso:
   - module: skiff.fleet.connector
   - module: skiff.fleet.reconcile

@@ -214,3 +214,55 @@ def test_words_agree_with_router_role_and_module() -> None:
         except router_config.ConfigError as exc:
             theirs = exc.errors
         assert (ours is None) == (theirs is None), (weight, ours, theirs)
+
+
+# -- application TLS: paths written as the router reads them ------------------------------------
+
+
+def test_tls_paths_are_written_for_the_router(site, services, tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "app.crt"
+    key_file = tmp_path / "app.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    wanted = listener(site, routing_key="db", tls={"cert": str(cert_file), "key": str(key_file)})
+    result = run_service(LISTENER, wanted, False, **services)
+    assert result.changed
+    written = json.loads(site.config.read_text())
+    assert written["listeners"][0]["tls"] == {"cert": str(cert_file), "key": str(key_file)}
+    assert "PRIVATE KEY" not in json.dumps(result.diff) + json.dumps(result.values)
+    lc = router_config.validate(written, site.root).listeners[0]
+    assert lc.tls == router_config.ListenerTls(str(cert_file), str(key_file))
+    # The key given as the certificate: the router's check names the listener and field.
+    written["listeners"][0]["tls"]["cert"] = str(key_file)
+    with pytest.raises(router_config.ConfigError) as err:
+        router_config.validate(written, site.root)
+    assert any(
+        line.startswith("listeners[0].tls.cert: listener 'db': ") for line in err.value.lines()
+    )
