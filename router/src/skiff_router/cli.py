@@ -102,10 +102,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.network:
         from skiff_router.netview import format_network
 
-        print(format_network(status))
+        print(format_network(status, _network(args.admin.rstrip("/") + "/v1/network")))
     else:
         print(format_status(status))
     return 0
+
+
+def _network(url: str) -> dict[str, Any] | None:
+    """The router's /v1/network, or None from a router that predates it."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            got = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return got if isinstance(got, dict) else None
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
