@@ -64,9 +64,15 @@ lint: setup
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"
 
+# Debian's chromium for the console's browser test; needs root where it is missing.
+$(CURDIR)/.cache/browser.ok: scripts/bootstrap-browser
+	@mkdir -p $(@D)
+	bash scripts/bootstrap-browser
+	@touch $@
+
 # `images` first: the `podman kube play` tier (tests/integration/test_kube_play.py)
 # builds the router image on the local base image.
-test: setup lint gates images
+test: setup lint gates images $(CURDIR)/.cache/browser.ok
 	pytest -q -p no:cacheprovider tests router/tests
 	$(MAKE) molecule
 

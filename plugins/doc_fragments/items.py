@@ -45,6 +45,47 @@ options:
         type: str
         choices: [balanced, closest]
         default: balanced
+      routing_keys:
+        description:
+          - Several routing keys instead of O(listeners[].routing_key), for example the same
+            service at a primary and a standby site; O(listeners[].strategy) picks the key
+            of each new flow. Each key once.
+        type: list
+        elements: dict
+        suboptions:
+          key:
+            description: A routing key.
+            type: str
+            required: true
+          weight:
+            description: Share of new flows with O(listeners[].strategy=weighted) (1..1000).
+            type: int
+            default: 1
+      strategy:
+        description:
+          - How a listener with O(listeners[].routing_keys) picks the key of a new flow.
+          - V(priority) takes the first key with a reachable connector; new flows go back
+            to an earlier key as soon as it has one again (failover and failback).
+          - V(weighted) spreads new flows by weight over the keys with a reachable connector.
+        type: str
+        choices: [priority, weighted]
+        default: priority
+      tls:
+        description:
+          - Terminate TLS towards the clients with this certificate and key (PEM files on
+            the site's host; relative paths are relative to the site directory). Keep
+            the key 0600. Flows carry the plaintext between the sites' routers (inside
+            their mutual-TLS links).
+        type: dict
+        suboptions:
+          cert:
+            description: The listener's certificate chain (PEM).
+            type: path
+            required: true
+          key:
+            description: Its private key (PEM).
+            type: path
+            required: true
       state:
         description: Whether this listener exists.
         type: str
@@ -78,6 +119,25 @@ options:
       port:
         description: Port of the real service (1..65535). Required when present.
         type: int
+      tls:
+        description:
+          - Originate TLS to the server, verified against the CA bundle O(connectors[].tls.ca) and the
+            server name; optionally with a client certificate. PEM files on the site's host.
+        type: dict
+        suboptions:
+          ca:
+            description: CA bundle (PEM) the server's certificate must chain to.
+            type: path
+            required: true
+          server_name:
+            description: Name the server's certificate must match. Defaults to the connector's host.
+            type: str
+          cert:
+            description: Client certificate (PEM), with its key.
+            type: path
+          key:
+            description: The client certificate's private key (PEM). Keep it 0600.
+            type: path
       state:
         description: Whether this connector exists.
         type: str

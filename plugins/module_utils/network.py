@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import get_platform
@@ -142,13 +143,13 @@ def merge(
         # A listener's own router says whether its key is reachable from there.
         status_keys = view["status"].get("routing_keys") or {}
         for listener in view["status"].get("listeners") or []:
-            key = listener.get("routing_key")
-            merged = keys.setdefault(
-                key, {"listeners": set(), "connectors": set(), "unreachable_at": set()}
-            )
-            merged["listeners"].add(name)
-            if not (status_keys.get(key) or {}).get("reachable"):
-                merged["unreachable_at"].add(name)
+            for key in vocabulary.listener_keys(listener):
+                merged = keys.setdefault(
+                    key, {"listeners": set(), "connectors": set(), "unreachable_at": set()}
+                )
+                merged["listeners"].add(name)
+                if not (status_keys.get(key) or {}).get("reachable"):
+                    merged["unreachable_at"].add(name)
     routing_keys = {
         key: {
             "listeners": sorted(info["listeners"]),
@@ -178,7 +179,7 @@ def merge(
 
 def _service(entry: dict[str, Any]) -> dict[str, Any]:
     shown = {k: entry.get(k) for k in ("name", "routing_key", "host", "port")}
-    for extra in ("state", "error", "distribution", "flows", "down"):
+    for extra in ("state", "error", "distribution", "flows", "down", "strategy", "keys_in_use"):
         if extra in entry:
             shown[extra] = entry[extra]
     return shown

@@ -24,6 +24,27 @@ LISTENER_ITEM: dict[str, dict[str, Any]] = {
         "choices": list(vocabulary.DISTRIBUTIONS),
         "default": vocabulary.DEFAULT_DISTRIBUTION,
     },
+    "routing_keys": {
+        "type": "list",
+        "elements": "dict",
+        "no_log": False,
+        "options": {
+            "key": {"type": "str", "required": True, "no_log": False},
+            "weight": {"type": "int", "default": vocabulary.DEFAULT_WEIGHT},
+        },
+    },
+    "strategy": {
+        "type": "str",
+        "choices": list(vocabulary.STRATEGIES),
+        "default": vocabulary.DEFAULT_STRATEGY,
+    },
+    "tls": {
+        "type": "dict",
+        "options": {
+            "cert": {"type": "path", "required": True},
+            "key": {"type": "path", "required": True, "no_log": False},
+        },
+    },
     "state": STATE,
 }
 CONNECTOR_ITEM: dict[str, dict[str, Any]] = {
@@ -31,6 +52,16 @@ CONNECTOR_ITEM: dict[str, dict[str, Any]] = {
     "routing_key": {"type": "str", "no_log": False},
     "host": {"type": "str"},
     "port": {"type": "int"},
+    "tls": {
+        "type": "dict",
+        "options": {
+            "ca": {"type": "path", "required": True},
+            "server_name": {"type": "str"},
+            "cert": {"type": "path"},
+            "key": {"type": "path", "no_log": False},
+        },
+        "required_together": [["cert", "key"]],
+    },
     "state": STATE,
 }
 LINK_ITEM: dict[str, dict[str, Any]] = {

@@ -52,7 +52,7 @@ def _failure(result: dict[str, Any] | None) -> str | None:
 
 
 def _keys(entries: list[dict[str, Any]] | None) -> tuple[str, ...]:
-    return tuple(str(e.get("routing_key") or e.get("name")) for e in entries or [])
+    return tuple(k for e in entries or [] for k in vocabulary.listener_keys(e))
 
 
 def _net(report: SiteReport, side: str) -> NetSite:

@@ -33,17 +33,28 @@ def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool
     if item.get("port") is None:
         raise SkiffError("is required when state is present", field="port")
     key = item.get("routing_key")
-    entry: Entry = {
-        "name": name,
-        "routing_key": validation.routing_key(key if key is not None else name),
-        "host": validation.host(host, "host"),
-        "port": validation.port(item["port"], "port"),
-    }
+    keys = item.get("routing_keys")
+    entry: Entry = {"name": name}
+    if keys is None:
+        entry["routing_key"] = validation.routing_key(key if key is not None else name)
+    entry["host"] = validation.host(host, "host")
+    entry["port"] = validation.port(item["port"], "port")
+    tls = item.get("tls")
+    if tls is not None:
+        # Paths only (the router reads the files; check-config refuses a missing or
+        # non-PEM one naming this entry and field): never a key's content.
+        entry["tls"] = {k: v for k, v in dict(tls).items() if v is not None}
     distribution = item.get("distribution")
+    strategy = item.get("strategy")
     if not listener:
-        if distribution is not None:
-            raise SkiffError("is an option of listeners only", field="distribution")
+        for option in ("distribution", "routing_keys", "strategy"):
+            if item.get(option) is not None:
+                raise SkiffError("is an option of listeners only", field=option)
         return entry
+    if keys is not None:
+        _multi_key(entry, key, keys, strategy)
+    elif strategy not in (None, vocabulary.DEFAULT_STRATEGY):
+        raise SkiffError("needs routing_keys (a listener with several keys)", field="strategy")
     # The router's default is left implicit, so entries written before the
     # option existed compare equal and stay unchanged.
     if distribution not in (None, vocabulary.DEFAULT_DISTRIBUTION):
@@ -56,8 +67,32 @@ def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool
     return entry
 
 
+def _multi_key(entry: Entry, key: Any, keys: Any, strategy: Any) -> None:
+    """A listener with several routing keys: ``routing_keys`` and ``strategy`` checked
+    and written as the router reads them (weight and the default strategy implicit)."""
+    if key is not None:
+        raise SkiffError("give routing_key or routing_keys, not both", field="routing_keys")
+    problem = vocabulary.routing_keys_problem(keys)
+    if problem is not None:
+        raise SkiffError(problem[1], field=problem[0])
+    entry["routing_keys"] = [
+        {"key": k["key"]}
+        if k.get("weight") in (None, vocabulary.DEFAULT_WEIGHT)
+        else {"key": k["key"], "weight": k["weight"]}
+        for k in keys
+    ]
+    if strategy not in (None, vocabulary.DEFAULT_STRATEGY):
+        if strategy not in vocabulary.STRATEGIES:
+            raise SkiffError(
+                f"must be one of {', '.join(vocabulary.STRATEGIES)}, got {strategy!r}",
+                field="strategy",
+            )
+        entry["strategy"] = strategy
+
+
 def _describe(entry: Entry) -> str:
-    return f"routing key '{entry['routing_key']}', {entry['host']}:{entry['port']}"
+    keys = ", ".join(vocabulary.listener_keys(entry))
+    return f"routing key '{keys}', {entry['host']}:{entry['port']}"
 
 
 def _check_listener_addresses(entries: list[Entry]) -> None:
@@ -105,7 +140,17 @@ def listener_verifier(names: list[str]) -> Callable[[dict[str, Any]], str | None
     return verify
 
 
-ITEM_FIELDS = ("name", "routing_key", "host", "port", "distribution", "state")
+ITEM_FIELDS = (
+    "name",
+    "routing_key",
+    "host",
+    "port",
+    "distribution",
+    "routing_keys",
+    "strategy",
+    "tls",
+    "state",
+)
 
 
 @dataclass(frozen=True)
@@ -121,6 +166,11 @@ class ServiceParams:
     state: str = "present"
     # Listeners only: how new flows pick among the key's connectors.
     distribution: str | None = None
+    # Listeners only: several routing keys ({key, weight}) and how new flows pick one.
+    routing_keys: tuple[Mapping[str, Any], ...] | None = None
+    strategy: str | None = None
+    # TLS towards clients (listener: cert, key) or the server (connector: ca, ...): paths.
+    tls: Mapping[str, Any] | None = None
     # The list form: every item as above; `prune` removes entries not listed.
     items: tuple[Mapping[str, Any], ...] | None = None
     prune: bool = False
@@ -135,12 +185,16 @@ class ServiceParams:
             values["items"] = tuple(
                 {k: v for k, v in item.items() if v is not None} for item in items
             )
+        if "routing_keys" in values:
+            values["routing_keys"] = tuple(values["routing_keys"])
         return cls(**values)
 
     def wanted(self) -> Wanted:
         if self.items is not None:
             return wanted_from_items(self.items, prune=self.prune)
         item = {k: getattr(self, k) for k in ITEM_FIELDS if getattr(self, k) is not None}
+        if self.routing_keys is not None:
+            item["routing_keys"] = [dict(k) for k in self.routing_keys]
         return wanted_from_items([item], prune=False)
 
 

@@ -213,9 +213,14 @@ def _check_services(site: SiteVars, var: str) -> None:
             site.problem(f"{where}.name", f"'{name}' is used twice in {var}; names must be unique")
         else:
             names.add(name)
-        key = service.get("routing_key", name)
-        if not key or not isinstance(key, str):
-            site.problem(f"{where}.routing_key", "must be a non-empty string")
+        if var == "skiff_listeners" and "routing_keys" in service:
+            _check_listener_keys(site, where, service)
+        else:
+            key = service.get("routing_key", name)
+            if not key or not isinstance(key, str):
+                site.problem(f"{where}.routing_key", "must be a non-empty string")
+            if service.get("strategy") is not None:
+                site.problem(f"{where}.strategy", "needs routing_keys (several keys)")
         distribution = service.get("distribution", vocabulary.DEFAULT_DISTRIBUTION)
         if var == "skiff_listeners" and distribution not in vocabulary.DISTRIBUTIONS:
             site.problem(
@@ -228,6 +233,20 @@ def _check_services(site: SiteVars, var: str) -> None:
             site.problem(
                 f"{where}.port", f"must be an integer 1-65535, got {service.get('port')!r}"
             )
+
+
+def _check_listener_keys(site: SiteVars, where: str, listener: dict[str, Any]) -> None:
+    if listener.get("routing_key") is not None:
+        site.problem(f"{where}.routing_keys", "give routing_key or routing_keys, not both")
+    problem = vocabulary.routing_keys_problem(listener.get("routing_keys"))
+    if problem is not None:
+        site.problem(f"{where}.{problem[0]}", problem[1])
+    strategy = listener.get("strategy", vocabulary.DEFAULT_STRATEGY)
+    if strategy not in vocabulary.STRATEGIES:
+        site.problem(
+            f"{where}.strategy",
+            f"must be {' or '.join(vocabulary.STRATEGIES)}, got {strategy!r}",
+        )
 
 
 def _check_links(site: SiteVars, sites: dict[str, SiteVars]) -> None:
@@ -573,7 +592,11 @@ def inventory_network(
             links=tuple(
                 names.get(link["to"], str(link["to"])) for link in values.get("skiff_links") or []
             ),
-            listeners=tuple(_key(item) for item in values.get("skiff_listeners") or []),
+            listeners=tuple(
+                key
+                for item in values.get("skiff_listeners") or []
+                for key in vocabulary.listener_keys(item)
+            ),
             connectors=tuple(_key(item) for item in values.get("skiff_connectors") or []),
         )
     return network
@@ -596,15 +619,20 @@ def fleet_findings(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -
 
     for name, site in network.items():
         host = host_of[name]
-        for index, key in enumerate(site.listeners):
-            if key not in served_anywhere:
+        # A listener with several keys is served when any of them is.
+        for index, item in enumerate(hostvars[host].get("skiff_listeners") or []):
+            keys = vocabulary.listener_keys(item)
+            if not set(keys) & served_anywhere:
+                field_name = (
+                    "routing_keys" if len(keys) > 1 or "routing_keys" in item else "routing_key"
+                )
                 add(
                     host,
                     "unserved-listener",
-                    f"skiff_listeners[{index}].routing_key",
-                    f"no connector in the fleet serves routing key '{key}'; add a connector for "
-                    "it at some site, or mark it intended (skiff_intended: [unserved-listener]) "
-                    "when it is served from outside this inventory",
+                    f"skiff_listeners[{index}].{field_name}",
+                    f"no connector in the fleet serves routing key '{', '.join(keys)}'; add a "
+                    "connector for it at some site, or mark it intended (skiff_intended: "
+                    "[unserved-listener]) when it is served from outside this inventory",
                 )
         reached = served_keys(network, name)
         if (

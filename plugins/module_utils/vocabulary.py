@@ -38,6 +38,10 @@ PLATFORMS = ("local", "systemd", "podman", "kubernetes")
 ROUTER_MODES = ("interior", "edge")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DISTRIBUTIONS = ("balanced", "closest")
+# How a listener with several routing keys picks the key of a new flow.
+STRATEGIES = ("priority", "weighted")
+WEIGHT_MIN = 1
+WEIGHT_MAX = 1000
 STATES = ("present", "absent")
 # How a kubernetes site's link Service is reached from outside its namespace.
 KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")
@@ -46,6 +50,8 @@ DEFAULT_PLATFORM = "local"
 DEFAULT_ROUTER_MODE = "interior"
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_DISTRIBUTION = "balanced"
+DEFAULT_STRATEGY = "priority"
+DEFAULT_WEIGHT = 1
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 DEFAULT_ADMIN_PORT = 9191
 DEFAULT_LINK_PORT = 55671
@@ -82,6 +88,42 @@ def kube_port_problem(port: object, link_access: bool) -> str | None:
 # Fleet-wide checks that an inventory may mark as intended (skiff_intended):
 # the run then warns instead of stopping.
 INTENDED_CHECKS = ("unserved-listener", "link-cycle", "listeners-lose-connectors")
+
+
+def routing_keys_problem(value: object) -> tuple[str, str] | None:
+    """The first problem of a listener's ``routing_keys`` as (sub-field, message), or None.
+
+    A non-empty list of {key, weight}: keys non-empty strings without spaces and
+    unique, weights integers WEIGHT_MIN..WEIGHT_MAX (the router checks the same)."""
+    if not isinstance(value, list) or not value:
+        return "routing_keys", "must be a non-empty list of {key, weight}"
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"routing_keys[{index}]"
+        if not isinstance(item, dict):
+            return where, "must be a mapping with key and (optional) weight"
+        key = item.get("key")
+        if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
+            return f"{where}.key", "must be a non-empty string without spaces"
+        if key in seen:
+            return f"{where}.key", f"'{key}' is listed twice; each key once"
+        seen.add(key)
+        weight = item.get("weight", DEFAULT_WEIGHT)
+        if weight is None:
+            weight = DEFAULT_WEIGHT
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            return f"{where}.weight", f"must be a positive integer, got {weight!r}"
+        if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+            return f"{where}.weight", f"must be {WEIGHT_MIN} to {WEIGHT_MAX}, got {weight}"
+    return None
+
+
+def listener_keys(item: dict) -> tuple[str, ...]:
+    """The routing keys a listener entry (inventory item or router.json entry) may use."""
+    keys = item.get("routing_keys")
+    if isinstance(keys, list) and keys:
+        return tuple(str(k.get("key")) for k in keys if isinstance(k, dict))
+    return (str(item.get("routing_key") or item.get("name")),)
 
 
 def is_site_name(value: object) -> bool:

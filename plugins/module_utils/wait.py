@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
@@ -66,10 +67,11 @@ def problems(status: dict[str, Any] | None, routers: list[str]) -> dict[str, lis
             continue
         if state != "listening":
             found.setdefault("listeners not listening yet", []).append(f"{name} ({state})")
-        key = listener.get("routing_key")
-        if not (keys.get(key) or {}).get("reachable"):
+        # A listener with several routing keys is served when any of them is.
+        served = vocabulary.listener_keys(listener)
+        if not any((keys.get(key) or {}).get("reachable") for key in served):
             found.setdefault("listeners with no reachable connector", []).append(
-                f"{name} (routing key '{key}')"
+                f"{name} (routing key '{', '.join(served)}')"
             )
     error = (status.get("config") or {}).get("error")
     if error:

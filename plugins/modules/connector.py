@@ -55,6 +55,25 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  tls:
+    description:
+      - Originate TLS to the server, verified against the CA bundle O(tls.ca) and the
+        server name; optionally with a client certificate. PEM files on the site's host.
+    type: dict
+    suboptions:
+      ca:
+        description: CA bundle (PEM) the server's certificate must chain to.
+        type: path
+        required: true
+      server_name:
+        description: Name the server's certificate must match. Defaults to the connector's host.
+        type: str
+      cert:
+        description: Client certificate (PEM), with its key.
+        type: path
+      key:
+        description: The client certificate's private key (PEM). Keep it 0600.
+        type: path
 seealso:
   - module: skiff.fleet.listener
   - module: skiff.fleet.reconcile

@@ -67,6 +67,47 @@ options:
     type: str
     choices: [balanced, closest]
     default: balanced
+  routing_keys:
+    description:
+      - Several routing keys instead of O(routing_key), for example the same service
+        at a primary and a standby site; O(strategy) picks the key of each new flow.
+        Each key once.
+    type: list
+    elements: dict
+    suboptions:
+      key:
+        description: A routing key.
+        type: str
+        required: true
+      weight:
+        description: Share of new flows with O(strategy=weighted) (1..1000).
+        type: int
+        default: 1
+  strategy:
+    description:
+      - How a listener with O(routing_keys) picks the key of a new flow.
+      - V(priority) takes the first key with a reachable connector; new flows go back
+        to an earlier key as soon as it has one again (failover and failback).
+      - V(weighted) spreads new flows by weight over the keys with a reachable connector.
+    type: str
+    choices: [priority, weighted]
+    default: priority
+  tls:
+    description:
+      - Terminate TLS towards the clients with this certificate and key (PEM files on
+        the site's host; relative paths are relative to the site directory). Keep
+        the key 0600. Flows carry the plaintext between the sites' routers (inside
+        their mutual-TLS links).
+    type: dict
+    suboptions:
+      cert:
+        description: The listener's certificate chain (PEM).
+        type: path
+        required: true
+      key:
+        description: Its private key (PEM).
+        type: path
+        required: true
 seealso:
   - module: skiff.fleet.connector
   - module: skiff.fleet.reconcile
@@ -87,6 +128,26 @@ EXAMPLES = r"""
     routing_key: postgres
     host: 0.0.0.0
     port: 15432
+
+- name: Clients reach the primary site's database, the standby's when the primary is gone
+  skiff.fleet.listener:
+    site: west
+    name: db
+    port: 15432
+    routing_keys:
+      - key: db-primary
+      - key: db-standby
+    strategy: priority
+
+- name: Three new flows in four to the new version, one to the old
+  skiff.fleet.listener:
+    site: west
+    name: api
+    port: 18081
+    routing_keys:
+      - {key: api-v2, weight: 3}
+      - {key: api-v1, weight: 1}
+    strategy: weighted
 
 - name: Remove a listener
   skiff.fleet.listener:

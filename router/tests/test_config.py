@@ -131,7 +131,7 @@ def test_yaml_and_defaults(tmp_path: Path) -> None:
                 "site": "a",
                 "connectors": [{"name": "x", "routing_key": "k", "host": "h", "port": 1, "tls": 1}],
             },
-            "connectors[0].tls: unknown key",
+            "connectors[0].tls: must be a mapping",
         ),
         ({"site": "a", "links": [dict(LINK, cost=0)]}, "links[0].cost: must be an integer >= 1"),
         (

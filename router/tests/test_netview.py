@@ -137,6 +137,11 @@ def test_status_network_against_two_linked_routers(tmp_path: Path) -> None:
         )
         assert any(line.split() == ["east", "interior", "yes", "3", "east"] for line in lines)
         assert any(line.split() == ["db", "east", "west", "yes"] for line in lines)
+        # From /v1/network: every router's links, and the counts here.
+        assert "links in the network (from link state):" in lines
+        assert any(line.split() == ["west", "east", "3", "up"] for line in lines)
+        assert any(line.split() == ["east", "west", "3", "up"] for line in lines)
+        assert "flows through west per routing key:" in lines
     finally:
         for proc in procs:
             proc.terminate()

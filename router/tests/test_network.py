@@ -138,6 +138,9 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "error": None,
                         "distribution": "balanced",
                         "source": "config",
+                        "routing_keys": [{"key": "backend", "weight": 1, "flows": 1}],
+                        "strategy": None,
+                        "keys_in_use": ["backend"],
                     }
                 ]
                 assert st["connectors"] == []

@@ -7,6 +7,8 @@ GET  /healthz                    200 "ok" while the process runs
 GET  /readyz                     200 "ready" / 503 with the reasons
 GET  /v1/status                  JSON status (docs/design.md)
 GET  /v1/flows                   JSON list of open flows with byte counters
+GET  /v1/network                 JSON: every router known from link state, links, keys, counts
+GET  /console                    the network console: a read-only page drawing /v1/network
 GET  /metrics                    Prometheus text format
 POST /v1/multicast/<address>     publish the body network-wide
 GET  /v1/multicast/<address>     subscribe: a stream of JSON lines until the client leaves
@@ -27,6 +29,7 @@ try:
     from skiff_router import metrics
 except ImportError:  # without prometheus-client everything but /metrics works
     metrics = None  # type: ignore[assignment]
+from skiff_router import console
 from skiff_router.codec import MAX_DATA, valid_address
 from skiff_router.view import MulticastPort, RouterView
 
@@ -135,6 +138,11 @@ class AdminServer:
         if target == "/v1/status":
             status: dict[str, Any] = self.view.status()
             return 200, "application/json", json.dumps(status, indent=2).encode() + b"\n"
+        if target == "/v1/network":
+            network = self.view.network()
+            return 200, "application/json", json.dumps(network).encode() + b"\n"
+        if target in ("/console", "/console/"):
+            return 200, "text/html; charset=utf-8", console.page()
         if target == "/v1/flows":
             flows = self.view.flows_status()
             return 200, "application/json", json.dumps(flows).encode() + b"\n"

@@ -102,10 +102,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.network:
         from skiff_router.netview import format_network
 
-        print(format_network(status))
+        print(format_network(status, _network(args.admin.rstrip("/") + "/v1/network")))
     else:
         print(format_status(status))
     return 0
+
+
+def _network(url: str) -> dict[str, Any] | None:
+    """The router's /v1/network, or None from a router that predates it."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            got = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return got if isinstance(got, dict) else None
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -186,7 +196,7 @@ def format_status(s: dict[str, Any]) -> str:
         "listeners",
         ["name", "key", "address", "state", "error"],
         [
-            [x["name"], x["routing_key"], f"{x['host']}:{x['port']}", x["state"], dash(x["error"])]
+            [x["name"], _listener_keys(x), f"{x['host']}:{x['port']}", x["state"], dash(x["error"])]
             for x in s.get("listeners", [])
         ],
     )
@@ -225,6 +235,21 @@ def format_status(s: dict[str, Any]) -> str:
         ],
     )
     return "\n".join(lines)
+
+
+def _listener_keys(listener: dict[str, Any]) -> str:
+    """One key, or a multi-key listener's keys with the strategy and the keys in use
+    marked '*' (``db-primary*, db-standby (priority)``)."""
+    if not listener.get("strategy"):
+        return str(listener["routing_key"])
+    in_use = set(listener.get("keys_in_use") or [])
+    keys = ", ".join(
+        k["key"]
+        + ("*" if k["key"] in in_use else "")
+        + (f" x{k['weight']}" if listener["strategy"] == "weighted" else "")
+        for k in listener.get("routing_keys") or []
+    )
+    return f"{keys} ({listener['strategy']})"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,8 +49,17 @@ class Distribution(StrEnum):
     CLOSEST = "closest"  # least path cost, ties round-robin
 
 
+class Strategy(StrEnum):
+    """How a multi-key listener picks the routing key of a new flow."""
+
+    PRIORITY = "priority"  # the first key with a reachable connector
+    WEIGHTED = "weighted"  # spread by weight over the keys with a reachable connector
+
+
 MODES = tuple(m.value for m in Mode)
 DISTRIBUTIONS = tuple(d.value for d in Distribution)
+STRATEGIES = tuple(s.value for s in Strategy)
+MAX_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -86,12 +95,47 @@ class LinkConfig:
 
 
 @dataclass(frozen=True)
+class ListenerTls:
+    """A listener terminates TLS towards its clients with this certificate and key."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ConnectorTls:
+    """A connector originates TLS to its server, verified against ``ca`` and
+    ``server_name`` (default: the connector's host), with an optional client cert."""
+
+    ca: str
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyWeight:
+    key: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
-    routing_key: str
+    routing_key: str  # a multi-key listener: its first key
     host: str
     port: int
     distribution: Distribution = Distribution.BALANCED
+    # A multi-key listener's keys in order (``routing_keys`` in the file); () = one key.
+    routing_keys: tuple[KeyWeight, ...] = ()
+    strategy: Strategy = Strategy.PRIORITY
+    tls: ListenerTls | None = None
+
+    def key_names(self) -> tuple[str, ...]:
+        """Every routing key this listener may send a flow to, in order."""
+        if self.routing_keys:
+            return tuple(k.key for k in self.routing_keys)
+        return (self.routing_key,)
 
 
 @dataclass(frozen=True)
@@ -100,6 +144,7 @@ class ConnectorConfig:
     routing_key: str
     host: str
     port: int
+    tls: ConnectorTls | None = None
 
 
 @dataclass(frozen=True)
@@ -334,19 +379,28 @@ def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
 def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
     listeners: list[ListenerConfig] = []
     for path, item in c.items(value, "listeners"):
-        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"distribution"})
+        d = c.obj(
+            item,
+            path,
+            {"name", "host", "port"},
+            {"routing_key", "routing_keys", "strategy", "distribution", "tls"},
+        )
         if d is not None:
             dist = d.get("distribution", Distribution.BALANCED.value)
             if dist not in DISTRIBUTIONS:
                 c.err(f"{path}.distribution", f"must be one of {', '.join(DISTRIBUTIONS)}")
                 dist = Distribution.BALANCED.value
+            keys, strategy = _listener_keys(c, d, path)
             listeners.append(
                 ListenerConfig(
                     name=c.string(d, "name", path),
-                    routing_key=c.string(d, "routing_key", path),
+                    routing_key=keys[0].key if keys else c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
                     distribution=Distribution(dist),
+                    routing_keys=keys,
+                    strategy=strategy,
+                    tls=_listener_tls(c, d, path),
                 )
             )
     _unique(c, "listeners", [(f"listeners[{i}].name", x.name) for i, x in enumerate(listeners)])
@@ -359,10 +413,102 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
     return tuple(listeners)
 
 
+def _pem_file(c: _Checker, d: dict, key: str, path: str, what: str, owner: str) -> str:
+    """A TLS file named in the config: readable, and holding a PEM ``what``
+    (CERTIFICATE or PRIVATE KEY). Messages name the owner and the field, never
+    the file's content."""
+    p = c.file(d, key, path)
+    if not p:
+        return ""
+    try:
+        text = Path(p).read_bytes()
+    except OSError as exc:
+        c.err(f"{path}.{key}", f"{owner}: cannot read {p}: {exc.strerror or exc}")
+        return p
+    if f"-----BEGIN {what}".encode() not in text and not (
+        what == "PRIVATE KEY" and b"PRIVATE KEY-----" in text
+    ):
+        noun = "certificate" if what == "CERTIFICATE" else "private key"
+        c.err(f"{path}.{key}", f"{owner}: {p} is not a PEM {noun}")
+    return p
+
+
+def _listener_tls(c: _Checker, d: dict, path: str) -> ListenerTls | None:
+    if d.get("tls") is None:
+        return None
+    tpath = f"{path}.tls"
+    t = c.obj(d["tls"], tpath, {"cert", "key"}, set())
+    if t is None:
+        return None
+    owner = f"listener {d.get('name')!r}"
+    return ListenerTls(
+        cert=_pem_file(c, t, "cert", tpath, "CERTIFICATE", owner),
+        key=_pem_file(c, t, "key", tpath, "PRIVATE KEY", owner),
+    )
+
+
+def _connector_tls(c: _Checker, d: dict, path: str) -> ConnectorTls | None:
+    if d.get("tls") is None:
+        return None
+    tpath = f"{path}.tls"
+    t = c.obj(d["tls"], tpath, {"ca"}, {"server_name", "cert", "key"})
+    if t is None:
+        return None
+    owner = f"connector {d.get('name')!r}"
+    if ("cert" in t) != ("key" in t):
+        c.err(f"{tpath}.cert", f"{owner}: a client certificate needs both cert and key")
+    return ConnectorTls(
+        ca=_pem_file(c, t, "ca", tpath, "CERTIFICATE", owner),
+        server_name=c.string(t, "server_name", tpath) or None,
+        cert=_pem_file(c, t, "cert", tpath, "CERTIFICATE", owner) or None,
+        key=_pem_file(c, t, "key", tpath, "PRIVATE KEY", owner) or None,
+    )
+
+
+def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ...], Strategy]:
+    """A listener's ``routing_keys`` and ``strategy`` (multi-key), or ((), default)."""
+    strategy = Strategy.PRIORITY
+    if "strategy" in d:
+        if d["strategy"] not in STRATEGIES:
+            c.err(f"{path}.strategy", f"must be one of {', '.join(STRATEGIES)}")
+        else:
+            strategy = Strategy(d["strategy"])
+    if "routing_keys" not in d:
+        if "routing_key" not in d:
+            c.err(f"{path}.routing_key", "is required (or routing_keys)")
+        elif "strategy" in d:
+            c.err(f"{path}.strategy", "needs routing_keys (a listener with several keys)")
+        return (), strategy
+    kpath = f"{path}.routing_keys"
+    if "routing_key" in d:
+        c.err(kpath, "give routing_key or routing_keys, not both")
+    value = d["routing_keys"]
+    if not isinstance(value, list) or not value:
+        c.err(kpath, "must be a non-empty list of {key, weight}")
+        return (), strategy
+    keys: list[KeyWeight] = []
+    seen: dict[str, str] = {}
+    for ipath, item in c.items(value, kpath):
+        e = c.obj(item, ipath, {"key"}, {"weight"})
+        if e is None:
+            continue
+        key = c.string(e, "key", ipath)
+        weight = e.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+            c.err(f"{ipath}.weight", f"must be a positive integer (1..{MAX_WEIGHT})")
+            weight = 1
+        if key in seen:
+            c.err(f"{ipath}.key", f"duplicate key {key!r} in routing_keys (also {seen[key]})")
+        elif key:
+            seen[key] = ipath
+            keys.append(KeyWeight(key, weight))
+    return tuple(keys), strategy
+
+
 def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
     connectors: list[ConnectorConfig] = []
     for path, item in c.items(value, "connectors"):
-        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, set())
+        d = c.obj(item, path, {"name", "routing_key", "host", "port"}, {"tls"})
         if d is not None:
             connectors.append(
                 ConnectorConfig(
@@ -370,6 +516,7 @@ def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
                     routing_key=c.string(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
+                    tls=_connector_tls(c, d, path),
                 )
             )
     _unique(c, "connectors", [(f"connectors[{i}].name", x.name) for i, x in enumerate(connectors)])

@@ -118,6 +118,7 @@ class Flows:
         self.total = 0
         self.retries = 0
         self.key_bytes: dict[str, list[int]] = {}  # finished flows: key -> [out, back]
+        self.key_flows: dict[str, int] = {}  # flows through here per key, ever
         self._next_lid = 1
         self._next_flow = 1
         self._topo = topology
@@ -391,6 +392,7 @@ class Flows:
         self._next_flow += 1
         self.by_id[flow.id] = flow
         self.total += 1
+        self.key_flows[key] = self.key_flows.get(key, 0) + 1
         return flow
 
     def _link_end(self, flow: Flow, link: Link, fid: int) -> End:
@@ -526,6 +528,22 @@ class Flows:
             kb[0] += f.bytes_out
             kb[1] += f.bytes_back
         return {k: (v[0], v[1]) for k, v in acc.items()}
+
+    def key_counts(self) -> dict[str, dict[str, int]]:
+        """Per routing key: flows open and ever, bytes each way (what the console shows)."""
+        open_now: dict[str, int] = {}
+        for f in self.by_id.values():
+            open_now[f.key] = open_now.get(f.key, 0) + 1
+        by_key = self.bytes_by_key()
+        return {
+            k: {
+                "flows_open": open_now.get(k, 0),
+                "flows_total": self.key_flows.get(k, 0),
+                "bytes_out": by_key.get(k, (0, 0))[0],
+                "bytes_back": by_key.get(k, (0, 0))[1],
+            }
+            for k in sorted(set(self.key_flows) | set(by_key))
+        }
 
     def status(self) -> list[dict[str, Any]]:
         return [

@@ -1,8 +1,9 @@
 """`skiff-router status --network`: the whole network at a glance, from one router's status.
 
 Every router knows every other router (link-state routing) and every routing
-key with the routers that serve and listen for it, so one `/v1/status`
-document is enough. Pure: a status dict in, text out.
+key with the routers that serve and listen for it, so one router's `/v1/status`
+is enough; its `/v1/network` (when the router has it) adds every router's links
+and this router's per-key counts. Pure: dicts in, text out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _dash(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def format_network(status: dict[str, Any]) -> str:
+def format_network(status: dict[str, Any], network: dict[str, Any] | None = None) -> str:
     here = str(status.get("site"))
     routers = sorted(
         status.get("routers") or [],
@@ -32,7 +33,11 @@ def format_network(status: dict[str, Any]) -> str:
     )
     reachable = [r for r in routers if r.get("reachable")]
     keys = status.get("routing_keys") or {}
-    own_keys = {x.get("routing_key") for x in status.get("listeners") or []}
+    own_keys = {
+        str(k.get("key") if isinstance(k, dict) else k)
+        for x in status.get("listeners") or []
+        for k in x.get("routing_keys") or [x.get("routing_key")]
+    }
     lines = [
         f"network as seen from {here} ({status.get('mode', 'interior')}): "
         f"{len(routers)} routers, {len(reachable)} reachable, {len(keys)} routing keys"
@@ -68,6 +73,31 @@ def format_network(status: dict[str, Any]) -> str:
             for x in status.get("links") or []
         ],
     )
+
+    if network is not None:
+        lines += ["", "links in the network (from link state):"]
+        lines += _table(
+            ["from", "to", "cost", "state"],
+            [
+                [str(r.get("id")), str(x.get("to")), _dash(x.get("cost")), str(x.get("state"))]
+                for r in network.get("routers") or []
+                for x in r.get("links") or []
+            ],
+        )
+        lines += ["", f"flows through {here} per routing key:"]
+        lines += _table(
+            ["key", "open", "total", "bytes out", "bytes back"],
+            [
+                [
+                    key,
+                    str(k.get("flows_open", 0)),
+                    str(k.get("flows_total", 0)),
+                    str(k.get("bytes_out", 0)),
+                    str(k.get("bytes_back", 0)),
+                ]
+                for key, k in sorted((network.get("routing_keys") or {}).items())
+            ],
+        )
 
     lines += ["", "routing keys:"]
     lines += _table(

@@ -90,7 +90,7 @@ Operation = (
 
 def services(cfg: Config) -> SetServices:
     return SetServices(
-        frozenset(x.routing_key for x in cfg.listeners),
+        frozenset(k for x in cfg.listeners for k in x.key_names()),
         frozenset(x.routing_key for x in cfg.connectors),
     )
 

@@ -37,6 +37,7 @@ from skiff_router.codec import HEADER_SIZE, MAX_DATA
 from skiff_router.config import (
     Config,
     ConfigError,
+    ConnectorConfig,
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
@@ -49,6 +50,7 @@ from skiff_router.config import (
 )
 from skiff_router.core import RouterCore
 from skiff_router.log import set_level
+from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
     Operation,
     ReloadAccessTls,
@@ -65,7 +67,7 @@ from skiff_router.plan import (
     reload_plan,
     services,
 )
-from skiff_router.targets import Connector, ConnectorChoice
+from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
 
@@ -145,6 +147,7 @@ class ListenerRt:
     server: asyncio.Server | None = None
     state: BindState = BindState.STARTING
     error: str | None = None
+    keys: KeyChoice = field(default_factory=KeyChoice)
 
 
 @dataclass
@@ -234,6 +237,7 @@ class Router:
         self.links: dict[int, LinkConn] = {}  # by core link handle
         self.dialers: dict[str, Dialer] = {}
         self.listeners: dict[str, ListenerRt] = {}
+        self._app_tls: dict[ConnectorConfig, ssl.SSLContext] = {}
         self.connectors = ConnectorChoice()
         self.access_server: asyncio.Server | None = None
         self.access_error: str | None = None
@@ -639,17 +643,20 @@ class Router:
         cfg = rt.cfg
         loop = asyncio.get_running_loop()
         try:
+            ctx = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
             rt.server = await loop.create_server(
-                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024
+                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
             )
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
             if err != rt.error:
                 log.error("listener %s on %s:%d: %s", cfg.name, cfg.host, cfg.port, err)
             rt.state, rt.error = BindState.ERROR, err
             return
         rt.state, rt.error = BindState.LISTENING, None
-        log.info("listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, cfg.routing_key)
+        log.info(
+            "listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, ", ".join(cfg.key_names())
+        )
 
     async def _stop_listener(self, name: str) -> None:
         rt = self.listeners.pop(name, None)
@@ -690,16 +697,32 @@ class Router:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addresses = ConnectorChoice.resolved(c, (str(i[4][0]) for i in infos), loop.time())
         error: OSError = OSError(f"{host}: no address")
+        ctx = self._connector_tls(c.cfg)
         for address in addresses:
             conn = LocalConn(self, lid, connector=c)
             try:
-                await loop.create_connection(lambda c=conn: c, address, port)  # type: ignore[misc]
+                await loop.create_connection(
+                    lambda c=conn: c,  # type: ignore[misc]
+                    address,
+                    port,
+                    ssl=ctx,
+                    server_hostname=(c.cfg.tls.server_name or host) if c.cfg.tls else None,
+                )
             except OSError as exc:
                 error = exc
                 continue
             ConnectorChoice.worked(c, address)
             return
         raise error
+
+    def _connector_tls(self, cfg: ConnectorConfig) -> ssl.SSLContext | None:
+        """The connector's TLS context, built once per connector config (not per flow)."""
+        if cfg.tls is None:
+            return None
+        got = self._app_tls.get(cfg)
+        if got is None:
+            got = self._app_tls[cfg] = tls.app_client_context(cfg.tls)
+        return got
 
     def _set_services(self, op: SetServices) -> None:
         self.core.topology.set_services(op.listener_keys, op.connector_keys)
@@ -829,6 +852,26 @@ class Router:
                 )
         return links
 
+    def network(self) -> dict[str, Any]:
+        """GET /v1/network: the whole network from link state (netgraph.py)."""
+        core = self.core
+        topo = core.topology
+        return network_graph(topo.db, topo.id, topo.edge, core.flows.key_counts())
+
+    def _listener_keys_status(self, rt: ListenerRt) -> dict[str, Any]:
+        """A listener's keys: which take new flows now, and how many each got."""
+        cfg = rt.cfg
+        return {
+            "routing_keys": [
+                {"key": k, "weight": w, "flows": rt.keys.flows.get(k, 0)}
+                for k, w in (
+                    [(x.key, x.weight) for x in cfg.routing_keys] or [(cfg.routing_key, 1)]
+                )
+            ],
+            "strategy": cfg.strategy.value if cfg.routing_keys else None,
+            "keys_in_use": KeyChoice.in_use(cfg, self.core.topology.db),
+        }
+
     def status(self) -> dict[str, Any]:
         cfg = self.cfg
         core = self.core
@@ -873,6 +916,7 @@ class Router:
                     "error": rt.error,
                     "distribution": rt.cfg.distribution.value,
                     "source": self._source("listeners", rt.cfg.name),
+                    **self._listener_keys_status(rt),
                 }
                 for rt in self.listeners.values()
             ],

@@ -1,6 +1,7 @@
 """Routing key -> target, in one place (sans-I/O).
 
-A new flow for a routing key is placed twice: the listener's router picks the
+A multi-key listener first picks the routing key of a new flow (``KeyChoice``, by
+its strategy). A new flow for a routing key is then placed twice: the listener's router picks the
 router (site) that serves it (``SiteChoice``, by the listener's
 distribution), and that router picks one of its local connectors for the key
 (``ConnectorChoice``). Both avoid a target that refused a connection for
@@ -13,11 +14,51 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from skiff_router.config import ConnectorConfig, Distribution
+from skiff_router.config import ConnectorConfig, Distribution, ListenerConfig, Strategy
 from skiff_router.routing import LinkStateDb
 
 DOWN_BACKOFF = 2.0  # a target that refused a flow gets no new flows for this long
 RESOLVE_TTL = 5.0  # a connector host name's addresses are looked up again after this
+
+
+class KeyChoice:
+    """Which routing key a listener's new flow takes (one per listener).
+
+    priority: the first key in order that a reachable router serves, so new flows
+    go back to a key as soon as its connector is reachable again. weighted: smooth
+    weighted round robin over the served keys, so any run of flows is spread by
+    weight with no randomness (and a test can count it exactly).
+    """
+
+    def __init__(self) -> None:
+        self._credit: dict[str, int] = {}
+        self.flows: dict[str, int] = {}  # new flows sent to each key
+
+    def choose(self, cfg: ListenerConfig, db: LinkStateDb) -> str | None:
+        if not cfg.routing_keys:
+            key = cfg.routing_key
+        else:
+            up = [k for k in cfg.routing_keys if db.serving(k.key)]
+            if not up:
+                return None
+            if cfg.strategy is Strategy.PRIORITY:
+                key = up[0].key
+            else:
+                credit = self._credit
+                for k in up:
+                    credit[k.key] = credit.get(k.key, 0) + k.weight
+                best = max(up, key=lambda k: credit[k.key])  # the first of equals
+                credit[best.key] -= sum(k.weight for k in up)
+                key = best.key
+        self.flows[key] = self.flows.get(key, 0) + 1
+        return key
+
+    @staticmethod
+    def in_use(cfg: ListenerConfig, db: LinkStateDb) -> list[str]:
+        """The keys new flows go to now: priority, the first served key; weighted,
+        every served key; a one-key listener, its key if served."""
+        up = [k for k in cfg.key_names() if db.serving(k)]
+        return up[:1] if cfg.strategy is Strategy.PRIORITY else up
 
 
 class SiteChoice:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from skiff_router.config import LinkAccess, LinkConfig
+from skiff_router.config import ConnectorTls, LinkAccess, LinkConfig, ListenerTls
 
 
 def server_context(access: LinkAccess) -> ssl.SSLContext:
@@ -27,6 +27,28 @@ def client_context(link: LinkConfig) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.load_verify_locations(cafile=link.ca)
     ctx.load_cert_chain(link.cert, link.key)
+    return ctx
+
+
+def app_server_context(t: ListenerTls) -> ssl.SSLContext:
+    """A listener terminating its clients' TLS (TLS 1.2 or later: clients are
+    applications, not routers)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(t.cert, t.key)
+    return ctx
+
+
+def app_client_context(t: ConnectorTls) -> ssl.SSLContext:
+    """A connector originating TLS: the server must chain to ``ca`` and match the
+    server name; an optional client certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    ctx.load_verify_locations(cafile=t.ca)
+    if t.cert and t.key:
+        ctx.load_cert_chain(t.cert, t.key)
     return ctx
 
 

@@ -81,10 +81,11 @@ class LocalConn(asyncio.BufferedProtocol):
         tr.set_write_buffer_limits(high=0)
         if self.listener is not None:
             cfg = self.listener.cfg
-            lid = self.flows.open(cfg.routing_key, cfg.distribution)
+            key = self.listener.keys.choose(cfg, self.core.topology.db)
+            lid = None if key is None else self.flows.open(key, cfg.distribution)
             if lid is None:
                 # Nobody reachable serves the key: refuse at once rather than hang.
-                flog.debug("listener %s: no reachable connector for %s", cfg.name, cfg.routing_key)
+                flog.debug("listener %s: no reachable connector for %s", cfg.name, cfg.key_names())
                 self.done = True
                 tr.abort()
                 return
@@ -171,9 +172,16 @@ class LocalConn(asyncio.BufferedProtocol):
 
     def write_eof(self) -> None:
         t = self.transport
-        if t is not None and not t.is_closing() and t.can_write_eof():
+        if t is None or t.is_closing():
+            return
+        if t.can_write_eof():
             with contextlib.suppress(OSError):
                 t.write_eof()
+        else:
+            # TLS cannot half-close (close_notify ends the session): the other
+            # side finishing ends this one too, once what is queued is sent.
+            self.flows.local_eof(self.lid)
+            self.router.pump()
 
     def close(self) -> None:
         """EOF has passed both ways: close after the buffered bytes are sent."""

@@ -53,6 +53,10 @@ class RouterView(Protocol):
     def flows_status(self) -> list[dict[str, Any]]:
         """The ``/v1/flows`` document."""
 
+    def network(self) -> dict[str, Any]:
+        """The ``/v1/network`` document: the whole network from link state."""
+        ...
+
     def counters(self) -> dict[str, int]:
         """Totals that only metrics export: ``route_computations``, ``config_reloads``."""
 
