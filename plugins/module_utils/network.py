@@ -143,12 +143,12 @@ def merge(
         # A listener's own router says whether its key is reachable from there.
         status_keys = view["status"].get("routing_keys") or {}
         for listener in view["status"].get("listeners") or []:
-            for key in vocabulary.listener_keys(listener):
+            for listened in vocabulary.listener_keys(listener):
                 merged = keys.setdefault(
-                    key, {"listeners": set(), "connectors": set(), "unreachable_at": set()}
+                    listened, {"listeners": set(), "connectors": set(), "unreachable_at": set()}
                 )
                 merged["listeners"].add(name)
-                if not (status_keys.get(key) or {}).get("reachable"):
+                if not (status_keys.get(listened) or {}).get("reachable"):
                     merged["unreachable_at"].add(name)
     routing_keys = {
         key: {

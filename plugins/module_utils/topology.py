@@ -640,12 +640,12 @@ def fleet_findings(hostvars: dict[str, dict[str, Any]], site_hosts: list[str]) -
             and not reached & set(site.listeners)
             and set(site.listeners) & served_anywhere
         ):
-            keys = ", ".join(sorted(set(site.listeners)))
+            key_list = ", ".join(sorted(set(site.listeners)))
             add(
                 host,
                 "listeners-lose-connectors",
                 "skiff_listeners",
-                f"none of this site's listeners would reach a connector (routing keys {keys}): "
+                f"none of this site's listeners would reach a connector (routing keys {key_list}): "
                 "the sites that serve them are not reachable over its links (an edge router "
                 "carries no transit); link it to one of them, or mark it intended "
                 "(skiff_intended: [listeners-lose-connectors])",

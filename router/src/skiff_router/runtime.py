@@ -702,7 +702,7 @@ class Router:
             conn = LocalConn(self, lid, connector=c)
             try:
                 await loop.create_connection(
-                    lambda c=conn: c,  # type: ignore[misc]
+                    lambda c=conn: c,
                     address,
                     port,
                     ssl=ctx,

@@ -55,7 +55,6 @@ class RouterView(Protocol):
 
     def network(self) -> dict[str, Any]:
         """The ``/v1/network`` document: the whole network from link state."""
-        ...
 
     def counters(self) -> dict[str, int]:
         """Totals that only metrics export: ``route_computations``, ``config_reloads``."""
