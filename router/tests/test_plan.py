@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from router_testkit import Ca
 
 from skiff_router.config import Config, validate
 from skiff_router.plan import (
     ReloadAccessTls,
+    ReloadConnectorTls,
+    ReloadListenerTls,
     RestartAccess,
     RestartAdmin,
     RestartNetwork,
@@ -111,6 +116,30 @@ def test_changed_tls_files_redial_only_their_link_and_keep_access_links() -> Non
     moved = cfg(link_access={**ACCESS, "port": 55672})
     assert reload_plan(old, moved, {"/etc/skiff/west/s.crt"}) == [RestartAccess()]
     assert reload_plan(old, cfg(link_access=None), set()) == [RestartAccess()]
+
+
+def test_changed_application_tls_files_reload_in_place(tmp_path: Path) -> None:
+    """A renewed listener certificate is loaded into the bound listener (no restart,
+    its flows stay); a connector's changed CA bundle applies to its new flows."""
+    ca = Ca.create("service")
+    cert, key = ca.issue("web", server=True)
+    files = {"web.crt": cert, "web.key": key, "api-ca.crt": ca.pem}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    web_crt, web_key, api_ca = (str(tmp_path / name) for name in files)
+    tls_listener = listener("web", 8080, tls={"cert": web_crt, "key": web_key})
+    tls_connector = {**connector("api", 9000), "tls": {"ca": api_ca}}
+    old = cfg(listeners=[tls_listener, listener("db", 5432)], connectors=[tls_connector])
+    assert reload_plan(old, old, {web_key}) == [ReloadListenerTls("web")]
+    assert reload_plan(old, old, {api_ca}) == [ReloadConnectorTls("api")]
+    assert reload_plan(old, old, {str(tmp_path / "other.crt")}) == []
+    # A listener whose config changed is restarted anyway: no reload on top.
+    moved = cfg(
+        listeners=[{**tls_listener, "port": 8081}, listener("db", 5432)],
+        connectors=[tls_connector],
+    )
+    ops = reload_plan(old, moved, {web_crt})
+    assert ops == [StopListener("web"), StartListener(moved.listeners[0])]
 
 
 def test_identity_change_restarts_the_network() -> None:

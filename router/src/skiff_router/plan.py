@@ -64,6 +64,22 @@ class ReloadAccessTls:
 
 
 @dataclass(frozen=True)
+class ReloadListenerTls:
+    """The listener's certificate or key changed on disk (a renewal): new handshakes
+    use them; the socket stays bound and open flows stay."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ReloadConnectorTls:
+    """A connector's CA bundle or client certificate changed on disk: new flows
+    verify with them."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class StopDialer:
     name: str
 
@@ -83,6 +99,8 @@ Operation = (
     | SetServices
     | RestartAccess
     | ReloadAccessTls
+    | ReloadListenerTls
+    | ReloadConnectorTls
     | StopDialer
     | StartDialer
 )
@@ -93,6 +111,11 @@ def services(cfg: Config) -> SetServices:
         frozenset(k for x in cfg.listeners for k in x.key_names()),
         frozenset(x.routing_key for x in cfg.connectors),
     )
+
+
+def _tls_files(cfg: ConnectorConfig) -> set[str]:
+    t = cfg.tls
+    return {p for p in (t.ca, t.cert, t.key) if p} if t is not None else set()
 
 
 def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Operation]:
@@ -111,8 +134,14 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     want = {x.name: x for x in new.listeners}
     ops += [StopListener(n) for n, x in was.items() if want.get(n) != x]
     ops += [StartListener(x) for n, x in want.items() if was.get(n) != x]
+    ops += [
+        ReloadListenerTls(n)
+        for n, x in want.items()
+        if was.get(n) == x and x.tls is not None and changed_files & {x.tls.cert, x.tls.key}
+    ]
     if new.connectors != old.connectors:
         ops.append(SetConnectors(new.connectors))
+    ops += [ReloadConnectorTls(x.name) for x in new.connectors if changed_files & _tls_files(x)]
     if services(new) != services(old):
         ops.append(services(new))
 

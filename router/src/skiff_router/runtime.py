@@ -54,6 +54,8 @@ from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
     Operation,
     ReloadAccessTls,
+    ReloadConnectorTls,
+    ReloadListenerTls,
     RestartAccess,
     RestartAdmin,
     RestartNetwork,
@@ -145,6 +147,9 @@ class BindState(StrEnum):
 class ListenerRt:
     cfg: ListenerConfig
     server: asyncio.Server | None = None
+    # The server's TLS context: a renewed certificate is loaded into it in place
+    # (the bound socket keeps it), so renewal needs no rebind.
+    tls: ssl.SSLContext | None = None
     state: BindState = BindState.STARTING
     error: str | None = None
     keys: KeyChoice = field(default_factory=KeyChoice)
@@ -215,6 +220,12 @@ def _tls_files(cfg: Config) -> list[str]:
         out += [cfg.link_access.ca, cfg.link_access.cert, cfg.link_access.key]
     for lk in cfg.links:
         out += [lk.ca, lk.cert, lk.key]
+    for ls in cfg.listeners:
+        if ls.tls is not None:
+            out += [ls.tls.cert, ls.tls.key]
+    for c in cfg.connectors:
+        if c.tls is not None:
+            out += [p for p in (c.tls.ca, c.tls.cert, c.tls.key) if p]
     return out
 
 
@@ -643,7 +654,7 @@ class Router:
         cfg = rt.cfg
         loop = asyncio.get_running_loop()
         try:
-            ctx = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
+            ctx = rt.tls = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
             rt.server = await loop.create_server(
                 lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
             )
@@ -657,6 +668,22 @@ class Router:
         log.info(
             "listener %s on %s:%d for %s", cfg.name, cfg.host, cfg.port, ", ".join(cfg.key_names())
         )
+
+    def _reload_listener_tls(self, name: str) -> None:
+        rt = self.listeners.get(name)
+        if rt is None or rt.cfg.tls is None or rt.server is None or rt.tls is None:
+            return  # not bound: binding again builds a fresh context
+        t = rt.cfg.tls
+        try:
+            # Checked on a scratch context first: a half-renewed pair (new cert, old
+            # key) must not leave the live context with a mismatched pair.
+            tls.app_server_context(t)
+            rt.tls.load_cert_chain(t.cert, t.key)
+        except (OSError, ssl.SSLError) as exc:
+            # The previous pair stays in use; the next change on disk is tried again.
+            log.error("listener %s: keeping the previous certificate: %s", name, tls.describe(exc))
+            return
+        log.info("listener %s: certificate reloaded: new handshakes use it", name)
 
     async def _stop_listener(self, name: str) -> None:
         rt = self.listeners.pop(name, None)
@@ -788,6 +815,12 @@ class Router:
             llog.info("link access TLS files changed: reloading them")
             await self._stop_access(keep_links=True)
             await self._start_access()
+        elif isinstance(op, ReloadListenerTls):
+            self._reload_listener_tls(op.name)
+        elif isinstance(op, ReloadConnectorTls):
+            for cfg in [c for c in self._app_tls if c.name == op.name]:
+                del self._app_tls[cfg]
+            log.info("connector %s: TLS files changed: new flows use them", op.name)
         elif isinstance(op, StopDialer):
             await self._stop_dialer(op.name)
         elif isinstance(op, StartDialer):
