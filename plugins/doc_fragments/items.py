@@ -72,20 +72,36 @@ options:
         default: priority
       tls:
         description:
-          - Terminate TLS towards the clients with this certificate and key (PEM files on
-            the site's host; relative paths are relative to the site directory). Keep
-            the key 0600. Flows carry the plaintext between the sites' routers (inside
-            their mutual-TLS links).
+          - Terminate TLS towards the clients, with O(listeners[].tls.cert) and O(listeners[].tls.key) (PEM files on
+            the site's host; relative paths are relative to the site directory; keep the
+            key 0600), or with a certificate the site's service CA issues (O(listeners[].tls.issue)).
+            Flows carry the plaintext between the sites' routers (inside their mutual-TLS
+            links).
+          - A renewed certificate written over the files is used for new connections
+            without a restart; open connections stay.
         type: dict
         suboptions:
           cert:
-            description: The listener's certificate chain (PEM).
+            description: The listener's certificate chain (PEM). With O(listeners[].tls.key).
             type: path
-            required: true
           key:
             description: Its private key (PEM).
             type: path
-            required: true
+          issue:
+            description:
+              - The site's service CA (created on first use, apart from the CA of the links)
+                issues the listener's certificate, with the listener's name, its host (unless
+                it listens on every address) and O(listeners[].tls.names) as SANs. Clients trust the
+                service CA, returned as RV(service_ca).
+              - Issued again when the names change, the service CA changes, or it expires
+                within 30 days (valid 365 days); the key stays on the site's host (0600).
+              - Not with O(listeners[].tls.cert); platforms C(local), C(systemd) and C(podman).
+            type: bool
+            default: false
+          names:
+            description: More host names or addresses for the issued certificate (with O(listeners[].tls.issue)).
+            type: list
+            elements: str
       state:
         description: Whether this listener exists.
         type: str

@@ -58,6 +58,31 @@ class Credentials(Protocol):
         """Remove secrets of entries that are gone (after the router let go of them)."""
 
 
+class CredentialSet:
+    """Several Credentials as one (links' and listeners'), in order."""
+
+    def __init__(self, *members: Credentials | None):
+        self.members = [m for m in members if m is not None]
+
+    def plan(self, reconciled: Reconciled) -> list[str]:
+        return [action for m in self.members for action in m.plan(reconciled)]
+
+    def reload_needed(self) -> bool:
+        return any(m.reload_needed() for m in self.members)
+
+    def write(self) -> None:
+        for m in self.members:
+            m.write()
+
+    def restore(self) -> None:
+        for m in self.members:
+            m.restore()
+
+    def cleanup(self) -> None:
+        for m in self.members:
+            m.cleanup()
+
+
 def wanted_from_items(items: Iterable[Mapping[str, Any]], *, prune: bool) -> Wanted:
     """Module list items (`state: present|absent`, default present) as the reconciler's Wanted."""
     present, absent = [], []

@@ -41,9 +41,12 @@ LISTENER_ITEM: dict[str, dict[str, Any]] = {
     "tls": {
         "type": "dict",
         "options": {
-            "cert": {"type": "path", "required": True},
-            "key": {"type": "path", "required": True, "no_log": False},
+            "cert": {"type": "path"},
+            "key": {"type": "path", "no_log": False},
+            "issue": {"type": "bool", "default": False},
+            "names": {"type": "list", "elements": "str"},
         },
+        "required_together": [["cert", "key"]],
     },
     "state": STATE,
 }

@@ -122,9 +122,12 @@ def _builder(
     )
 
 
-def create_ca(site: str, *, key_kind: str = "ec", valid_days: int = CA_VALID_DAYS) -> Issued:
+def create_ca(
+    site: str, *, label: str = "site", key_kind: str = "ec", valid_days: int = CA_VALID_DAYS
+) -> Issued:
+    """A site's CA; `label` tells its CAs apart (`site` signs links, `service` listeners)."""
     key = generate_key(key_kind)
-    name = _name(f"skiff site CA {site}")
+    name = _name(f"skiff {label} CA {site}")
     cert = (
         _builder(name, name, key.public_key(), valid_days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

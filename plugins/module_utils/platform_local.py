@@ -206,13 +206,19 @@ class LocalPlatform(Platform):
     # -- config and status -----------------------------------------------
 
     def check_config(self, data: bytes) -> list[str]:
-        # The candidate ends in `.json` because the router picks its parser by
-        # the name: checked as YAML, JSON it would reject could pass.
-        with tempfile.TemporaryDirectory(prefix="skiff-check-") as folder:
-            path = Path(folder) / "router.json"
-            path.write_bytes(data)
-            os.chmod(path, PUBLIC_MODE)
-            return self.check_config_file(path)
+        # The candidate sits beside router.json, so its relative paths (TLS files
+        # of links and listeners) resolve as the router will resolve them. It ends
+        # in `.json` because the router picks its parser by the name: checked as
+        # YAML, JSON it would reject could pass.
+        ensure_dir(self.paths.root)
+        fd, tmp = tempfile.mkstemp(prefix=".router.check.", suffix=".json", dir=self.paths.root)
+        try:
+            os.fchmod(fd, PUBLIC_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return self.check_config_file(Path(tmp))
+        finally:
+            os.unlink(tmp)
 
     def check_config_file(self, path: Path) -> list[str]:
         command = [self.python, "-m", "skiff_router", "check-config", str(path)]

@@ -16,10 +16,8 @@ is used.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
@@ -30,10 +28,8 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd impor
     run,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
-    PUBLIC_MODE,
     SiteMetadata,
     SitePaths,
-    ensure_dir,
 )
 
 DEFAULT_IMAGE = "localhost/skiff-router:latest"
@@ -187,19 +183,6 @@ class PodmanPlatform(SystemdPlatform):
             if current and current != wanted:
                 actions.append((f"run the new image {self.image}", True))
         return actions
-
-    def check_config(self, data: bytes) -> list[str]:
-        # The container sees the site directory only: the candidate goes there
-        # (on a first run, before anything else was written to it).
-        ensure_dir(self.paths.root)
-        fd, tmp = tempfile.mkstemp(prefix=".router.check.", suffix=".json", dir=self.paths.root)
-        try:
-            os.fchmod(fd, PUBLIC_MODE)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            return self.check_config_file(Path(tmp))
-        finally:
-            os.unlink(tmp)
 
     def check_config_file(self, path: Path) -> list[str]:
         root = str(self.paths.root)

@@ -20,7 +20,11 @@ from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import (
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Entry, Kind, Wanted
-from ansible_collections.skiff.fleet.plugins.module_utils.store import DEFAULT_BASE_DIR
+from ansible_collections.skiff.fleet.plugins.module_utils.service_tls import ListenerCertificates
+from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    DEFAULT_BASE_DIR,
+    issued_listener_tls_paths,
+)
 
 
 def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool) -> Entry:
@@ -41,9 +45,7 @@ def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool
     entry["port"] = validation.port(item["port"], "port")
     tls = item.get("tls")
     if tls is not None:
-        # Paths only (the router reads the files; check-config refuses a missing or
-        # non-PEM one naming this entry and field): never a key's content.
-        entry["tls"] = {k: v for k, v in dict(tls).items() if v is not None}
+        entry["tls"] = _tls(name, tls, listener)
     distribution = item.get("distribution")
     strategy = item.get("strategy")
     if not listener:
@@ -65,6 +67,30 @@ def _normalize(item: Mapping[str, Any], default_host: str | None, listener: bool
             )
         entry["distribution"] = distribution
     return entry
+
+
+def _tls(name: str, tls: Mapping[str, Any], listener: bool) -> dict[str, Any]:
+    """Paths only (the router reads the files; check-config refuses a missing or
+    non-PEM one naming this entry and field): never a key's content. A listener's
+    `issue` names the certificate the service CA issues for it (service_tls.py)."""
+    given = {k: v for k, v in dict(tls).items() if v is not None}
+    issue = bool(given.pop("issue", False))
+    names = given.pop("names", None)
+    if issue and not listener:
+        raise SkiffError("is an option of listeners only", field="tls.issue")
+    if not issue:
+        if names is not None:
+            raise SkiffError(
+                "needs tls.issue (names go into an issued certificate)", field="tls.names"
+            )
+        return given
+    if given:
+        fields = ", ".join(f"tls.{k}" for k in sorted(given))
+        raise SkiffError(
+            f"give tls.issue or {fields}, not both (an issued certificate replaces the files)",
+            field="tls.issue",
+        )
+    return issued_listener_tls_paths(name)
 
 
 def _multi_key(entry: Entry, key: Any, keys: Any, strategy: Any) -> None:
@@ -198,6 +224,12 @@ class ServiceParams:
         return wanted_from_items([item], prune=False)
 
 
+def listener_certificates(runner: SiteConfigRunner, wanted: Wanted) -> ListenerCertificates:
+    """The service CA and the certificates of listeners with `tls.issue` (and those of
+    listeners that had one)."""
+    return ListenerCertificates(runner.secrets(), runner.site, wanted)
+
+
 def run_service(kind: Kind, params: ServiceParams, check_mode: bool, **services: Any) -> Result:
     """One listener or connector (`name` ...), or a list of them (`items`), in one change."""
     if params.items is None and params.name is None:
@@ -207,9 +239,12 @@ def run_service(kind: Kind, params: ServiceParams, check_mode: bool, **services:
     verify = listener_verifier(present_names) if kind is LISTENER and present_names else None
     runner = SiteConfigRunner(params.site, params.base_dir, check_mode=check_mode, **services)
     context = f"{kind.noun} '{params.name}'" if params.items is None else None
-    result = runner.run({kind: wanted}, verify=verify, context=context)
+    certificates = listener_certificates(runner, wanted) if kind is LISTENER else None
+    result = runner.run({kind: wanted}, verify=verify, credentials=certificates, context=context)
     entries = result.values.get("after", {}).get(kind.section, [])
     values: dict[str, Any] = {"changes": result.values.get("changes", [])}
+    if certificates is not None and certificates.ca_pem:
+        values["service_ca"] = certificates.ca_pem.decode()
     if params.items is None:
         entry = next((e for e in entries if e.get("name") == params.name), None)
         values[kind.noun] = entry if params.state == "present" else None

@@ -13,6 +13,7 @@ from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import (
+    CredentialSet,
     SiteConfigRunner,
     wanted_from_items,
 )
@@ -26,6 +27,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Kind,
 from ansible_collections.skiff.fleet.plugins.module_utils.service import (
     CONNECTOR,
     LISTENER,
+    listener_certificates,
     listener_verifier,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import DEFAULT_BASE_DIR
@@ -81,11 +83,14 @@ def run_reconcile(params: SiteConfigParams, check_mode: bool, **services: Any) -
         if items is not None:
             wanted[kind] = wanted_from_items(items, prune=params.prune)
     listening = [str(item.get("name")) for item in wanted.get(LISTENER, Wanted()).present]
+    certificates = listener_certificates(runner, wanted[LISTENER]) if LISTENER in wanted else None
     result = runner.run(
         wanted,
         verify=listener_verifier(listening) if listening else None,
-        credentials=credentials,
+        credentials=CredentialSet(credentials, certificates),
     )
     after = result.values.get("after", {})
     result.values = {"changes": result.values.get("changes", []), **after}
+    if certificates is not None and certificates.ca_pem:
+        result.values["service_ca"] = certificates.ca_pem.decode()
     return result

@@ -149,6 +149,13 @@ class SitePaths:
         return self.tokens_dir / token
 
     @property
+    def service_ca_dir(self) -> Path:
+        return self.root / "service-ca"
+
+    def listener_dir(self, listener: str) -> Path:
+        return self.root / "listeners" / listener
+
+    @property
     def run_dir(self) -> Path:
         return self.root / "run"
 
@@ -282,6 +289,36 @@ class SecretStore(ABC):
     def put_token(self, name: str, token: IssuedToken | None) -> None:
         """Keep an issued token; None removes it."""
 
+    # The service CA (apart from the link CA: it signs what applications trust) and
+    # the listener certificates it issued. Only where the router reads files the
+    # site directory holds; other platforms say so.
+    def service_ca(self) -> CertPair:
+        raise _no_issued_tls()
+
+    def put_service_ca(self, pair: CertPair) -> None:
+        raise _no_issued_tls()
+
+    def listener_tls(self, name: str) -> CertPair:
+        raise _no_issued_tls()
+
+    def put_listener_tls(self, name: str, pair: CertPair | None) -> None:
+        """Store a listener's issued certificate and key; None removes them."""
+        raise _no_issued_tls()
+
+
+def issued_listener_tls_paths(name: str) -> dict[str, str]:
+    """`cert` and `key` of a listener's issued certificate, as the router config names
+    them (relative to the config's directory)."""
+    return {"cert": f"listeners/{name}/tls.crt", "key": f"listeners/{name}/tls.key"}
+
+
+def _no_issued_tls() -> SkiffError:
+    return SkiffError(
+        "certificates issued by the service CA need a site directory the router reads "
+        "(platforms local, systemd, podman); give tls.cert and tls.key instead",
+        field="tls.issue",
+    )
+
 
 def _read_optional(path: Path) -> bytes | None:
     try:
@@ -387,6 +424,26 @@ class FileSecretStore(SecretStore):
         atomic_write(folder / "tls.key", token.key or b"", KEY_MODE)
         atomic_write(folder / "tls.crt", token.cert or b"", PUBLIC_MODE)
         atomic_write(folder / "token.json", token.info or b"", KEY_MODE)
+
+    def service_ca(self) -> CertPair:
+        folder = self.paths.service_ca_dir
+        return CertPair(_read_optional(folder / "ca.crt"), _read_optional(folder / "ca.key"))
+
+    def put_service_ca(self, pair: CertPair) -> None:
+        folder = self.paths.service_ca_dir
+        self._put_pair(folder / "ca.crt", folder / "ca.key", pair)
+
+    def listener_tls(self, name: str) -> CertPair:
+        folder = self.paths.listener_dir(name)
+        return CertPair(_read_optional(folder / "tls.crt"), _read_optional(folder / "tls.key"))
+
+    def put_listener_tls(self, name: str, pair: CertPair | None) -> None:
+        folder = self.paths.listener_dir(name)
+        if pair is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        ensure_dir(folder.parent)
+        self._put_pair(folder / "tls.crt", folder / "tls.key", pair)
 
 
 class SiteStore:

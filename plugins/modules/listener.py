@@ -94,20 +94,36 @@ options:
     default: priority
   tls:
     description:
-      - Terminate TLS towards the clients with this certificate and key (PEM files on
-        the site's host; relative paths are relative to the site directory). Keep
-        the key 0600. Flows carry the plaintext between the sites' routers (inside
-        their mutual-TLS links).
+      - Terminate TLS towards the clients, with O(tls.cert) and O(tls.key) (PEM files on
+        the site's host; relative paths are relative to the site directory; keep the
+        key 0600), or with a certificate the site's service CA issues (O(tls.issue)).
+        Flows carry the plaintext between the sites' routers (inside their mutual-TLS
+        links).
+      - A renewed certificate written over the files is used for new connections
+        without a restart; open connections stay.
     type: dict
     suboptions:
       cert:
-        description: The listener's certificate chain (PEM).
+        description: The listener's certificate chain (PEM). With O(tls.key).
         type: path
-        required: true
       key:
         description: Its private key (PEM).
         type: path
-        required: true
+      issue:
+        description:
+          - The site's service CA (created on first use, apart from the CA of the links)
+            issues the listener's certificate, with the listener's name, its host (unless
+            it listens on every address) and O(tls.names) as SANs. Clients trust the
+            service CA, returned as RV(service_ca).
+          - Issued again when the names change, the service CA changes, or it expires
+            within 30 days (valid 365 days); the key stays on the site's host (0600).
+          - Not with O(tls.cert); platforms C(local), C(systemd) and C(podman).
+        type: bool
+        default: false
+      names:
+        description: More host names or addresses for the issued certificate (with O(tls.issue)).
+        type: list
+        elements: str
 seealso:
   - module: skiff.fleet.connector
   - module: skiff.fleet.reconcile
@@ -149,6 +165,23 @@ EXAMPLES = r"""
       - {key: api-v1, weight: 1}
     strategy: weighted
 
+- name: Terminate TLS with a certificate from the site's service CA
+  skiff.fleet.listener:
+    site: west
+    name: web
+    host: 0.0.0.0
+    port: 8443
+    tls:
+      issue: true
+      names: [web.example.internal]
+  register: web
+
+- name: Clients trust the service CA
+  ansible.builtin.copy:
+    content: "{{ web.service_ca }}"
+    dest: /etc/pki/west-services.crt
+    mode: "0644"
+
 - name: Remove a listener
   skiff.fleet.listener:
     site: west
@@ -165,6 +198,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+service_ca:
+  description:
+    - The site's service CA certificate (PEM, public), which clients of listeners with
+      O(tls.issue) trust.
+  returned: when a listener has O(tls.issue)
+  type: str
 listener:
   description: The listener entry as written to C(router.json); null when O(state=absent).
   returned: with O(name)

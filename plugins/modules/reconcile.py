@@ -69,6 +69,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+service_ca:
+  description:
+    - The site's service CA certificate (PEM, public), which clients of listeners with
+      O(listeners[].tls.issue) trust.
+  returned: when a listener has O(listeners[].tls.issue)
+  type: str
 links:
   description: The site's links after the change (paths, no secrets).
   returned: when O(links) is given
