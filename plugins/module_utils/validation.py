@@ -46,10 +46,9 @@ def object_name(value: Any, field: str) -> str:
 
 
 def routing_key(value: Any, field: str = "routing_key") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise SkiffError("must be a non-empty string", field=field)
-    if any(c.isspace() for c in value):
-        raise SkiffError(f"{value!r} must not contain spaces", field=field)
+    problem = vocabulary.routing_key_problem(value)
+    if problem is not None:
+        raise SkiffError(problem, field=field)
     return value
 
 

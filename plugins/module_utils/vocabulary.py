@@ -42,6 +42,9 @@ DISTRIBUTIONS = ("balanced", "closest")
 STRATEGIES = ("priority", "weighted")
 WEIGHT_MIN = 1
 WEIGHT_MAX = 1000
+# A routing key travels in every link-state update of the routers that serve or
+# listen for it: bounded so one key cannot make an update too large to send.
+ROUTING_KEY_MAX_BYTES = 253
 STATES = ("present", "absent")
 # How a kubernetes site's link Service is reached from outside its namespace.
 KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")
@@ -90,6 +93,18 @@ def kube_port_problem(port: object, link_access: bool) -> str | None:
 INTENDED_CHECKS = ("unserved-listener", "link-cycle", "listeners-lose-connectors")
 
 
+def routing_key_problem(value: object) -> str | None:
+    """What is wrong with a routing key, or None (the router checks the same)."""
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    if any(c.isspace() for c in value) or not value.isprintable():
+        return "must not contain spaces or control characters"
+    size = len(value.encode("utf-8", "replace"))
+    if size > ROUTING_KEY_MAX_BYTES:
+        return f"is {size} bytes long; at most {ROUTING_KEY_MAX_BYTES} (UTF-8)"
+    return None
+
+
 def routing_keys_problem(value: object) -> tuple[str, str] | None:
     """The first problem of a listener's ``routing_keys`` as (sub-field, message), or None.
 
@@ -103,8 +118,9 @@ def routing_keys_problem(value: object) -> tuple[str, str] | None:
         if not isinstance(item, dict):
             return where, "must be a mapping with key and (optional) weight"
         key = item.get("key")
-        if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
-            return f"{where}.key", "must be a non-empty string without spaces"
+        problem = routing_key_problem(key)
+        if problem is not None:
+            return f"{where}.key", problem
         if key in seen:
             return f"{where}.key", f"'{key}' is listed twice; each key once"
         seen.add(key)

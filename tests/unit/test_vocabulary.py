@@ -22,6 +22,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.validation import (
     cost,
     object_name,
     port,
+    routing_key,
 )
 from skiff_router import config as router_config
 
@@ -193,3 +194,47 @@ def test_router_rejects_what_the_vocabulary_does_not_know(choice):
     for value in known:
         assert router_errors({"site": "s", choice: value}) == []
     assert router_errors({"site": "s", choice: "other"})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a" * vocabulary.ROUTING_KEY_MAX_BYTES,
+        "a" * (vocabulary.ROUTING_KEY_MAX_BYTES + 1),
+        "é" * (vocabulary.ROUTING_KEY_MAX_BYTES // 2 + 1),  # 2 bytes each in UTF-8
+        "a" * 70_000,  # the key, which broke a site's links
+        "with space",
+        "tab\there",
+        "db",
+    ],
+)
+def test_router_and_modules_bound_routing_keys_alike(key):
+    ours = vocabulary.routing_key_problem(key) is None
+    try:
+        routing_key(key)
+        modules = True
+    except SkiffError as exc:
+        modules = False
+        assert str(exc).startswith("routing_key: ")
+    weighted = vocabulary.routing_keys_problem([{"key": key}]) is None
+    entry = {"name": "a", "routing_key": key, "host": "127.0.0.1", "port": 1}
+    multi = {"name": "b", "routing_keys": [{"key": key}], "host": "127.0.0.1", "port": 2}
+    errors = router_errors({"site": "s", "connectors": [entry], "listeners": [multi]})
+    assert ours == modules == weighted == (not errors), (key[:20], errors)
+    if not ours:
+        fields = {path for path, _unused in errors}
+        assert fields == {"connectors[0].routing_key", "listeners[0].routing_keys[0].key"}
+
+
+def test_router_bounds_the_routing_keys_of_a_site_together():
+    from skiff_router.config import MAX_ROUTING_KEY, MAX_ROUTING_KEYS_BYTES
+
+    assert MAX_ROUTING_KEY == vocabulary.ROUTING_KEY_MAX_BYTES
+    count = MAX_ROUTING_KEYS_BYTES // 200 + 1
+    connectors = [
+        {"name": f"c{i}", "routing_key": f"{i:04d}" + "k" * 196, "host": "h", "port": 1}
+        for i in range(count)
+    ]
+    errors = router_errors({"site": "s", "connectors": connectors})
+    assert errors and errors[0][0] == "listeners" and "of link state" in errors[0][1]
+    assert router_errors({"site": "s", "connectors": connectors[:-1]}) == []

@@ -60,6 +60,11 @@ MODES = tuple(m.value for m in Mode)
 DISTRIBUTIONS = tuple(d.value for d in Distribution)
 STRATEGIES = tuple(s.value for s in Strategy)
 MAX_WEIGHT = 1000
+# Every routing key a router serves or listens for goes into its link-state
+# updates: a key, and all of them together, are bounded so an update always fits
+# a frame (a 70,000-byte key used to break every link at the next change).
+MAX_ROUTING_KEY = 253
+MAX_ROUTING_KEYS_BYTES = 48 * 1024
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,23 @@ class _Checker:
             return ""
         return v
 
+    def routing_key(self, d: dict, key: str, path: str) -> str:
+        p = _join(path, key)
+        if key not in d:
+            return ""
+        v = d[key]
+        if not isinstance(v, str) or not v.strip():
+            self.err(p, "must be a non-empty string")
+            return ""
+        if any(ch.isspace() for ch in v) or not v.isprintable():
+            self.err(p, "must not contain spaces or control characters")
+            return ""
+        size = len(v.encode("utf-8", "replace"))
+        if size > MAX_ROUTING_KEY:
+            self.err(p, f"is {size} bytes long; at most {MAX_ROUTING_KEY} (UTF-8)")
+            return ""
+        return v
+
     def port(self, d: dict, key: str, path: str, default: int | None = None) -> int:
         p = _join(path, key)
         if key not in d:
@@ -320,6 +342,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
     links = _links(c, top.get("links"))
     listeners = _listeners(c, top.get("listeners"))
     connectors = _connectors(c, top.get("connectors"))
+    _key_budget(c, listeners, connectors)
     if c.errors:
         raise ConfigError(c.errors)
     return Config(
@@ -394,7 +417,7 @@ def _listeners(c: _Checker, value: Any) -> tuple[ListenerConfig, ...]:
             listeners.append(
                 ListenerConfig(
                     name=c.string(d, "name", path),
-                    routing_key=keys[0].key if keys else c.string(d, "routing_key", path),
+                    routing_key=keys[0].key if keys else c.routing_key(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
                     distribution=Distribution(dist),
@@ -492,7 +515,7 @@ def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ..
         e = c.obj(item, ipath, {"key"}, {"weight"})
         if e is None:
             continue
-        key = c.string(e, "key", ipath)
+        key = c.routing_key(e, "key", ipath)
         weight = e.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
             c.err(f"{ipath}.weight", f"must be a positive integer (1..{MAX_WEIGHT})")
@@ -505,6 +528,19 @@ def _listener_keys(c: _Checker, d: dict, path: str) -> tuple[tuple[KeyWeight, ..
     return tuple(keys), strategy
 
 
+def _key_budget(
+    c: _Checker, listeners: tuple[ListenerConfig, ...], connectors: tuple[ConnectorConfig, ...]
+) -> None:
+    keys = {k for x in listeners for k in x.key_names()} | {x.routing_key for x in connectors}
+    size = sum(len(k.encode("utf-8", "replace")) for k in keys)
+    if size > MAX_ROUTING_KEYS_BYTES:
+        c.err(
+            "listeners",
+            f"the routing keys of listeners and connectors take {size} bytes of link state; "
+            f"at most {MAX_ROUTING_KEYS_BYTES}: use shorter keys or fewer of them",
+        )
+
+
 def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
     connectors: list[ConnectorConfig] = []
     for path, item in c.items(value, "connectors"):
@@ -513,7 +549,7 @@ def _connectors(c: _Checker, value: Any) -> tuple[ConnectorConfig, ...]:
             connectors.append(
                 ConnectorConfig(
                     name=c.string(d, "name", path),
-                    routing_key=c.string(d, "routing_key", path),
+                    routing_key=c.routing_key(d, "routing_key", path),
                     host=c.string(d, "host", path),
                     port=c.port(d, "port", path),
                     tls=_connector_tls(c, d, path),
@@ -601,6 +637,7 @@ def load_overlay(path: str) -> Overlay:
         links=_links(c, top.get("links")),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+    _key_budget(c, overlay.listeners, overlay.connectors)
     if c.errors:
         raise ConfigError(c.errors)
     return overlay
