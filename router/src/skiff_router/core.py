@@ -33,6 +33,7 @@ from skiff_router.targets import SiteChoice
 from skiff_router.topology import Link, Topology
 
 FrameHandler = Callable[[Link, int, Any], None]
+_LSA = FrameType.LSA
 
 
 class RouterCore:
@@ -43,6 +44,7 @@ class RouterCore:
         seq: int | None = None,
         mode: Mode = Mode.INTERIOR,
         site: str = "",
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.id = router_id
         self.site = site or router_id  # several routers (replicas) may share a site
@@ -52,10 +54,10 @@ class RouterCore:
         seq = seq if seq is not None else int(time.time() * 1000)
         self.clock = Clock(now)
         self.outbox = Outbox()
-        self.topology = Topology(router_id, self.site, mode, seq, self.outbox)
+        self.topology = Topology(router_id, self.site, mode, seq, self.outbox, wall)
         self.sites = SiteChoice()
         self.flows = Flows(self.topology, self.sites, self.outbox, self.clock)
-        self.multicast = Multicast(self.topology, seq * 1000, self.outbox)
+        self.multicast = Multicast(self.topology, seq * 1000, self.outbox, wall)
         t, f, m = self.topology, self.flows, self.multicast
         self._handlers: dict[FrameType, FrameHandler] = {
             FrameType.DATA: f.on_data,
@@ -88,8 +90,11 @@ class RouterCore:
         if link is None:
             return
         handlers = self._handlers
+        topology = self.topology
         for ev in link.proto.receive_data(data, now):
             if isinstance(ev, tuple):
+                if ev[0] is not _LSA:
+                    topology.settle()  # frames after updates see their routes
                 try:
                     handlers[ev[0]](link, ev[1], ev[2])
                 except ProtocolError as exc:
@@ -102,6 +107,7 @@ class RouterCore:
                 assert isinstance(ev, LinkClosed)
                 self._close(link, ev, notify=True)
                 break
+        topology.settle()
         if link.proto.has_output:
             self.outbox.dirty[handle] = link
 

@@ -5,7 +5,8 @@ Routes are computed by the link-state database (routing.py)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,20 @@ if TYPE_CHECKING:
     from skiff_router.flows import End
 
 log = logging.getLogger("core")
+
+# Sequence numbers start from the origin's wall clock (milliseconds). One further
+# ahead of ours than this is forged or from a broken clock: accepting it would let
+# a peer outbid a router's own updates for good (or push its next number past
+# what the decoder accepts), so it is dropped, never stored or flooded.
+SEQ_AHEAD_MS = 60_000
+# Routers known from link state: new ones past this are dropped (a peer flooding
+# updates for made-up routers fills no memory; unreachable ones age out anyway).
+MAX_ROUTERS = 4096
+
+
+def seq_ceiling(wall: Callable[[], float]) -> int:
+    """The highest link-state sequence number an origin can have by now."""
+    return int(wall() * 1000) + SEQ_AHEAD_MS
 
 
 @dataclass(eq=False, slots=True)
@@ -49,7 +64,15 @@ class Link:
 
 
 class Topology:
-    def __init__(self, router_id: str, site: str, mode: Mode, seq: int, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        router_id: str,
+        site: str,
+        mode: Mode,
+        seq: int,
+        outbox: Outbox,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.id = router_id
         self.site = site
         self.mode = mode
@@ -65,6 +88,11 @@ class Topology:
         # Edges attached to us (interior): their own LSAs, which we advertise for them.
         self._edge_lsas: dict[str, Lsa] = {}
         self._out = outbox
+        self.wall = wall
+        # Route computation waits until a batch of frames is handled (settle()):
+        # a burst of updates costs one computation, not one each.
+        self._stale = False
+        self.refused_lsas = 0
         self.originate()
 
     # -- the link registry -------------------------------------------------------------
@@ -200,9 +228,31 @@ class Topology:
         for link in self.up_links():
             self._out.send(link, FrameType.LSA, 0, payload)
 
+    def settle(self) -> None:
+        """Compute routes if updates arrived since the last computation."""
+        if self._stale:
+            self._stale = False
+            self.db.compute()
+
+    def _refuse(self, link: Link, lsa: Lsa, why: str) -> None:
+        self.refused_lsas += 1
+        # Counted always, logged sparingly: a flood of these must not flood the log.
+        if self.refused_lsas & (self.refused_lsas - 1) == 0:
+            log.warning(
+                "link %s: dropped link-state update for %s from %s: %s (%d dropped so far)",
+                link.name,
+                lsa.router,
+                link.peer,
+                why,
+                self.refused_lsas,
+            )
+
     def on_lsa(self, link: Link, fid: int, payload: bytes | memoryview) -> None:
         data = bytes(payload)
         lsa = decode_lsa(data)
+        if lsa.seq > seq_ceiling(self.wall):
+            self._refuse(link, lsa, "sequence number ahead of the clock")
+            return
         if link.to_edge:
             # An edge speaks only for itself; we advertise it on its behalf.
             if lsa.router != link.peer:
@@ -224,13 +274,16 @@ class Topology:
                 self._seq = lsa.seq
                 self.originate()
             return
+        if lsa.router not in self.db.lsas and len(self.db.lsas) >= MAX_ROUTERS:
+            self._refuse(link, lsa, f"already {MAX_ROUTERS} routers known")
+            return
         if not self.db.update(lsa):
             return
         if not self.edge:
             for other in self.up_links():
                 if other is not link:
                     self._out.send(other, FrameType.LSA, 0, data)
-        self.db.compute()
+        self._stale = True
 
     def tick(self, now: float) -> None:
         if self.db.purge(now):
