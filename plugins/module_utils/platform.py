@@ -42,6 +42,9 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 PLATFORMS = ("local", "systemd", "podman", "kubernetes")
 CONFIG_WAIT_SECONDS = 15.0
 POLL_SECONDS = 0.2
+# Open files a router may hold (systemd LimitNOFILE, podman --ulimit): every flow
+# with a socket here is one; the router keeps its flows below the limit it gets.
+ROUTER_NOFILE = 65536
 NOT_RUNNING_NOTE = "router not running: the change takes effect when skiff.fleet.site starts it"
 
 

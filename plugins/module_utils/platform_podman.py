@@ -21,7 +21,10 @@ import shutil
 from pathlib import Path
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.platform import check_config_problems
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
+    ROUTER_NOFILE,
+    check_config_problems,
+)
 from ansible_collections.skiff.fleet.plugins.module_utils.platform_systemd import (
     HEADER,
     SystemdPlatform,
@@ -108,6 +111,7 @@ class PodmanPlatform(SystemdPlatform):
             "--read-only",
             "--cap-drop=all",
             "--security-opt=no-new-privileges",
+            f"--ulimit=nofile={ROUTER_NOFILE}:{ROUTER_NOFILE}",
             f"--volume={root}:{root}:ro",
             f"--label=skiff.site={self.site}",
             "--env=PYTHONUNBUFFERED=1",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
+from ansible_collections.skiff.fleet.plugins.module_utils.platform import ROUTER_NOFILE
 from ansible_collections.skiff.fleet.plugins.module_utils.platform_local import (
     _SECRET_LINE,
     LocalPlatform,
@@ -161,6 +162,7 @@ class SystemdPlatform(LocalPlatform):
             + f"ExecStart={self.exec_start()}\n"
             + "ExecReload=/bin/kill -HUP $MAINPID\n"
             + "Restart=on-failure\nRestartSec=1s\n"
+            + f"LimitNOFILE={ROUTER_NOFILE}\n"
             + f"StateDirectory=skiff/{self.site}\nStateDirectoryMode=0700\n"
             + f"WorkingDirectory={self.state_dir}\n"
             + f"ReadWritePaths={self.state_dir}\n"

@@ -8,16 +8,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from rogue_peer import RoguePeer
-from router_testkit import Site, run, tcp_server, wait_for
+from router_testkit import Site, http_get, run, tcp_server, wait_for
 from test_network import TIMEOUT, echo_roundtrip, link_up, reachable, routers
 
 import skiff_router.topology as topology_module
-from skiff_router.codec import FrameType, Lsa, Mcast, encode_lsa, encode_mcast
+from skiff_router.codec import (
+    FrameType,
+    Lsa,
+    Mcast,
+    Open,
+    encode_frame,
+    encode_lsa,
+    encode_mcast,
+    encode_open,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +152,70 @@ def test_a_flood_of_made_up_routers_is_bounded_and_costs_few_route_computations(
 
 
 def _lsa_frame(lsa: Lsa) -> bytes:
-    from skiff_router.codec import encode_frame
-
     return encode_frame(FrameType.LSA, 0, encode_lsa(lsa))
+
+
+def test_a_flood_of_opens_is_capped_below_the_file_descriptor_limit(tmp_path: Path) -> None:
+    """The issue's attack: 1,100 OPEN frames for a connector against a router whose
+    file-descriptor limit is 1,024. It used to spend a descriptor on each until it
+    could accept, read and answer nothing. Now flows with a socket here stay below
+    the limit (the rest are refused frame by frame), /healthz answers, another link
+    keeps carrying flows and the log does not grow by a line per refusal."""
+
+    def limit_fds() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    async def main() -> None:
+        west, east, port = network(tmp_path)
+        hold = asyncio.Event()
+
+        async def holding(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await hold.wait()  # the attacker's flows stay open at the backend
+            writer.close()
+
+        async with tcp_server() as echo, tcp_server(holding) as sink:
+            west.connect("svc", echo)
+            east.connect("sink", sink)
+            east.log_level = "info"  # what a site runs with
+            cfg = east.write()
+            log_file = tmp_path / "east.log"
+            with log_file.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "skiff_router", "run", "--config", str(cfg)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=limit_fds,
+                )
+            rogue = None
+            try:
+                async with routers(west) as rs:
+                    await wait_for(lambda: link_up(rs["west"], "east"), TIMEOUT, "west linked")
+                    rogue = await RoguePeer.dial(east, "mallory", tmp_path / "mallory")
+                    opens = b"".join(
+                        encode_frame(
+                            FrameType.OPEN, 2 * i + 1, encode_open(Open("sink", "east", "mallory"))
+                        )
+                        for i in range(1100)
+                    )
+                    rogue.writer.write(opens)
+                    await rogue.writer.drain()
+                    await asyncio.sleep(2.0)
+                    assert proc.poll() is None
+                    status, body = await http_get(f"{east.admin_url}/healthz")
+                    assert (status, body) == (200, b"ok")
+                    assert link_up(rs["west"], "east")
+                    # west -> east: a flow the other way round, through east's listener.
+                    await carries_bytes(port)
+                    lines = log_file.read_bytes().count(b"\n")
+                    assert lines < 200, lines
+            finally:
+                hold.set()
+                if rogue is not None:
+                    rogue.close()
+                proc.terminate()
+                proc.wait(15)
+
+    run(main())

@@ -39,6 +39,7 @@ def test_systemd_unit_is_hardened_and_reloads(tmp_path, monkeypatch):
         f"ExecStart=/opt/skiff/venv/bin/python -m skiff_router run --config {tmp_path}/east/router.json",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
+        "LimitNOFILE=65536",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -59,6 +60,7 @@ def test_podman_generated_unit(tmp_path, monkeypatch):
     unit = files[platform_systemd.UNIT_DIR / "skiff-east.service"]
     assert "ExecReload=/usr/bin/podman kill --signal HUP skiff-east" in unit
     assert "--network=host" in unit and "--user=990:990" in unit and "--read-only" in unit
+    assert "--ulimit=nofile=65536:65536" in unit  # flows stay below it (router limits.py)
     assert f"--volume={tmp_path}/east:{tmp_path}/east:ro" in unit
     assert "localhost/skiff-router:latest run --config" in unit
 

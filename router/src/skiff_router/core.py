@@ -26,7 +26,7 @@ from typing import Any
 from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
 from skiff_router.config import Mode
-from skiff_router.flows import Clock, Flows
+from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
 from skiff_router.link import LinkClosed, LinkUp
 from skiff_router.multicast import Multicast
 from skiff_router.targets import SiteChoice
@@ -45,6 +45,7 @@ class RouterCore:
         mode: Mode = Mode.INTERIOR,
         site: str = "",
         wall: Callable[[], float] = time.time,
+        max_local_flows: int = MAX_LINK_FLOWS,
     ) -> None:
         self.id = router_id
         self.site = site or router_id  # several routers (replicas) may share a site
@@ -56,7 +57,9 @@ class RouterCore:
         self.outbox = Outbox()
         self.topology = Topology(router_id, self.site, mode, seq, self.outbox, wall)
         self.sites = SiteChoice()
-        self.flows = Flows(self.topology, self.sites, self.outbox, self.clock)
+        self.flows = Flows(
+            self.topology, self.sites, self.outbox, self.clock, max_local=max_local_flows
+        )
         self.multicast = Multicast(self.topology, seq * 1000, self.outbox, wall)
         t, f, m = self.topology, self.flows, self.multicast
         self._handlers: dict[FrameType, FrameHandler] = {

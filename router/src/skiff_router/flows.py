@@ -112,7 +112,18 @@ class Flow:
 
 
 class Flows:
-    def __init__(self, topology: Topology, sites: SiteChoice, outbox: Outbox, clock: Clock) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        sites: SiteChoice,
+        outbox: Outbox,
+        clock: Clock,
+        max_local: int = MAX_LINK_FLOWS,
+    ) -> None:
+        # Flows with a socket here, and those one link may hold, stay below the
+        # file-descriptor limit (limits.py): one peer cannot starve the others.
+        self.max_local = max_local
+        self.max_link_flows = min(MAX_LINK_FLOWS, max(8, max_local // 2))
         self.by_id: dict[int, Flow] = {}
         self.locals: dict[int, End] = {}
         self.total = 0
@@ -219,13 +230,16 @@ class Flows:
         topo = self._topo
         flow = self._new_flow(op.key, op.src, op.dest)
         self._link_end(flow, link, fid)
-        if len(link.flows) > MAX_LINK_FLOWS:
+        if len(link.flows) > self.max_link_flows:
             self._reset(flow, None, "too many flows")
             return
         if op.dest == topo.id:
             if op.key not in topo.connector_keys:
                 # Refused here: the RESET must go back to the sender (no origin to spare).
                 self._reset(flow, None, "no connector")
+                return
+            if len(self.locals) >= self.max_local:
+                self._reset(flow, None, "too many flows")
                 return
             b = self._local_end(flow, connected=False)
             self._out.actions.append(ConnectLocal(b.ident, op.key))

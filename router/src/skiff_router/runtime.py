@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from skiff_router import __version__, eventloop, tls
+from skiff_router import __version__, eventloop, limits, tls
 from skiff_router.actions import (
     CloseLink,
     CloseLocal,
@@ -313,7 +313,13 @@ class Router:
     async def _start_network(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        self.core = RouterCore(cfg.router_id, loop.time(), mode=cfg.mode, site=cfg.site)
+        self.core = RouterCore(
+            cfg.router_id,
+            loop.time(),
+            mode=cfg.mode,
+            site=cfg.site,
+            max_local_flows=limits.local_flow_budget(limits.raise_fd_limit()),
+        )
         self.connectors = ConnectorChoice()
         self.connectors.configure(cfg.connectors)
         self._tls_sha = {p: _file_sha(p) for p in _tls_files(cfg)}
