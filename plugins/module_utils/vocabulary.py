@@ -123,7 +123,7 @@ def routing_keys_problem(value: object) -> tuple[str, str] | None:
             return f"{where}.key", problem
         if key in seen:
             return f"{where}.key", f"'{key}' is listed twice; each key once"
-        seen.add(key)
+        seen.add(str(key))
         weight = item.get("weight", DEFAULT_WEIGHT)
         if weight is None:
             weight = DEFAULT_WEIGHT

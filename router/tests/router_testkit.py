@@ -142,6 +142,7 @@ class Site:
     log_level: str = "debug"
     router_id: str | None = None  # None: the config has no router_id (it defaults to the site)
     overlay: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more top-level config fields
 
     @classmethod
     def create(
@@ -213,6 +214,7 @@ class Site:
             "links": self.links,
             "listeners": self.listeners,
             "connectors": self.connectors,
+            **self.extra,
         }
         if self.ca is not None:
             cfg["link_access"] = {

@@ -219,3 +219,42 @@ def test_a_flood_of_opens_is_capped_below_the_file_descriptor_limit(tmp_path: Pa
                 proc.wait(15)
 
     run(main())
+
+
+def test_finished_clients_of_a_server_that_never_closes_do_not_pile_up(tmp_path: Path) -> None:
+    """The issue's case, scaled down: clients send a request and close; the server
+    reads it and never closes. Each flow stayed half-closed for good (a flow and
+    a CLOSE-WAIT socket per client). With ``flow_timeouts.half_closed`` they are
+    closed, while a flow still in use in both directions stays."""
+
+    async def main() -> None:
+        west, east, port = network(tmp_path)
+        for site in (west, east):
+            site.extra = {"flow_timeouts": {"half_closed": 2}}
+
+        async def never_closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(65536):
+                pass
+            await asyncio.sleep(3600)  # the server never answers the client's close
+
+        async with tcp_server(never_closes) as backend:
+            west.connect("svc", backend)
+            async with routers(east, west) as rs:
+                await wait_for(lambda: reachable(rs["east"], "svc"), TIMEOUT, "svc served")
+                for _client in range(300):
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(b"request")
+                    writer.write_eof()
+                    await writer.drain()
+                    writer.close()
+                await wait_for(
+                    lambda: len(rs["east"].core.flows.by_id) == 300, TIMEOUT, "300 flows open"
+                )
+                await wait_for(
+                    lambda: not rs["east"].core.flows.by_id and not rs["west"].core.flows.by_id,
+                    TIMEOUT,
+                    "half-closed flows closed on both routers",
+                )
+                assert rs["east"].core.flows.expired + rs["west"].core.flows.expired >= 300
+
+    run(main())

@@ -17,7 +17,7 @@ from skiff_router.actions import (
     ResumeRead,
 )
 from skiff_router.codec import HEADER_SIZE, FrameType, encode_frame
-from skiff_router.config import Mode
+from skiff_router.config import FlowTimeouts, Mode
 from skiff_router.core import RouterCore
 from skiff_router.flows import INITIAL_WINDOW
 from skiff_router.link import (
@@ -450,3 +450,41 @@ def test_open_flows_per_link_are_capped(monkeypatch) -> None:
     assert len(b.flows.by_id) == 3
     assert len(a.flows.by_id) == 3
     assert sum(isinstance(x, CloseLocal) and x.abort for x in net.take("a")) == 2
+
+
+def test_half_closed_and_idle_flows_expire_active_ones_stay() -> None:
+    """A client that finished while its server never does, and a flow nobody uses:
+    both are reset on both routers after their timeouts (the sockets closed, the
+    far side told); a flow carrying bytes stays."""
+    net, a, b = pair()
+    for core in (a, b):
+        core.flow_timeouts = FlowTimeouts(half_closed=5, idle=30)
+    half_a, half_b = open_flow(net, a, b)
+    idle_a, idle_b = open_flow(net, a, b)
+    busy_a, busy_b = open_flow(net, a, b)
+    a.flows.local_eof(half_a)  # the client is done; the server never closes
+    net.run()
+    net.take("a")
+    net.take("b")
+    for _second in range(4):
+        net.tick(1.0)
+    assert len(a.flows.by_id) == len(b.flows.by_id) == 3  # not yet
+    for _second in range(2):
+        net.tick(1.0)
+    assert CloseLocal(half_a, abort=True) in net.take("a")
+    assert CloseLocal(half_b, abort=True) in net.take("b")
+    assert len(a.flows.by_id) == len(b.flows.by_id) == 2
+    for _second in range(26):
+        send(a, busy_a, b"x")
+        net.tick(1.0)
+        b.flows.local_consumed(busy_b, 1)
+    assert CloseLocal(idle_a, abort=True) in net.take("a", CloseLocal)
+    assert CloseLocal(idle_b, abort=True) in net.take("b", CloseLocal)
+    assert [f.key for f in a.flows.by_id.values()] == ["k"]
+    assert a.flows.expired == 2 and b.flows.expired == 2
+    # Never, when the timeouts are 0.
+    for core in (a, b):
+        core.flow_timeouts = FlowTimeouts(half_closed=0, idle=0)
+    for _second in range(100):
+        net.tick(1.0)
+    assert len(a.flows.by_id) == len(b.flows.by_id) == 1

@@ -80,6 +80,19 @@ class Admin:
 
 
 @dataclass(frozen=True)
+class FlowTimeouts:
+    """Seconds after which a flow is closed (0 = never): one side closed and the other
+    still open (``half_closed``), or no byte either way (``idle``). Without them a
+    server that never closes keeps every finished client's flow and socket."""
+
+    half_closed: int = 60
+    idle: int = 3600
+
+
+MAX_FLOW_TIMEOUT = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
 class LinkAccess:
     host: str
     port: int
@@ -159,6 +172,7 @@ class Config:
     log_level: str = "info"
     mode: Mode = Mode.INTERIOR
     admin: Admin = Admin()
+    flow_timeouts: FlowTimeouts = FlowTimeouts()
     link_access: LinkAccess | None = None
     links: tuple[LinkConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
@@ -222,6 +236,15 @@ class _Checker:
             return ""
         return v
 
+    def seconds(self, d: dict, key: str, path: str, default: int) -> int:
+        if key not in d:
+            return default
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_FLOW_TIMEOUT:
+            self.err(_join(path, key), f"must be whole seconds, 0 (never) to {MAX_FLOW_TIMEOUT}")
+            return default
+        return v
+
     def routing_key(self, d: dict, key: str, path: str) -> str:
         p = _join(path, key)
         if key not in d:
@@ -281,6 +304,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
             "log_level",
             "mode",
             "admin",
+            "flow_timeouts",
             "link_access",
             "links",
             "listeners",
@@ -325,6 +349,15 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
                 port=c.port(d, "port", "admin", 9191),
             )
 
+    flow_timeouts = FlowTimeouts()
+    if top.get("flow_timeouts") is not None:
+        d = c.obj(top["flow_timeouts"], "flow_timeouts", set(), {"half_closed", "idle"})
+        if d is not None:
+            flow_timeouts = FlowTimeouts(
+                half_closed=c.seconds(d, "half_closed", "flow_timeouts", FlowTimeouts.half_closed),
+                idle=c.seconds(d, "idle", "flow_timeouts", FlowTimeouts.idle),
+            )
+
     link_access = None
     if top.get("link_access") is not None:
         keys = {"host", "port", "ca", "cert", "key"}
@@ -351,6 +384,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         log_level=log_level,
         mode=mode,
         admin=admin,
+        flow_timeouts=flow_timeouts,
         link_access=link_access,
         links=links,
         listeners=listeners,

@@ -25,7 +25,7 @@ from typing import Any
 
 from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
-from skiff_router.config import Mode
+from skiff_router.config import FlowTimeouts, Mode
 from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
 from skiff_router.link import LinkClosed, LinkUp
 from skiff_router.multicast import Multicast
@@ -34,6 +34,7 @@ from skiff_router.topology import Link, Topology
 
 FrameHandler = Callable[[Link, int, Any], None]
 _LSA = FrameType.LSA
+EXPIRE_EVERY = 1.0  # seconds between looks for half-closed and idle flows
 
 
 class RouterCore:
@@ -54,6 +55,8 @@ class RouterCore:
         # incarnation: sequence numbers start from the wall clock.
         seq = seq if seq is not None else int(time.time() * 1000)
         self.clock = Clock(now)
+        self.flow_timeouts = FlowTimeouts()  # the runtime sets the config's
+        self._expired_at = now
         self.outbox = Outbox()
         self.topology = Topology(router_id, self.site, mode, seq, self.outbox, wall)
         self.sites = SiteChoice()
@@ -140,6 +143,10 @@ class RouterCore:
             elif link.proto.has_output:
                 self.outbox.dirty[link.handle] = link
         self.topology.tick(now)
+        if now - self._expired_at >= EXPIRE_EVERY:
+            self._expired_at = now
+            t = self.flow_timeouts
+            self.flows.expire(now, t.half_closed, t.idle)
 
     # -- status ----------------------------------------------------------------------------
 

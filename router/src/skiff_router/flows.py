@@ -106,6 +106,8 @@ class Flow:
     replay: list[bytes] | None = None
     replay_len: int = 0
     tried: list[str] = field(default_factory=list)
+    active: float = 0.0  # when a byte last went through, either way (or it opened)
+    half_closed_at: float | None = None  # when the first side finished
 
     def other(self, end: End) -> End:
         return self.ends[1] if end is self.ends[0] else self.ends[0]
@@ -128,6 +130,7 @@ class Flows:
         self.locals: dict[int, End] = {}
         self.total = 0
         self.retries = 0
+        self.expired = 0
         self.key_bytes: dict[str, list[int]] = {}  # finished flows: key -> [out, back]
         self.key_flows: dict[str, int] = {}  # flows through here per key, ever
         self._next_lid = 1
@@ -196,6 +199,7 @@ class Flows:
         HEADER.pack_into(buf, 0, _DATA, 0, out.ident, n)
         frame = bytes(buf[: HEADER_SIZE + n])
         end.allowance -= n
+        flow.active = self._clock.now
         if first:
             flow.bytes_out += n
             if flow.replay is not None:
@@ -312,6 +316,7 @@ class Flows:
         n = len(data)
         end.allowance -= n
         flow = end.flow
+        flow.active = self._clock.now
         ends = flow.ends
         if end is ends[0]:
             flow.bytes_out += n
@@ -336,6 +341,8 @@ class Flows:
 
     def _eof_in(self, end: End) -> None:
         end.eof_received = True
+        if end.flow.half_closed_at is None:
+            end.flow.half_closed_at = self._clock.now
         out = end.flow.other(end)
         out.eof_pending = True
         self._flush(out)
@@ -402,7 +409,7 @@ class Flows:
     # -- opening, retrying, ending -------------------------------------------------------
 
     def _new_flow(self, key: str, src: str, dest: str) -> Flow:
-        flow = Flow(self._next_flow, key, src, dest)
+        flow = Flow(self._next_flow, key, src, dest, active=self._clock.now)
         self._next_flow += 1
         self.by_id[flow.id] = flow
         self.total += 1
@@ -515,6 +522,22 @@ class Flows:
                 self._out.send(e.link, FrameType.RESET, e.ident, payload)
         flow.ends.clear()  # no flow <-> end cycle left for the garbage collector
         flog.debug("flow %d reset: %s", flow.id, reason)
+
+    def expire(self, now: float, half_closed: float, idle: float) -> int:
+        """Reset flows half-closed longer than ``half_closed`` seconds or without a
+        byte for ``idle`` seconds (0: never); returns how many."""
+        expired = 0
+        for flow in list(self.by_id.values()):
+            half = flow.half_closed_at
+            if half_closed and half is not None and now - half >= half_closed:
+                self._reset(flow, None, "half-closed too long")
+                expired += 1
+                continue
+            if idle and now - flow.active >= idle:
+                self._reset(flow, None, "idle too long")
+                expired += 1
+        self.expired += expired
+        return expired
 
     def _drop(self, flow: Flow) -> None:
         del self.by_id[flow.id]

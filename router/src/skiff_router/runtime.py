@@ -320,6 +320,7 @@ class Router:
             site=cfg.site,
             max_local_flows=limits.local_flow_budget(limits.raise_fd_limit()),
         )
+        self.core.flow_timeouts = cfg.flow_timeouts
         self.connectors = ConnectorChoice()
         self.connectors.configure(cfg.connectors)
         self._tls_sha = {p: _file_sha(p) for p in _tls_files(cfg)}
@@ -789,6 +790,7 @@ class Router:
         old_sha, new_sha = self._tls_sha, {p: _file_sha(p) for p in _tls_files(cfg)}
         changed = {p for p, sha in new_sha.items() if old_sha.get(p) != sha}
         self.loaded, self.effective, self._tls_sha = new, cfg, new_sha
+        self.core.flow_timeouts = cfg.flow_timeouts  # read at the next look, nothing to restart
         for op in reload_plan(old, cfg, changed):
             await self._carry_out(op)
         self.pump()
