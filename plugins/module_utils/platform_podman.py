@@ -111,7 +111,10 @@ class PodmanPlatform(SystemdPlatform):
             "--read-only",
             "--cap-drop=all",
             "--security-opt=no-new-privileges",
-            f"--ulimit=nofile={ROUTER_NOFILE}:{ROUTER_NOFILE}",
+            # The container gets the podman process's limits, which the unit raises
+            # (LimitNOFILE, clamped by systemd to what the host allows): a fixed
+            # --ulimit above the host's hard limit stops the container from starting.
+            "--ulimit=host",
             f"--volume={root}:{root}:ro",
             f"--label=skiff.site={self.site}",
             "--env=PYTHONUNBUFFERED=1",
@@ -142,6 +145,7 @@ class PodmanPlatform(SystemdPlatform):
             + f"ExecStop={podman} stop --ignore --time 10 {name}\n"
             + f"ExecStopPost=-{podman} rm --force --ignore {name}\n"
             + "KillMode=mixed\nRestart=on-failure\nRestartSec=1s\nTimeoutStartSec=120\n"
+            + f"LimitNOFILE={ROUTER_NOFILE}\n"
             + "\n[Install]\nWantedBy=multi-user.target\n"
         )
 
@@ -157,12 +161,13 @@ class PodmanPlatform(SystemdPlatform):
             + f"ContainerName={self.container}\nImage={self.image}\n"
             + f"Exec={self.router_args()}\n"
             + f"Network=host\nUser={uid}\nGroup={gid}\nReadOnly=true\nDropCapability=all\n"
-            + "NoNewPrivileges=true\n"
+            + "NoNewPrivileges=true\nUlimit=host\n"
             + f"Volume={root}:{root}:ro\nLabel=skiff.site={self.site}\n"
             + "Environment=PYTHONUNBUFFERED=1\n\n"
             + "[Service]\n"
             + f"ExecReload={self.podman} kill --signal HUP {self.container}\n"
             + "Restart=on-failure\nRestartSec=1s\nTimeoutStartSec=120\n"
+            + f"LimitNOFILE={ROUTER_NOFILE}\n"
             + "\n[Install]\nWantedBy=multi-user.target\n"
         )
 

@@ -60,7 +60,9 @@ def test_podman_generated_unit(tmp_path, monkeypatch):
     unit = files[platform_systemd.UNIT_DIR / "skiff-east.service"]
     assert "ExecReload=/usr/bin/podman kill --signal HUP skiff-east" in unit
     assert "--network=host" in unit and "--user=990:990" in unit and "--read-only" in unit
-    assert "--ulimit=nofile=65536:65536" in unit  # flows stay below it (router limits.py)
+    # The container copies the podman process's file limit, which the unit raises
+    # (a fixed --ulimit above the host's hard limit kept the container from starting).
+    assert "--ulimit=host" in unit and "LimitNOFILE=65536" in unit.splitlines()
     assert f"--volume={tmp_path}/east:{tmp_path}/east:ro" in unit
     assert "localhost/skiff-router:latest run --config" in unit
 
@@ -72,6 +74,7 @@ def test_podman_quadlet_from_4_4(tmp_path, monkeypatch):
     ((path, text),) = platform.unit_files().items()
     assert path.name == "skiff-east.container"
     assert "Image=img" in text and "Network=host" in text and "User=990" in text
+    assert "Ulimit=host" in text.splitlines() and "LimitNOFILE=65536" in text.splitlines()
 
 
 def test_versions():
