@@ -168,9 +168,12 @@ def link_set(
     prune: bool,
     check_mode: bool,
     link_paths: Callable[[str], dict[str, str]],
+    current_peers: Mapping[str, str] | None = None,
 ) -> LinkSet:
     """The wanted links with their tokens decoded and checked, and the entries' credential
-    paths from the platform's secret store (`link_paths`)."""
+    paths from the platform's secret store (`link_paths`). `current_peers` (name -> peer
+    of the links the site has): a link is never silently re-pointed at another site."""
+    current_peers = current_peers or {}
     present: list[dict[str, Any]] = []
     absent: list[str] = []
     pending: dict[str, tuple[dict[str, Any], str]] = {}
@@ -209,6 +212,7 @@ def link_set(
             name = validation.object_name(item.get("name") or token.site, "name")
             label = f"link '{name}'"
             _check_token(site, token)
+            _check_peer(name, current_peers.get(name), token)
         except SkiffError as exc:
             raise exc.with_context(field=label) from None
         tokens[name] = token
@@ -236,6 +240,24 @@ def _check_token(site: str, token: Token) -> None:
         )
 
 
+def _check_peer(name: str, current_peer: str | None, token: Token) -> None:
+    if current_peer is not None and current_peer != token.site:
+        raise SkiffError(
+            f"this link leads to site '{current_peer}' and the token is from site "
+            f"'{token.site}'; to re-point it, remove it first (state: absent), or give the "
+            f"link to '{token.site}' a name of its own",
+            field="token",
+        )
+
+
+def link_peers(runner: SiteConfigRunner) -> dict[str, str]:
+    """name -> peer of the links the site has now ({} for a site not created yet)."""
+    if runner.platform() is None or not runner.store.exists():
+        return {}
+    links = runner.store.read_config().get("links") or []
+    return {str(e.get("name")): str(e.get("peer")) for e in links if isinstance(e, dict)}
+
+
 def removed_links(result_changes: list[dict[str, Any]]) -> list[str]:
     return [
         c["name"] for c in result_changes if c["section"] == "links" and c["action"] == "remove"
@@ -254,6 +276,7 @@ def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
             prune=params.prune,
             check_mode=check_mode,
             link_paths=secrets.link_paths,
+            current_peers=link_peers(runner),
         )
     except SkiffError as exc:
         raise exc.with_context(site=params.site) from None

@@ -21,6 +21,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 from ansible_collections.skiff.fleet.plugins.module_utils.link import (
     LINK,
     LinkSecrets,
+    link_peers,
     link_set,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.reconcile import Kind, Wanted
@@ -74,6 +75,7 @@ def run_reconcile(params: SiteConfigParams, check_mode: bool, **services: Any) -
                 prune=params.prune,
                 check_mode=check_mode,
                 link_paths=secrets.link_paths,
+                current_peers=link_peers(runner),
             )
         except SkiffError as exc:
             raise exc.with_context(site=params.site) from None

@@ -160,3 +160,37 @@ def test_token_issued_to_another_site_is_refused(pair, services, tmp_path):
     assert "the token was issued to site 'north', not 'west'" in str(err.value)
     assert for_north.values["token"] not in str(err.value)
     assert not west.link_dir("east").exists()
+
+
+def test_a_link_is_never_re_pointed_at_another_site(pair, services, fleet, tmp_path):
+    """`name: east` given south's token used to rewrite link east to lead to south."""
+    west, token = pair
+    run_link(lparams(west, token=token), False, **services)
+    before = west.config.read_bytes()
+    credentials = (west.link_dir("east") / "tls.crt").read_bytes()
+    south = SiteParams(
+        name="south",
+        base_dir=str(tmp_path),
+        router_python="py",
+        admin_port=9193,
+        link_access=True,
+        link_endpoint={"host": "127.0.0.1", "port": 55672},
+    )
+    run_site(south, False, **services)
+    from_south = run_token(TokenParams(site="south", name="west", base_dir=str(tmp_path)), False)
+    south_token = from_south.values["token"]
+    for check_mode in (True, False):
+        with pytest.raises(SkiffError) as err:
+            run_link(lparams(west, name="east", token=south_token), check_mode, **services)
+        message = str(err.value)
+        assert message.startswith("site 'west': link 'east': token: this link leads to site")
+        assert "'east' and the token is from site 'south'" in message
+        assert "remove it first (state: absent)" in message and south_token not in message
+    assert west.config.read_bytes() == before
+    assert (west.link_dir("east") / "tls.crt").read_bytes() == credentials
+    # Its own name, or the old link removed first: both fine.
+    assert run_link(lparams(west, name="south", token=south_token), False, **services).changed
+    run_link(lparams(west, name="east", state="absent"), False, **services)
+    assert run_link(lparams(west, name="east", token=south_token), False, **services).changed
+    peers = {e["name"]: e["peer"] for e in json.loads(west.config.read_text())["links"]}
+    assert peers == {"south": "south", "east": "south"}

@@ -287,3 +287,13 @@ def test_link_list_form_one_reload_for_two_links_and_prune(sites, services, flee
     ]
     assert not west.link_dir("south").exists()
     assert repr(both).count("skiff1.") == 0
+
+
+def test_reconcile_never_re_points_a_link_at_another_site(sites, services):
+    west, tokens = sites
+    run_reconcile(everything(west, tokens), False, **services)
+    before = config(west)
+    swapped = ({"name": "east", "token": tokens["south"]}, {"token": tokens["east"]})
+    with pytest.raises(SkiffError, match="link 'east': token: this link leads to site 'east'"):
+        run_reconcile(everything(west, tokens, links=swapped), False, **services)
+    assert config(west) == before
