@@ -81,6 +81,13 @@ def render(hosts: dict, answers: list[Answer]) -> str:
     return "\n".join(lines)
 
 
+def sites_dir(inventory: Path) -> Path:
+    """The inventory's skiff_base_dir (its one template variable is inventory_dir)."""
+    settings = yaml.safe_load((inventory / "group_vars" / "skiff_sites.yml").read_text())
+    raw = str(settings["skiff_base_dir"]).replace("{{ inventory_dir }}", str(inventory))
+    return Path(raw).expanduser()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("inventory", nargs="?", default="inventories/demo", type=Path)
@@ -98,8 +105,11 @@ def main() -> int:
         for site, site_vars in hosts.items():
             admin = f"http://127.0.0.1:{site_vars.get('skiff_admin_port', 9191)}"
             print(f"\n-- {site} ({admin}/v1/status)")
+            # The router's own config names its admin address and token file.
+            config = sites_dir(args.inventory) / site / "router.json"
             status = subprocess.run(
-                [sys.executable, "-m", "skiff_router", "status", "--admin", admin], check=False
+                [sys.executable, "-m", "skiff_router", "status", "--config", str(config)],
+                check=False,
             )
             failures += status.returncode != 0
     return 1 if failures else 0

@@ -211,10 +211,15 @@ def site_certificates(secrets: SecretStore, links: list[str]) -> list[dict[str, 
     return out
 
 
-def http_status(url: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
-    """GET <url>/v1/status; raises OSError/ValueError when it cannot be read."""
+def http_status(
+    url: str, timeout: float = STATUS_TIMEOUT, token: str | None = None
+) -> dict[str, Any]:
+    """GET <url>/v1/status (with the admin token when given); raises OSError/ValueError
+    when it cannot be read."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url.rstrip("/") + "/v1/status", timeout=timeout) as response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url.rstrip("/") + "/v1/status", headers=headers)
+    with opener.open(request, timeout=timeout) as response:
         data = json.loads(response.read())
     if not isinstance(data, dict):
         raise ValueError("the status is not a JSON object")
@@ -226,6 +231,7 @@ class NetworkInfoParams:
     base_dir: str = DEFAULT_BASE_DIR
     sites: tuple[str, ...] | None = None
     admin_urls: tuple[str, ...] = ()
+    admin_token: str | None = None
     timeout: float = STATUS_TIMEOUT
     certificates: bool = True
 
@@ -235,6 +241,7 @@ class NetworkInfoParams:
             base_dir=params.get("base_dir") or DEFAULT_BASE_DIR,
             sites=tuple(params["sites"]) if params.get("sites") is not None else None,
             admin_urls=tuple(params.get("admin_urls") or ()),
+            admin_token=params.get("admin_token") or None,
             timeout=float(params.get("timeout") or STATUS_TIMEOUT),
             certificates=bool(params.get("certificates", True)),
         )
@@ -244,7 +251,7 @@ class NetworkInfoParams:
 class NetworkReader:
     params: NetworkInfoParams
     platform_factory: Callable[..., Any] = get_platform
-    fetch: Callable[[str, float], dict[str, Any]] = http_status
+    fetch: Callable[[str, float, str | None], dict[str, Any]] = http_status
     views: list[dict[str, Any]] = field(default_factory=list)
 
     def local_sites(self) -> list[str]:
@@ -281,7 +288,12 @@ class NetworkReader:
             )
         for url in self.params.admin_urls:
             try:
-                status = self.fetch(url, self.params.timeout)
+                status = self.fetch(url, self.params.timeout, self.params.admin_token)
+            except urllib.error.HTTPError as exc:
+                hint = "; give admin_token" if exc.code == 401 else ""
+                why = f"cannot read {url}: HTTP {exc.code} {exc.reason}{hint}"
+                self.views.append(site_view(None, name=url, source=url, error=why))
+                continue
             except (OSError, ValueError, urllib.error.URLError) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 self.views.append(

@@ -247,7 +247,9 @@ class LocalPlatform(Platform):
             field="router_python",
         )
 
-    def admin_address(self) -> tuple[str, int]:
+    def admin_access(self) -> tuple[str, dict[str, str]]:
+        """The admin endpoint's base URL and the headers a request needs (the bearer
+        token from the config's `admin.token_file`, read where the router reads it)."""
         try:
             admin = json.loads(self.config.read() or b"{}").get("admin") or {}
         except (OSError, ValueError, AttributeError):
@@ -255,18 +257,27 @@ class LocalPlatform(Platform):
         host = admin.get("host") or "127.0.0.1"
         # A router bound to every address is reached on loopback.
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        return host, int(admin.get("port") or 9191)
+        port = int(admin.get("port") or 9191)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        headers = {}
+        if admin.get("token_file"):
+            try:
+                token = (self.paths.root / admin["token_file"]).read_text().strip()
+            except OSError:
+                token = ""
+            headers["Authorization"] = f"Bearer {token}"
+        return f"http://{netloc}", headers
 
     def statuses(self) -> list[dict[str, Any] | None]:
         return [self.status()]
 
     def status(self) -> dict[str, Any] | None:
-        host, port = self.admin_address()
-        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        url, headers = self.admin_access()
         # No proxies: the admin endpoint is local, whatever http_proxy says.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(url + "/v1/status", headers=headers)
         try:
-            with opener.open(f"http://{netloc}/v1/status", timeout=STATUS_TIMEOUT) as response:
+            with opener.open(request, timeout=STATUS_TIMEOUT) as response:
                 return json.loads(response.read())
         except (OSError, ValueError, urllib.error.URLError):
             return None

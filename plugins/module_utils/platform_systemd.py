@@ -175,10 +175,17 @@ class SystemdPlatform(LocalPlatform):
         return {self.unit_path: self.unit_text()}
 
     def _owned_paths(self) -> list[Path]:
-        """What the router reads and must own: directories on its way and its own TLS files."""
+        """What the router reads and must own: directories on its way, its own TLS files,
+        the listeners' issued certificates and the admin token."""
         root = self.paths.root
-        wanted = [root, self.paths.ca_dir, self.paths.tls_dir, self.paths.links_dir]
-        for directory in (self.paths.tls_dir, self.paths.links_dir):
+        owned_dirs = (
+            self.paths.tls_dir,
+            self.paths.links_dir,
+            self.paths.listeners_dir,
+            self.paths.admin_dir,
+        )
+        wanted = [root, self.paths.ca_dir, *owned_dirs]
+        for directory in owned_dirs:
             if directory.is_dir():
                 wanted.extend(sorted(directory.rglob("*")))
         return [path for path in wanted if path.exists()]

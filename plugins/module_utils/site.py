@@ -9,6 +9,7 @@ kept; in the platform's config store), and a running router.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -181,6 +182,9 @@ def on_platform(wanted: WantedSite, platform: Platform, *, settled: bool = False
     load balancer's) can be waited for.
     """
     sections = dict(wanted.sections)
+    token_file = platform.secrets.admin_token_path()
+    if token_file is not None:
+        sections["admin"] = dict(sections["admin"], token_file=token_file)
     if sections["link_access"] is not None:
         sections["link_access"] = dict(sections["link_access"], **platform.secrets.server_paths())
     sections = platform.router_sections(sections)
@@ -281,6 +285,21 @@ class SiteRunner:
             if server_reason:
                 result.act(f"issue the server certificate for {', '.join(hosts)} ({server_reason})")
 
+        loose = {p: m for p, m in secrets.loose_modes().items() if p != paths.admin_token}
+        if loose:
+            names = ", ".join(str(p.relative_to(paths.root)) for p in sorted(loose)[:5])
+            more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
+            result.act(
+                f"restrict the mode of {len(loose)} secret paths others may read ({names}{more})"
+            )
+        token_problem = secrets.admin_token_problem()
+        if token_problem:
+            result.act(
+                "create the admin token"
+                if token_problem == "missing"
+                else f"replace the admin token ({token_problem})"
+            )
+
         current_bytes = platform.config.read()
         config_bytes = dump_json(config)
         config_changed = config_bytes != current_bytes
@@ -331,9 +350,11 @@ class SiteRunner:
         elif drifted:
             result.act("reload the router (it does not run the config on disk)")
 
+        token_path = secrets.admin_token_path()
         result.values = {
             "site_dir": str(paths.root),
             "admin_url": admin_url(wanted.sections["admin"]),
+            "admin_token_file": str(paths.root / token_path) if token_path else None,
             "ca_certificate": ca.cert_pem.decode() if ca.cert_pem and not ca_reason else None,
             "link_endpoints": wanted.metadata.link_endpoints,
         }
@@ -341,6 +362,12 @@ class SiteRunner:
             return
 
         applier = ConfigApplier(self.store, platform, wait=self.wait)
+        for path, mode in loose.items():
+            os.chmod(path, mode)
+        if token_problem:
+            # Before the config check: the router refuses a config whose token file
+            # it cannot use. A running router reads the new token at its next request.
+            secrets.put_new_admin_token()
         # The new config is checked before anything is written.
         if config_changed:
             applier.validate(config_bytes)

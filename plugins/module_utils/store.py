@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -26,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
-from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import SITE_NAME_PATTERN
+from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
+    ADMIN_TOKEN_MIN_LENGTH,
+    SITE_NAME_PATTERN,
+)
 
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
 # Sections of router.json owned by the site module; everything else belongs to another module.
@@ -152,8 +156,20 @@ class SitePaths:
     def service_ca_dir(self) -> Path:
         return self.root / "service-ca"
 
+    @property
+    def listeners_dir(self) -> Path:
+        return self.root / "listeners"
+
     def listener_dir(self, listener: str) -> Path:
-        return self.root / "listeners" / listener
+        return self.listeners_dir / listener
+
+    @property
+    def admin_dir(self) -> Path:
+        return self.root / "admin"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.admin_dir / "token"
 
     @property
     def run_dir(self) -> Path:
@@ -305,6 +321,25 @@ class SecretStore(ABC):
         """Store a listener's issued certificate and key; None removes them."""
         raise _no_issued_tls()
 
+    # The admin endpoint's bearer token (the router's admin.token_file). Only where the
+    # router reads files the site directory holds; elsewhere there is none (None).
+    def admin_token_path(self) -> str | None:
+        """`admin.token_file` as the router config names it; None: no token file."""
+        return None
+
+    def admin_token_problem(self) -> str | None:
+        """Why the token in store cannot be used ("missing", ...); None when it can."""
+        return None
+
+    def put_new_admin_token(self) -> None:
+        """Replace the admin token with a new random one."""
+        raise SkiffError("this platform keeps no admin token", field="admin_port")
+
+    def loose_modes(self) -> dict[Path, int]:
+        """Secret files and their directories that others may read: path -> wanted mode.
+        {} where the platform keeps secrets in a store of its own."""
+        return {}
+
 
 def issued_listener_tls_paths(name: str) -> dict[str, str]:
     """`cert` and `key` of a listener's issued certificate, as the router config names
@@ -432,6 +467,52 @@ class FileSecretStore(SecretStore):
     def put_service_ca(self, pair: CertPair) -> None:
         folder = self.paths.service_ca_dir
         self._put_pair(folder / "ca.crt", folder / "ca.key", pair)
+
+    def admin_token_path(self) -> str | None:
+        return "admin/token"
+
+    # Files holding a secret: keys, tokens' records, the admin token.
+    _SECRET_NAMES = ("*.key", "token.json", "token")
+
+    def loose_modes(self) -> dict[Path, int]:
+        root = self.paths.root
+        if not root.is_dir():
+            return {}
+        loose: dict[Path, int] = {}
+        for path in sorted(root.rglob("*")):
+            if path.is_symlink():
+                continue
+            if path.is_dir():
+                wanted = DIR_MODE
+            elif any(path.match(pattern) for pattern in self._SECRET_NAMES):
+                wanted = KEY_MODE
+            else:
+                continue
+            # Only what is looser than wanted; a stricter mode is the owner's choice.
+            if path.stat().st_mode & 0o777 & ~wanted:
+                loose[path] = wanted
+        return loose
+
+    def admin_token_problem(self) -> str | None:
+        path = self.paths.admin_token
+        try:
+            mode = path.stat().st_mode & 0o777
+            token = path.read_bytes().strip()
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"unreadable: {exc.strerror}"
+        if mode & 0o077:
+            # It may have been read while it was open to others: a new one, not a chmod.
+            return f"mode {mode:04o} let others read it"
+        if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+            return f"shorter than {ADMIN_TOKEN_MIN_LENGTH} characters"
+        return None
+
+    def put_new_admin_token(self) -> None:
+        ensure_dir(self.paths.root)
+        ensure_dir(self.paths.admin_dir)
+        atomic_write(self.paths.admin_token, secrets.token_urlsafe(32).encode() + b"\n", KEY_MODE)
 
     def listener_tls(self, name: str) -> CertPair:
         folder = self.paths.listener_dir(name)

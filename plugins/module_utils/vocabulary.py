@@ -45,6 +45,8 @@ WEIGHT_MAX = 1000
 # A routing key travels in every link-state update of the routers that serve or
 # listen for it: bounded so one key cannot make an update too large to send.
 ROUTING_KEY_MAX_BYTES = 253
+# The admin endpoint's bearer token: the shortest the router accepts in its token file.
+ADMIN_TOKEN_MIN_LENGTH = 16
 STATES = ("present", "absent")
 # How a kubernetes site's link Service is reached from outside its namespace.
 KUBE_LINK_ACCESS = ("clusterip", "nodeport", "loadbalancer")

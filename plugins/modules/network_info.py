@@ -50,6 +50,13 @@ options:
     type: list
     elements: str
     default: []
+  admin_token:
+    description:
+      - The bearer token that O(admin_urls) ask for (the content of the site's
+        C(admin/token) file, see RV(skiff.fleet.site#module:admin_token_file)).
+        Sites in O(base_dir) need none here; their token is read from their directory.
+    type: str
+    version_added: 0.2.0
   timeout:
     description: Seconds to wait for each admin endpoint.
     type: float
@@ -142,6 +149,7 @@ def argument_spec() -> dict:
         **BASE_DIR_ARGUMENT_SPEC,
         "sites": {"type": "list", "elements": "str"},
         "admin_urls": {"type": "list", "elements": "str", "default": []},
+        "admin_token": {"type": "str", "no_log": True},
         "timeout": {"type": "float", "default": 5},
         "certificates": {"type": "bool", "default": True},
     }

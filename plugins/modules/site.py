@@ -293,6 +293,20 @@ admin_url:
   returned: state is present
   type: str
   sample: http://127.0.0.1:9191
+admin_token_file:
+  description:
+    - >-
+      The file (mode 0600) holding the bearer token every admin endpoint but
+      C(/healthz), C(/readyz), C(/metrics) and C(/console) asks for. The module
+      creates it, and replaces it when it is missing, shorter than 16 characters or
+      readable by others. Send it as C(Authorization: Bearer <token>); the
+      C(skiff-router status --config) command reads it itself.
+    - Null on platform C(kubernetes), whose router has no admin token yet (the
+      kubelet's probes and the agent beside the router reach its admin port; see
+      the README's trust model).
+  returned: state is present
+  type: str
+  sample: /var/lib/skiff/east/admin/token
 ca_certificate:
   description:
     - PEM of the site CA certificate (public). Null in check mode before the CA exists.

@@ -183,6 +183,17 @@ async def page_until(tools: DevTools, expression: str, what: str) -> Any:
 def test_console_draws_the_network_and_follows_traffic(tmp_path: Path) -> None:
     async def main() -> None:
         west, east, north, lport = three_sites(tmp_path)
+        # West asks for its admin token: the page is open, its requests send the
+        # token given in the address's fragment.
+        token = "console-token-" + os.urandom(8).hex()
+        (west.dir / "admin").mkdir()
+        (west.dir / "admin" / "token").write_text(token)
+        (west.dir / "admin" / "token").chmod(0o600)
+        west.extra["admin"] = {
+            "host": "127.0.0.1",
+            "port": west.admin_port,
+            "token_file": "admin/token",
+        }
         async with tcp_server() as backend_east, tcp_server() as backend_north:
             east.connect("svc-east", backend_east)
             north.connect("svc-north", backend_north)
@@ -201,6 +212,19 @@ def test_console_draws_the_network_and_follows_traffic(tmp_path: Path) -> None:
                     await asyncio.to_thread(tools.call, "Page.enable")
                     await asyncio.to_thread(
                         tools.call, "Page.navigate", url=west.admin_url + "/console"
+                    )
+                    await page_until(
+                        tools,
+                        "document.getElementById('meta').textContent.includes('admin token')",
+                        "that the token is needed",
+                    )
+                    await asyncio.to_thread(
+                        tools.call,
+                        "Page.navigate",
+                        url=west.admin_url + "/console#token=" + token,
+                    )
+                    await page_until(
+                        tools, "location.href.endsWith('/console')", "the token off the address"
                     )
                     await page_until(
                         tools, "document.querySelectorAll('g.node').length === 3", "3 sites"

@@ -156,4 +156,9 @@ def test_identity_change_restarts_the_network() -> None:
 
 def test_admin_and_log_level() -> None:
     new = cfg(admin={"port": 9192}, log_level="debug")
-    assert reload_plan(cfg(), new, set()) == [SetLogLevel("debug"), RestartAdmin(new.admin)]
+    assert reload_plan(cfg(), new, set()) == [SetLogLevel("debug"), RestartAdmin(new.admin, True)]
+
+
+def test_a_new_admin_token_file_keeps_the_port_open() -> None:
+    new = cfg(admin={"token_file": "/etc/skiff/east/admin/token"})
+    assert reload_plan(cfg(), new, set()) == [RestartAdmin(new.admin, False)]

@@ -120,7 +120,9 @@ def test_every_site_sees_every_other(fleet) -> None:
 
     for site, site_vars in fleet["hosts"].items():
         url = f"http://127.0.0.1:{site_vars['skiff_admin_port']}/v1/status"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        token = (fleet["base_dir"] / site / "admin" / "token").read_text().strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
             status = json.load(response)
         assert status["site"] == site
         reachable = {r["id"] for r in status["routers"] if r["reachable"]}

@@ -207,14 +207,20 @@ def test_reads_local_sites_through_their_platform_with_certificates(tmp_path, se
 
 
 def test_admin_urls_that_do_not_answer_are_named():
-    def refuse(url, timeout):
+    tokens = []
+
+    def refuse(url, timeout, token):
+        tokens.append(token)
         raise ConnectionRefusedError(111, "Connection refused")
 
     result = run_network_info(
-        NetworkInfoParams(base_dir="/nonexistent", admin_urls=("http://127.0.0.1:1",)),
+        NetworkInfoParams(
+            base_dir="/nonexistent", admin_urls=("http://127.0.0.1:1",), admin_token="t" * 20
+        ),
         True,
         fetch=refuse,
     )
+    assert tokens == ["t" * 20]
     (bad,) = result.values["network"]["unreadable"]
     assert bad["source"] == "http://127.0.0.1:1" and "cannot read http://127.0.0.1:1" in bad["why"]
     with pytest.raises(SkiffError, match=r"timeout: 0 must be > 0"):

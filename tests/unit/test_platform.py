@@ -33,10 +33,29 @@ def test_lookup(local, tmp_path):
         get_platform("mars", local.paths, local.metadata)
 
 
-def test_admin_address_from_config(local):
-    assert local.admin_address() == ("127.0.0.1", 9191)
+def test_admin_access_from_config(local):
+    assert local.admin_access() == ("http://127.0.0.1:9191", {})
     local.paths.config.write_text(json.dumps({"admin": {"host": "0.0.0.0", "port": 1234}}))
-    assert local.admin_address() == ("127.0.0.1", 1234)
+    assert local.admin_access() == ("http://127.0.0.1:1234", {})
+    admin = {"host": "::", "port": 1234, "token_file": "admin/token"}
+    local.paths.config.write_text(json.dumps({"admin": admin}))
+    local.secrets.put_new_admin_token()
+    token = local.paths.admin_token.read_text().strip()
+    assert len(token) >= 32 and local.paths.admin_token.stat().st_mode & 0o777 == 0o600
+    assert local.admin_access() == ("http://[::1]:1234", {"Authorization": f"Bearer {token}"})
+
+
+def test_admin_token_problems(local):
+    secrets = local.secrets
+    assert secrets.admin_token_path() == "admin/token"
+    assert secrets.admin_token_problem() == "missing"
+    secrets.put_new_admin_token()
+    assert secrets.admin_token_problem() is None
+    local.paths.admin_token.chmod(0o640)
+    assert secrets.admin_token_problem() == "mode 0640 let others read it"
+    local.paths.admin_token.write_text("short\n")
+    local.paths.admin_token.chmod(0o600)
+    assert secrets.admin_token_problem() == "shorter than 16 characters"
 
 
 def test_log_tail_drops_secret_lines(local):

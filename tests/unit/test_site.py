@@ -36,13 +36,13 @@ def test_create_then_idempotent(tmp_path, services, fleet):
     assert first.changed
     paths = SitePaths(tmp_path / "east")
     assert stat.S_IMODE(paths.root.stat().st_mode) == 0o700
-    for key in (paths.ca_key, paths.server_key):
+    for key in (paths.ca_key, paths.server_key, paths.admin_token):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     config = json.loads(paths.config.read_text())
     assert config == {
         "site": "east",
         "log_level": "info",
-        "admin": {"host": "127.0.0.1", "port": 9191},
+        "admin": {"host": "127.0.0.1", "port": 9191, "token_file": "admin/token"},
         "link_access": {
             "host": "0.0.0.0",
             "port": 55671,
@@ -56,11 +56,59 @@ def test_create_then_idempotent(tmp_path, services, fleet):
     assert fleet[paths.root].calls == ["check_config", "start"]
     assert first.values["ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
     assert first.values["admin_url"] == "http://127.0.0.1:9191"
+    assert first.values["admin_token_file"] == str(paths.admin_token)
+    assert "create the admin token" in first.actions
 
     assert not run_site(p, True, **services).changed
     again = run_site(p, False, **services)
     assert not again.changed, again.actions
     assert again.diff["before"] == again.diff["after"]
+    assert fleet[paths.root].calls == ["check_config", "start"]
+
+
+def test_a_lost_or_loosened_admin_token_is_replaced_without_a_reload(tmp_path, services, fleet):
+    p = params(tmp_path)
+    run_site(p, False, **services)
+    paths = SitePaths(tmp_path / "east")
+    first = paths.admin_token.read_bytes()
+    for spoil, reason in (
+        (lambda: paths.admin_token.chmod(0o644), "mode 0644 let others read it"),
+        (lambda: paths.admin_token.write_text("short"), "shorter than 16 characters"),
+        (paths.admin_token.unlink, None),
+    ):
+        spoil()
+        check = run_site(p, True, **services)
+        wanted = f"replace the admin token ({reason})" if reason else "create the admin token"
+        assert check.actions == [wanted]
+        result = run_site(p, False, **services)
+        assert result.actions == [wanted]
+        token = paths.admin_token.read_bytes()
+        assert token != first and len(token.strip()) >= 32
+        assert stat.S_IMODE(paths.admin_token.stat().st_mode) == 0o600
+        first = token
+    # The config names the same file throughout: no reload, no restart.
+    assert fleet[paths.root].calls == ["check_config", "start"]
+
+
+def test_loosened_key_and_directory_modes_are_repaired(tmp_path, services, fleet):
+    p = params(tmp_path, **ACCEPTING)
+    run_site(p, False, **services)
+    paths = SitePaths(tmp_path / "east")
+    paths.ca_key.chmod(0o644)
+    paths.server_key.chmod(0o640)
+    paths.tls_dir.chmod(0o755)
+    paths.server_cert.chmod(0o644)  # public: left as it is
+    check = run_site(p, True, **services)
+    assert check.actions == [
+        "restrict the mode of 3 secret paths others may read (ca/ca.key, tls, tls/server.key)"
+    ]
+    assert stat.S_IMODE(paths.ca_key.stat().st_mode) == 0o644  # check mode: untouched
+    assert run_site(p, False, **services).actions == check.actions
+    for path, mode in ((paths.ca_key, 0o600), (paths.server_key, 0o600), (paths.tls_dir, 0o700)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    # Stricter than wanted is the owner's choice, not drift.
+    paths.server_key.chmod(0o400)
+    assert not run_site(p, False, **services).changed
     assert fleet[paths.root].calls == ["check_config", "start"]
 
 

@@ -226,6 +226,12 @@ def test_router_and_modules_bound_routing_keys_alike(key):
         assert fields == {"connectors[0].routing_key", "listeners[0].routing_keys[0].key"}
 
 
+def test_admin_token_length_agrees_with_the_router():
+    from skiff_router.config import ADMIN_TOKEN_MIN_LENGTH
+
+    assert ADMIN_TOKEN_MIN_LENGTH == vocabulary.ADMIN_TOKEN_MIN_LENGTH
+
+
 def test_router_bounds_the_routing_keys_of_a_site_together():
     from skiff_router.config import MAX_ROUTING_KEY, MAX_ROUTING_KEYS_BYTES
 

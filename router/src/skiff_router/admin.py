@@ -12,6 +12,10 @@ GET  /console                    the network console: a read-only page drawing /
 GET  /metrics                    Prometheus text format
 POST /v1/multicast/<address>     publish the body network-wide
 GET  /v1/multicast/<address>     subscribe: a stream of JSON lines until the client leaves
+
+With ``admin.token_file`` set, every endpoint but /healthz, /readyz, /metrics and the
+console page answers 401 unless the request carries ``Authorization: Bearer <token>``.
+The file is read at each such request, so replacing it takes effect at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import urllib.parse
@@ -31,6 +36,7 @@ except ImportError:  # without prometheus-client everything but /metrics works
     metrics = None  # type: ignore[assignment]
 from skiff_router import console
 from skiff_router.codec import MAX_DATA, valid_address
+from skiff_router.config import AdminTokenError, read_admin_token
 from skiff_router.view import MulticastPort, RouterView
 
 log = logging.getLogger("admin")
@@ -40,7 +46,14 @@ MAX_HEADERS = 64
 REQUEST_TIMEOUT = 5.0
 MAX_BODY = MAX_DATA - 1024  # a multicast payload fits one frame with its header
 MCAST_PREFIX = "/v1/multicast/"
+# What probes, scrapers and a browser opening the console reach without the token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console", "/console/"})
+UNAUTHORIZED = b"this endpoint needs the admin token: Authorization: Bearer <token>\n"
 NO_METRICS = b"metrics need the prometheus-client Python package (pip install prometheus-client)\n"
+
+
+class _Refused(Exception):
+    """Raised by the request parser: the request lacks the admin token (401)."""
 
 
 class _Stream(Exception):
@@ -51,9 +64,13 @@ class _Stream(Exception):
 
 
 class AdminServer:
-    def __init__(self, view: RouterView, multicast: MulticastPort) -> None:
+    def __init__(
+        self, view: RouterView, multicast: MulticastPort, token_file: str | None = None
+    ) -> None:
         self.view = view
         self.multicast = multicast
+        self.token_file = token_file
+        self.refused = 0  # requests answered 401
         self.server: asyncio.Server | None = None
         self.registry = metrics.registry_for(view) if metrics is not None else None
         self._streams: set[asyncio.StreamWriter] = set()
@@ -77,14 +94,18 @@ class AdminServer:
         except _Stream as s:
             await self._stream(s.address, reader, writer)
             return
+        except _Refused:
+            self.refused += 1
+            status, ctype, body = 401, "text/plain", UNAUTHORIZED
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
         except ConnectionError:
             writer.transport.abort()
             return
+        challenge = 'WWW-Authenticate: Bearer realm="skiff"\r\n' if status == 401 else ""
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"{challenge}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         try:
             writer.write(head + body)
@@ -97,21 +118,27 @@ class AdminServer:
     async def _request(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
         length = 0
+        authorization = ""
         for _round in range(MAX_HEADERS):
             h = (await reader.readuntil(b"\n")).strip()
             if h == b"":
                 break
             name, _sep, value = h.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
+            name = name.strip().lower()
+            if name == "content-length":
                 length = int(value.strip())  # ValueError -> 400
                 if length < 0:
                     raise ValueError("negative length")
+            elif name == "authorization":
+                authorization = value.strip()
         else:
             raise ValueError("too many headers")
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
             raise ValueError("bad request line")
         method, target = parts[0], parts[1].split("?", 1)[0]
+        if target not in OPEN_PATHS and not self._authorized(authorization):
+            raise _Refused
         if target.startswith(MCAST_PREFIX):
             address = urllib.parse.unquote(target[len(MCAST_PREFIX) :])
             if not valid_address(address):
@@ -151,6 +178,20 @@ class AdminServer:
                 return 501, "text/plain", NO_METRICS
             return 200, metrics.CONTENT_TYPE, metrics.render(self.registry)
         return 404, "text/plain", b"not found\n"
+
+    def _authorized(self, authorization: str) -> bool:
+        if self.token_file is None:
+            return True
+        try:
+            token = read_admin_token(self.token_file)
+        except AdminTokenError as exc:
+            # Fail closed: an unreadable or loosened token file opens nothing.
+            log.warning("admin request refused: %s", exc)
+            return False
+        scheme, _sep, given = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def _stream(
         self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -14,7 +14,7 @@ from typing import Any
 
 from skiff_router import __version__, eventloop
 from skiff_router import log as logsetup
-from skiff_router.config import ConfigError, load
+from skiff_router.config import AdminTokenError, ConfigError, load, read_admin_token
 from skiff_router.kube import agent as kube_agent
 
 log = logging.getLogger("router")
@@ -89,11 +89,39 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The admin URL and the request headers, from ``--config`` (the router's own file:
+    its admin address and token file) or from ``--admin`` and ``--token-file``."""
+    admin, token_file = args.admin, args.token_file
+    if args.config:
+        cfg = load(args.config).config
+        host = cfg.admin.host if cfg.admin.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        admin = f"http://{host}:{cfg.admin.port}"
+        token_file = token_file or cfg.admin.token_file
+    headers = {}
+    if token_file:
+        headers["Authorization"] = "Bearer " + read_admin_token(token_file)
+    return admin.rstrip("/"), headers
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+        return json.load(resp)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    url = args.admin.rstrip("/") + "/v1/status"
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            status = json.load(resp)
+        admin, headers = _admin(args)
+    except (ConfigError, AdminTokenError) as exc:
+        print(f"skiff-router status: {exc}", file=sys.stderr)
+        return 2
+    url = admin + "/v1/status"
+    try:
+        status = _get_json(url, headers)
+    except urllib.error.HTTPError as exc:
+        hint = " (give --token-file or --config)" if exc.code == 401 else ""
+        print(f"cannot read {url}: HTTP {exc.code}{hint}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"cannot read {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
@@ -102,17 +130,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.network:
         from skiff_router.netview import format_network
 
-        print(format_network(status, _network(args.admin.rstrip("/") + "/v1/network")))
+        print(format_network(status, _network(admin + "/v1/network", headers)))
     else:
         print(format_status(status))
     return 0
 
 
-def _network(url: str) -> dict[str, Any] | None:
+def _network(url: str, headers: dict[str, str]) -> dict[str, Any] | None:
     """The router's /v1/network, or None from a router that predates it."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            got = json.load(resp)
+        got = _get_json(url, headers)
     except (urllib.error.URLError, OSError, ValueError):
         return None
     return got if isinstance(got, dict) else None
@@ -272,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="print the status of a running router")
     st.add_argument("--admin", default="http://127.0.0.1:9191")
+    st.add_argument("--token-file", help="the admin token file (admin.token_file)")
+    st.add_argument("--config", help="the router's config file: its admin address and token file")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.add_argument(
         "--network", action="store_true", help="the whole network as this router sees it"

@@ -77,6 +77,38 @@ class Endpoint:
 class Admin:
     host: str = "127.0.0.1"
     port: int = 9191
+    # A file holding the bearer token every endpoint but health, readiness, metrics and
+    # the console page asks for (read_admin_token). None: those endpoints are open.
+    token_file: str | None = None
+
+
+ADMIN_TOKEN_MIN_LENGTH = 16
+
+
+class AdminTokenError(Exception):
+    """The admin token file is missing, too short or readable by others. The message
+    names the file, never its content."""
+
+
+def read_admin_token(path: str) -> str:
+    """The token in ``path``: at least ADMIN_TOKEN_MIN_LENGTH characters, in a file
+    that neither its group nor others may read (like an SSH key)."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read(4096)
+    except OSError as exc:
+        raise AdminTokenError(f"admin token file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise AdminTokenError(
+            f"admin token file {path} is mode {mode & 0o777:04o}: others may read it; chmod 0600"
+        )
+    token = raw.decode("utf-8", "replace").strip()
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        raise AdminTokenError(
+            f"admin token file {path} holds fewer than {ADMIN_TOKEN_MIN_LENGTH} characters"
+        )
+    return token
 
 
 @dataclass(frozen=True)
@@ -342,11 +374,12 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
 
     admin = Admin()
     if top.get("admin") is not None:
-        d = c.obj(top["admin"], "admin", set(), {"host", "port"})
+        d = c.obj(top["admin"], "admin", set(), {"host", "port", "token_file"})
         if d is not None:
             admin = Admin(
                 host=c.string(d, "host", "admin", "127.0.0.1"),
                 port=c.port(d, "port", "admin", 9191),
+                token_file=c.file(d, "token_file", "admin") or None,
             )
 
     flow_timeouts = FlowTimeouts()
@@ -627,6 +660,13 @@ def load(path: str | os.PathLike[str]) -> LoadedConfig:
     except OSError as exc:
         raise ConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
     config = validate(parse(raw, p.name), p.parent)
+    if config.admin.token_file is not None:
+        # Checked here too, so a reload to a config whose token file is unusable is
+        # refused and the admin endpoint keeps the token in force.
+        try:
+            read_admin_token(config.admin.token_file)
+        except AdminTokenError as exc:
+            raise ConfigError([("admin.token_file", str(exc))]) from None
     return LoadedConfig(config=config, path=str(p), sha256=hashlib.sha256(raw).hexdigest())
 
 

@@ -1,6 +1,8 @@
 """The network console: one hand-written page (HTML, CSS, JS, inline SVG), no
 external assets. It polls ``/v1/network`` once a second and redraws the graph
-and the per-key counts in place (no reload). Read-only: it only issues GETs.
+and the per-key counts in place (no reload). Read-only: it only issues GETs. The page
+is served without the admin token; its requests send the one given in the address's
+fragment (``/console#token=...``).
 Names from the network are set as text, never as markup."""
 
 from __future__ import annotations
@@ -122,10 +124,26 @@ function draw(net) {
   meta.dataset.polls = String(polls);
 }
 
+// The admin token comes in the address's fragment (/console#token=...), which the
+// browser never sends; it is kept for this tab only and removed from the address bar.
+// Looked for at every poll, so a token typed into the address later is taken too.
+function adminHeaders() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  if (fragment.has("token")) {
+    sessionStorage.setItem("skiff-admin-token", fragment.get("token"));
+    history.replaceState(null, "", location.pathname);
+  }
+  const token = sessionStorage.getItem("skiff-admin-token");
+  return token ? {"Authorization": "Bearer " + token} : {};
+}
+
 async function poll() {
   try {
-    const res = await fetch("/v1/network", {cache: "no-store"});
+    const res = await fetch("/v1/network", {cache: "no-store", headers: adminHeaders()});
     if (res.ok) draw(await res.json());
+    else if (res.status === 401)
+      document.getElementById("meta").textContent =
+        "this router asks for its admin token: open /console#token=<the token file's content>";
     else document.getElementById("meta").textContent = "network view: HTTP " + res.status;
   } catch (e) {
     document.getElementById("meta").textContent = "router not answering: " + e;

@@ -22,7 +22,11 @@ class SetLogLevel:
 
 @dataclass(frozen=True)
 class RestartAdmin:
+    """The admin endpoint's settings changed: a new token file applies to the next
+    request; only a new address (``rebind``) closes and reopens the port."""
+
     admin: Admin
+    rebind: bool
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     if new.log_level != old.log_level:
         ops.append(SetLogLevel(new.log_level))
     if new.admin != old.admin:
-        ops.append(RestartAdmin(new.admin))
+        rebind = (new.admin.host, new.admin.port) != (old.admin.host, old.admin.port)
+        ops.append(RestartAdmin(new.admin, rebind))
     if (new.site, new.router_id, new.mode) != (old.site, old.router_id, old.mode):
         ops.append(RestartNetwork())
         return ops

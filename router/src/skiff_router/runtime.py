@@ -294,7 +294,7 @@ class Router:
     async def start(self) -> None:
         self.effective = self._merged(self.loaded.config)
         set_level(self.cfg.log_level)
-        self.admin = AdminServer(self, self)
+        self.admin = AdminServer(self, self, self.cfg.admin.token_file)
         await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
         await self._start_network()
         self.in_force = self.loaded
@@ -803,8 +803,10 @@ class Router:
             set_level(op.level)
         elif isinstance(op, RestartAdmin):
             if self.admin is not None:
-                await self.admin.stop()
-                await self.admin.start(op.admin.host, op.admin.port)
+                self.admin.token_file = op.admin.token_file
+                if op.rebind:
+                    await self.admin.stop()
+                    await self.admin.start(op.admin.host, op.admin.port)
         elif isinstance(op, RestartNetwork):
             await self._stop_network()
             await self._start_network()
@@ -935,6 +937,10 @@ class Router:
                 "error": self.config_error,
             },
             "overlay": None if self.overlay is None else self.overlay.status(),
+            "admin": {
+                "token": cfg.admin.token_file is not None,
+                "refused": self.admin.refused if self.admin is not None else 0,
+            },
             "link_access": None
             if acc is None
             else {
