@@ -215,7 +215,7 @@ def test_console_draws_the_network_and_follows_traffic(tmp_path: Path) -> None:
                     )
                     await page_until(
                         tools,
-                        "document.getElementById('meta').textContent.includes('admin token')",
+                        "document.getElementById('meta')?.textContent.includes('admin token')",
                         "that the token is needed",
                     )
                     await asyncio.to_thread(

@@ -77,8 +77,13 @@ while data := conn.recv(65536):
 """
 
 
-def status(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status", timeout=5) as answer:
+def status(port: int, token_file: Path | None = None) -> dict:
+    """/v1/status; a local site's admin token from its token file (a kubernetes site has none)."""
+    headers = {}
+    if token_file is not None:
+        headers["Authorization"] = "Bearer " + token_file.read_text().strip()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/status", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as answer:
         return json.load(answer)
 
 
@@ -152,6 +157,7 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
             },
         }
         inventory = write_inventory(tmp_path / "hosts.yml", hosts, tmp_path / "sites")
+        east_token = tmp_path / "sites" / "east" / "admin" / "token"
         echo = EchoServer(echo_port)
         kubelet = Kubelet(volumes)
         play_file = tmp_path / "played.yaml"
@@ -195,7 +201,9 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
             assert shop_status["site"] == config["site"] == "shop"
             assert [link["peer"] for link in shop_status["links"]] == ["east"]
             wait_for(
-                lambda: status(admin)["routing_keys"].get("shop-echo", {}).get("reachable"),
+                lambda: status(admin, east_token)["routing_keys"]
+                .get("shop-echo", {})
+                .get("reachable"),
                 "east sees shop's service",
             )
 
