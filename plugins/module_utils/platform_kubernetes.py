@@ -347,6 +347,10 @@ class KubeSecretStore(SecretStore):
             data.get(f"{name}.tls.crt"), data.get(f"{name}.tls.key"), data.get(f"{name}.json")
         )
 
+    def token_names(self) -> list[str]:
+        suffix = ".tls.crt"
+        return sorted(k[: -len(suffix)] for k in self._data(km.SECRET_TOKENS) if k.endswith(suffix))
+
     def put_token(self, name: str, token: IssuedToken | None) -> None:
         data = self._data(km.SECRET_TOKENS)
         for suffix, value in (

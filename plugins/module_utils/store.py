@@ -305,6 +305,10 @@ class SecretStore(ABC):
     def put_token(self, name: str, token: IssuedToken | None) -> None:
         """Keep an issued token; None removes it."""
 
+    @abstractmethod
+    def token_names(self) -> list[str]:
+        """The names of the tokens kept, sorted."""
+
     # The service CA (apart from the link CA: it signs what applications trust) and
     # the listener certificates it issued. Only where the router reads files the
     # site directory holds; other platforms say so.
@@ -459,6 +463,12 @@ class FileSecretStore(SecretStore):
         atomic_write(folder / "tls.key", token.key or b"", KEY_MODE)
         atomic_write(folder / "tls.crt", token.cert or b"", PUBLIC_MODE)
         atomic_write(folder / "token.json", token.info or b"", KEY_MODE)
+
+    def token_names(self) -> list[str]:
+        folder = self.paths.tokens_dir
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / "tls.crt").is_file())
 
     def service_ca(self) -> CertPair:
         folder = self.paths.service_ca_dir

@@ -12,22 +12,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
-from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
+from ansible_collections.skiff.fleet.plugins.module_utils.apply import ConfigApplier, Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
     Platform,
     get_platform,
+    wait_for_config,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
     IssuedToken,
+    SecretStore,
     SiteMetadata,
     SitePaths,
     SiteStore,
+    canonical_order,
     dump_json,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import VERSION, Token
@@ -54,6 +57,9 @@ class TokenParams:
 
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+# A re-issued token's previous certificate still links for this long: the dialing
+# site keeps its link until it has the new token (the same playbook run, normally).
+SUPERSEDED_GRACE = timedelta(days=1)
 
 
 def _parse_json(data: bytes | None) -> dict[str, Any] | None:
@@ -147,6 +153,7 @@ class TokenRunner:
         issuer = pki.Issued(ca_pem, ca_key)
         issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
         info = pki.describe(issued.cert_pem)
+        superseded = self._superseded(cert_pem)
         stored = {
             "v": VERSION,
             "site": params.site,
@@ -154,6 +161,7 @@ class TokenRunner:
             "endpoints": metadata.link_endpoints,
             "serial": info["serial"],
             "not_after": info["not_after"],
+            **({"superseded": superseded} if superseded else {}),
         }
         secrets.put_token(
             params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(stored))
@@ -166,6 +174,17 @@ class TokenRunner:
         result.values = {"token": token.encode(), "token_info": after}
         result.diff = {"before": before, "after": after}
         return result
+
+    def _superseded(self, cert_pem: bytes | None) -> dict[str, Any] | None:
+        """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more."""
+        try:
+            fingerprint = pki.describe(cert_pem)["sha256_fingerprint"] if cert_pem else None
+        except ValueError:
+            return None
+        if fingerprint is None:
+            return None
+        until = (self.now or datetime.now(UTC)) + SUPERSEDED_GRACE
+        return {"sha256": fingerprint, "not_after": int(until.timestamp())}
 
     @staticmethod
     def _info_of(stored: dict[str, Any], cert_pem: bytes) -> dict[str, Any]:
@@ -189,15 +208,87 @@ class TokenRunner:
         secrets = self._platform(self.store.read_metadata()).secrets
         if not secrets.token(self.params.name).exists:
             return result
-        result.act(f"remove token '{self.params.name}' (links already made with it keep working "
-                   "until the site CA changes)")  # fmt: skip
+        result.act(f"remove token '{self.params.name}' (its certificate no longer links here)")
         result.diff = {"before": {"name": self.params.name}, "after": {}}
         if not self.check_mode:
             secrets.put_token(self.params.name, None)
         return result
 
 
+def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]]:
+    """`link_clients` of the router config: the certificate of every token kept, and
+    the superseded certificates still in their grace period."""
+    out: list[dict[str, Any]] = []
+    for name in secrets.token_names():
+        kept = secrets.token(name)
+        try:
+            fingerprint = pki.describe(kept.cert)["sha256_fingerprint"] if kept.cert else None
+        except ValueError:
+            fingerprint = None
+        if fingerprint is not None:
+            out.append({"name": name, "sha256": fingerprint})
+        superseded = (_parse_json(kept.info) or {}).get("superseded") or {}
+        until = superseded.get("not_after")
+        if isinstance(until, int) and until > now.timestamp() and superseded.get("sha256"):
+            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until})
+    return out
+
+
+def sync_link_clients(
+    params: TokenParams,
+    check_mode: bool,
+    result: Result,
+    *,
+    now: datetime | None = None,
+    platform_factory: PlatformFactory = get_platform,
+    wait: Callable[..., dict[str, Any]] = wait_for_config,
+) -> None:
+    """Make the site's router accept exactly the certificates of the tokens it keeps:
+    a deleted token is revoked, a token issued links at once."""
+    store = SiteStore.open(params.base_dir, params.site)
+    if not store.paths.metadata.is_file():
+        return
+    metadata = store.read_metadata()
+    platform = platform_factory(metadata.platform, store.paths, metadata)
+    store.config = platform.config
+    config = store.read_config()
+    if not config.get("link_access"):
+        return
+    current = config.get("link_clients")
+    wanted = accepted_clients(platform.secrets, now or datetime.now(UTC))
+    if check_mode:
+        # Nothing was issued or removed: predict from what this run would do.
+        names = [params.name] if params.names is None else list(params.names)
+        if params.state == "absent":
+            wanted = [c for c in wanted if c["name"] not in names]
+        issuing = any(action.startswith("issue token") for action in result.actions)
+        if not issuing and current == wanted:
+            return
+    elif current == wanted:
+        return
+    result.act("accept links only with the client certificates of the tokens kept")
+    diff = result.diff if result.diff is not None else {}
+    diff.setdefault("before", {})["link_clients"] = current
+    diff.setdefault("after", {})["link_clients"] = wanted
+    result.diff = diff
+    if check_mode:
+        return
+    applier = ConfigApplier(store, platform, wait=wait)
+    applier.apply(canonical_order({**config, "link_clients": wanted}), result)
+
+
 def run_token(params: TokenParams, check_mode: bool, **services: Any) -> Result:
+    wait = services.pop("wait", wait_for_config)
+    sync = {k: v for k, v in services.items() if k in ("now", "platform_factory")}
+    try:
+        result = _run_tokens(params, check_mode, **services)
+        sync_link_clients(params, check_mode, result, wait=wait, **sync)
+    except SkiffError as exc:
+        raise exc.with_context(site=params.site) from None
+    return result
+
+
+def _run_tokens(params: TokenParams, check_mode: bool, **services: Any) -> Result:
     if params.names is None:
         return TokenRunner(params, check_mode=check_mode, **services).run()
     # The list form: each name exactly as the single form, results keyed by name.

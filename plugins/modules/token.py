@@ -21,6 +21,11 @@ description:
   - With O(names), one token per name in one run (for example every site
     that links to a hub), returned as RV(tokens).
   - Fails when the site does not exist or does not accept links.
+  - The site's router accepts links only with the client certificates of the
+    tokens it keeps (the router config's C(link_clients), written and reloaded
+    by this module when the tokens kept change). A re-issued token's previous
+    certificate still links for one day, so the dialing site keeps its link until
+    it has the new token.
   - The returned RV(token) is a secret. The collection's action plugin marks
     every result that carries a token C(no_log), so it is never displayed or
     logged, while failures stay visible. Set C(no_log) on every other task that
@@ -53,8 +58,10 @@ options:
     elements: str
   state:
     description:
-      - V(absent) removes the stored token. It does not revoke it; links made
-        with it keep working until the site CA changes.
+      - >-
+        V(absent) removes the stored token and revokes it; the site's router
+        refuses its certificate from then on and closes the links made with it
+        at the reload.
     type: str
     choices: [present, absent]
     default: present

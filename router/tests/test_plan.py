@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from router_testkit import Ca
 
-from skiff_router.config import Config, validate
+from skiff_router.config import Config, ConfigError, validate
 from skiff_router.plan import (
+    CheckLinkClients,
     ReloadAccessTls,
     ReloadConnectorTls,
     ReloadListenerTls,
@@ -162,3 +164,26 @@ def test_admin_and_log_level() -> None:
 def test_a_new_admin_token_file_keeps_the_port_open() -> None:
     new = cfg(admin={"token_file": "/etc/skiff/east/admin/token"})
     assert reload_plan(cfg(), new, set()) == [RestartAdmin(new.admin, False)]
+
+
+def test_a_new_list_of_accepted_clients_checks_the_incoming_links() -> None:
+    west = [{"name": "west", "sha256": "a" * 64}]
+    assert reload_plan(cfg(), cfg(link_clients=west), set()) == [CheckLinkClients()]
+    assert reload_plan(cfg(link_clients=west), cfg(link_clients=[]), set()) == [CheckLinkClients()]
+    assert reload_plan(cfg(link_clients=west), cfg(link_clients=west), set()) == []
+    # Back to no list: every certificate the CA signed links again; nothing to close.
+    assert reload_plan(cfg(link_clients=west), cfg(), set()) == []
+
+
+def test_link_clients_are_checked() -> None:
+    with pytest.raises(ConfigError) as err:
+        cfg(
+            link_clients=[
+                {"name": "w", "sha256": "XYZ"},
+                {"name": "w", "sha256": "a" * 64, "not_after": "soon"},
+            ]
+        )
+    assert [p for p, _m in err.value.errors] == [
+        "link_clients[0].sha256",
+        "link_clients[1].not_after",
+    ]

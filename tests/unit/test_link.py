@@ -30,7 +30,9 @@ def pair(tmp_path, services):
         False,
         **services,
     )
-    token = run_token(TokenParams(site="east", name="west", base_dir=base), False).values["token"]
+    token = run_token(
+        TokenParams(site="east", name="west", base_dir=base), False, **services
+    ).values["token"]
     return SitePaths(tmp_path / "west"), token
 
 
@@ -84,8 +86,14 @@ def test_cost_change_updates_entry(pair, services):
 def test_new_token_rewrites_credentials_with_one_reload(pair, services, fleet, tmp_path):
     west, token = pair
     run_link(lparams(west, token=token), False, **services)
-    run_token(TokenParams(site="east", name="west", base_dir=str(tmp_path), state="absent"), False)
-    fresh = run_token(TokenParams(site="east", name="west", base_dir=str(tmp_path)), False)
+    run_token(
+        TokenParams(site="east", name="west", base_dir=str(tmp_path), state="absent"),
+        False,
+        **services,
+    )
+    fresh = run_token(
+        TokenParams(site="east", name="west", base_dir=str(tmp_path)), False, **services
+    )
     calls = len(fleet[west.root].calls)
     result = run_link(lparams(west, token=fresh.values["token"]), False, **services)
     assert result.actions[0] == "write the credentials of link 'east' from the token"
@@ -154,7 +162,9 @@ def test_params_repr_hides_token(pair):
 
 def test_token_issued_to_another_site_is_refused(pair, services, tmp_path):
     west, _token = pair
-    for_north = run_token(TokenParams(site="east", name="north", base_dir=str(tmp_path)), False)
+    for_north = run_token(
+        TokenParams(site="east", name="north", base_dir=str(tmp_path)), False, **services
+    )
     with pytest.raises(SkiffError) as err:
         run_link(lparams(west, token=for_north.values["token"]), False, **services)
     assert "the token was issued to site 'north', not 'west'" in str(err.value)
@@ -177,7 +187,9 @@ def test_a_link_is_never_re_pointed_at_another_site(pair, services, fleet, tmp_p
         link_endpoint={"host": "127.0.0.1", "port": 55672},
     )
     run_site(south, False, **services)
-    from_south = run_token(TokenParams(site="south", name="west", base_dir=str(tmp_path)), False)
+    from_south = run_token(
+        TokenParams(site="south", name="west", base_dir=str(tmp_path)), False, **services
+    )
     south_token = from_south.values["token"]
     for check_mode in (True, False):
         with pytest.raises(SkiffError) as err:

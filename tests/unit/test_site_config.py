@@ -43,7 +43,9 @@ def sites(tmp_path, services):
         )
     run_site(SiteParams(name="west", base_dir=base, router_python="py"), False, **services)
     tokens = {
-        name: run_token(TokenParams(site=name, name="west", base_dir=base), False).values["token"]
+        name: run_token(
+            TokenParams(site=name, name="west", base_dir=base), False, **services
+        ).values["token"]
         for name in ("east", "south")
     }
     return SitePaths(tmp_path / "west"), tokens

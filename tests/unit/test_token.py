@@ -116,13 +116,16 @@ def tparams(east, **kw) -> TokenParams:
     return TokenParams(**dict(dict(site="east", name="west", base_dir=east.base_dir), **kw))
 
 
-def test_issue_once_then_read_back(east):
-    check = run_token(tparams(east), True)
+def test_issue_once_then_read_back(services, east):
+    check = run_token(tparams(east), True, **services)
     assert check.changed and "token" not in check.values
     folder = SitePaths.for_site(east.base_dir, "east").token_dir("west")
     assert not folder.exists()
-    first = run_token(tparams(east), False)
-    assert first.changed and first.actions == ["issue token 'west'"]
+    first = run_token(tparams(east), False, **services)
+    assert first.changed and first.actions == [
+        "issue token 'west'",
+        "accept links only with the client certificates of the tokens kept",
+    ]
     token = decode(first.values["token"])
     assert token.site == "east" and token.name == "west"
     assert token.endpoints == [{"host": "127.0.0.1", "port": 55671}]
@@ -132,43 +135,43 @@ def test_issue_once_then_read_back(east):
     info = first.values["token_info"]
     assert info["name"] == "west" and "key" not in info
     assert "PRIVATE" not in json.dumps(first.diff) + json.dumps(info) + json.dumps(first.actions)
-    second = run_token(tparams(east), True)
+    second = run_token(tparams(east), True, **services)
     assert not second.changed and second.values["token"] == first.values["token"]
-    assert not run_token(tparams(east), False).changed
+    assert not run_token(tparams(east), False, **services).changed
 
 
 def test_reissued_when_endpoints_change(east, services):
-    first = run_token(tparams(east), False)
+    first = run_token(tparams(east), False, **services)
     moved = SiteParams(**dict(vars(east), link_endpoint={"host": "east.example", "port": 55671}))
     run_site(moved, False, **services)
-    again = run_token(tparams(east), False)
+    again = run_token(tparams(east), False, **services)
     assert again.changed and "endpoints changed" in again.actions[0]
     assert again.values["token"] != first.values["token"]
     assert decode(again.values["token"]).endpoints[0]["host"] == "east.example"
 
 
-def test_reissued_when_expiring(east):
-    run_token(tparams(east, valid_days=20), False)
-    result = run_token(tparams(east), False)
+def test_reissued_when_expiring(services, east):
+    run_token(tparams(east, valid_days=20), False, **services)
+    result = run_token(tparams(east), False, **services)
     assert result.changed and "expires within 30 days" in result.actions[0]
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=340)
-    assert run_token(tparams(east), False, now=later).changed
+    assert run_token(tparams(east), False, now=later, **services).changed
 
 
 def test_reissued_when_ca_replaced(east, services):
-    run_token(tparams(east), False)
+    run_token(tparams(east), False, **services)
     paths = SitePaths.for_site(east.base_dir, "east")
     paths.ca_key.unlink()
     run_site(east, False, **services)
-    result = run_token(tparams(east), False)
+    result = run_token(tparams(east), False, **services)
     assert "not signed by the current CA" in result.actions[0]
 
 
-def test_absent(east):
-    run_token(tparams(east), False)
-    assert run_token(tparams(east, state="absent"), True).changed
-    assert run_token(tparams(east, state="absent"), False).changed
-    assert not run_token(tparams(east, state="absent"), False).changed
+def test_absent(services, east):
+    run_token(tparams(east), False, **services)
+    assert run_token(tparams(east, state="absent"), True, **services).changed
+    assert run_token(tparams(east, state="absent"), False, **services).changed
+    assert not run_token(tparams(east, state="absent"), False, **services).changed
 
 
 def test_site_that_accepts_no_links(tmp_path, services):
@@ -221,3 +224,54 @@ def test_garbage_fails_only_with_a_clear_error(text):
     assert "issue one with skiff.fleet.token" in err.value.message
     if len(text) > 12:
         assert text not in str(err.value)
+
+
+def config_of(east) -> dict:
+    return json.loads(SitePaths.for_site(east.base_dir, "east").config.read_text())
+
+
+def test_the_router_accepts_exactly_the_certificates_of_the_tokens_kept(east, services, fleet):
+    paths = SitePaths.for_site(east.base_dir, "east")
+    west = decode(run_token(tparams(east), False, **services).values["token"])
+    north = decode(run_token(tparams(east, name="north"), False, **services).values["token"])
+
+    def fingerprint(token):
+        return pki.describe(token.cert.encode())["sha256_fingerprint"]
+
+    assert config_of(east)["link_clients"] == [
+        {"name": "north", "sha256": fingerprint(north)},
+        {"name": "west", "sha256": fingerprint(west)},
+    ]
+    assert fleet[paths.root].calls.count("reload") == 2
+    # Deleting a token revokes it: check mode predicts it, the run writes and reloads.
+    check = run_token(tparams(east, state="absent"), True, **services)
+    assert check.actions[-1] == "accept links only with the client certificates of the tokens kept"
+    assert check.diff["after"]["link_clients"] == [{"name": "north", "sha256": fingerprint(north)}]
+    assert len(config_of(east)["link_clients"]) == 2
+    gone = run_token(tparams(east, state="absent"), False, **services)
+    assert gone.actions == [
+        "remove token 'west' (its certificate no longer links here)",
+        "accept links only with the client certificates of the tokens kept",
+    ]
+    assert config_of(east)["link_clients"] == [{"name": "north", "sha256": fingerprint(north)}]
+    assert fleet[paths.root].calls.count("reload") == 3
+    # Read back: nothing to write.
+    assert not run_token(tparams(east, name="north"), False, **services).changed
+
+
+def test_a_reissued_token_keeps_its_previous_certificate_for_a_day(east, services):
+    short = run_token(tparams(east, valid_days=20), False, **services)  # re-issued next run
+    first = decode(short.values["token"])
+    now = datetime.datetime.now(datetime.UTC)
+    second = decode(run_token(tparams(east), False, now=now, **services).values["token"])
+    old, new = (pki.describe(t.cert.encode())["sha256_fingerprint"] for t in (first, second))
+    grace = int((now + datetime.timedelta(days=1)).timestamp())
+    assert config_of(east)["link_clients"] == [
+        {"name": "west", "sha256": new},
+        {"name": "west", "sha256": old, "not_after": grace},
+    ]
+    # A run after the grace period drops the superseded certificate.
+    after = now + datetime.timedelta(days=2)
+    result = run_token(tparams(east), False, now=after, **services)
+    assert result.actions == ["accept links only with the client certificates of the tokens kept"]
+    assert config_of(east)["link_clients"] == [{"name": "west", "sha256": new}]

@@ -31,7 +31,12 @@ def test_names_four_steps_and_the_same_tokens_as_one_by_one(hub, services):
     params = TokenParams(site="hub", base_dir=hub, names=names)
     check = run_token(params, True, platform_factory=services["platform_factory"])
     assert check.changed and check.values["tokens"] == {}
-    assert check.actions == ["issue token 'a'", "issue token 'b'", "issue token 'c'"]
+    assert check.actions == [
+        "issue token 'a'",
+        "issue token 'b'",
+        "issue token 'c'",
+        "accept links only with the client certificates of the tokens kept",
+    ]
     issued = run_token(params, False, platform_factory=services["platform_factory"])
     assert issued.changed and sorted(issued.values["tokens"]) == list(names)
     for name, token in issued.values["tokens"].items():
@@ -40,7 +45,7 @@ def test_names_four_steps_and_the_same_tokens_as_one_by_one(hub, services):
     again = run_token(params, False, platform_factory=services["platform_factory"])
     assert not again_check.changed and not again.changed
     assert again.values["tokens"] == issued.values["tokens"]
-    one = run_token(TokenParams(site="hub", base_dir=hub, name="b"), False)
+    one = run_token(TokenParams(site="hub", base_dir=hub, name="b"), False, **services)
     assert one.values["token"] == issued.values["tokens"]["b"]
     # The result carries tokens only under `tokens`; facts about them carry no key.
     facts = json.dumps(issued.values["token_info"])

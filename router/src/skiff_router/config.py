@@ -134,6 +134,24 @@ class LinkAccess:
 
 
 @dataclass(frozen=True)
+class LinkClient:
+    """A client certificate this site issued (a token) and still accepts on its links:
+    its SHA-256 fingerprint, and until when (unix seconds; None = its own expiry).
+    A re-issued token's previous certificate gets a ``not_after`` so the dialing site
+    keeps its link until it has the new one."""
+
+    name: str
+    sha256: str
+    not_after: int | None = None
+
+    def accepts(self, fingerprint: str, now: float) -> bool:
+        return self.sha256 == fingerprint and (self.not_after is None or now < self.not_after)
+
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
 class LinkConfig:
     name: str
     peer: str
@@ -206,6 +224,9 @@ class Config:
     admin: Admin = Admin()
     flow_timeouts: FlowTimeouts = FlowTimeouts()
     link_access: LinkAccess | None = None
+    # None: any client certificate the site CA signed links here (routers run by hand);
+    # a tuple: only these, so deleting a token revokes its certificate.
+    link_clients: tuple[LinkClient, ...] | None = None
     links: tuple[LinkConfig, ...] = ()
     listeners: tuple[ListenerConfig, ...] = ()
     connectors: tuple[ConnectorConfig, ...] = ()
@@ -338,6 +359,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
             "admin",
             "flow_timeouts",
             "link_access",
+            "link_clients",
             "links",
             "listeners",
             "connectors",
@@ -404,6 +426,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
                 key=c.file(d, "key", "link_access"),
             )
 
+    link_clients = _link_clients(c, top["link_clients"]) if "link_clients" in top else None
     overlay = c.file(top, "overlay", "") if top.get("overlay") is not None else None
     links = _links(c, top.get("links"))
     listeners = _listeners(c, top.get("listeners"))
@@ -419,11 +442,32 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
         admin=admin,
         flow_timeouts=flow_timeouts,
         link_access=link_access,
+        link_clients=link_clients,
         links=links,
         listeners=listeners,
         connectors=connectors,
         overlay=overlay or None,
     )
+
+
+def _link_clients(c: _Checker, value: Any) -> tuple[LinkClient, ...]:
+    out: list[LinkClient] = []
+    for path, item in c.items(value, "link_clients"):
+        d = c.obj(item, path, {"name", "sha256"}, {"not_after"})
+        if d is None:
+            continue
+        sha = d.get("sha256")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            c.err(f"{path}.sha256", "must be 64 lowercase hex digits (the certificate's SHA-256)")
+            continue
+        not_after = d.get("not_after")
+        if not_after is not None and (
+            isinstance(not_after, bool) or not isinstance(not_after, int)
+        ):
+            c.err(f"{path}.not_after", "must be unix seconds (an integer)")
+            continue
+        out.append(LinkClient(c.string(d, "name", path), sha, not_after))
+    return tuple(out)
 
 
 # -- the three lists (the config's, and the overlay's in the same schema) ------------------

@@ -93,6 +93,12 @@ class StartDialer:
     cfg: LinkConfig
 
 
+@dataclass(frozen=True)
+class CheckLinkClients:
+    """The accepted client certificates changed: incoming links whose certificate is
+    no longer among them close (a deleted token is revoked)."""
+
+
 Operation = (
     SetLogLevel
     | RestartAdmin
@@ -107,6 +113,7 @@ Operation = (
     | ReloadConnectorTls
     | StopDialer
     | StartDialer
+    | CheckLinkClients
 )
 
 
@@ -155,6 +162,8 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
         ops.append(RestartAccess())
     elif acc is not None and changed_files & {acc.ca, acc.cert, acc.key}:
         ops.append(ReloadAccessTls())
+    if new.link_clients != old.link_clients and new.link_clients is not None:
+        ops.append(CheckLinkClients())
 
     was_k = {x.name: x for x in old.links}
     want_k = {x.name: x for x in new.links}

@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,6 +53,7 @@ from skiff_router.core import RouterCore
 from skiff_router.log import set_level
 from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
+    CheckLinkClients,
     Operation,
     ReloadAccessTls,
     ReloadConnectorTls,
@@ -252,6 +254,7 @@ class Router:
         self.connectors = ConnectorChoice()
         self.access_server: asyncio.Server | None = None
         self.access_error: str | None = None
+        self.refused_credentials = 0  # incoming links whose certificate is not accepted
         self.admin: AdminServer | None = None
         self.subscribers: dict[str, set[Subscriber]] = {}
         self.reloads = 0
@@ -615,6 +618,28 @@ class Router:
             backoff = min(backoff * 2, BACKOFF_MAX)
             d.to(DialerState.CONNECTING)
 
+    def client_refusal(self, fingerprint: str | None) -> str | None:
+        """Why an incoming link with this client certificate is refused (None: it is
+        accepted): the site keeps the list of certificates it issued and has not revoked."""
+        clients = self.cfg.link_clients
+        if clients is None:
+            return None
+        now = time.time()
+        if fingerprint is not None and any(c.accepts(fingerprint, now) for c in clients):
+            return None
+        short = (fingerprint or "none")[:16]
+        return f"client certificate sha256 {short}... was revoked, superseded or never issued here"
+
+    def _check_link_clients(self) -> None:
+        for conn in list(self.links.values()):
+            if conn.direction is not Direction.INCOMING:
+                continue
+            refusal = self.client_refusal(conn.fingerprint)
+            if refusal is not None:
+                self.refused_credentials += 1
+                llog.warning("closing link %s: %s", conn.name, refusal)
+                conn.close("credential revoked")
+
     async def _start_access(self) -> None:
         acc = self.cfg.link_access
         if acc is None:
@@ -807,6 +832,8 @@ class Router:
                 if op.rebind:
                     await self.admin.stop()
                     await self.admin.start(op.admin.host, op.admin.port)
+        elif isinstance(op, CheckLinkClients):
+            self._check_link_clients()
         elif isinstance(op, RestartNetwork):
             await self._stop_network()
             await self._start_network()
@@ -950,6 +977,8 @@ class Router:
                     BindState.LISTENING if self.access_server is not None else BindState.ERROR
                 ).value,
                 "error": self.access_error,
+                "clients": None if cfg.link_clients is None else len(cfg.link_clients),
+                "refused_credentials": self.refused_credentials,
             },
             "links": self.links_status(),
             "routers": core.topology.routers_status(),

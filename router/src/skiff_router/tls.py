@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from typing import Any
 
@@ -60,6 +61,13 @@ def peer_common_name(transport: Any) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
+
+
+def peer_fingerprint(transport: Any) -> str | None:
+    """SHA-256 (lowercase hex) of the verified client certificate on an accepted link."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return hashlib.sha256(der).hexdigest() if der else None
 
 
 def describe(exc: BaseException) -> str:

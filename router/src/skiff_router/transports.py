@@ -219,6 +219,7 @@ class LinkConn(asyncio.Protocol):
         self.cost = cost
         self.handle = 0
         self.peer: str | None = None  # once the link is up
+        self.fingerprint: str | None = None  # of the client certificate (incoming links)
         self.transport: asyncio.Transport | None = None
         self.close_reason: str | None = None
         self._loop = asyncio.get_running_loop()
@@ -238,6 +239,13 @@ class LinkConn(asyncio.Protocol):
             # A token's client certificate names the site it was issued to: routers
             # of that site, and no other, may announce themselves over this link.
             self.expected_site = tls.peer_common_name(tr)
+            self.fingerprint = tls.peer_fingerprint(tr)
+            refusal = router.client_refusal(self.fingerprint)
+            if refusal is not None:
+                router.refused_credentials += 1
+                llog.warning("link from %s refused: %s", self.owner.endpoint, refusal)
+                tr.abort()
+                return
         self.handle = self.core.link_connected(
             self.name, self.direction, self._loop.time(), self.expected_site, self.cost
         )

@@ -1,0 +1,93 @@
+"""The accepting router decides which client certificates link (config
+``link_clients``): routers on loopback with real TLS. A certificate the site CA
+signed but that is not listed (a deleted token) is refused at the handshake, a
+link whose certificate leaves the list closes at the reload and cannot redial,
+and a superseded certificate is accepted until its ``not_after``."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from router_testkit import Site, run, tcp_server, wait_for
+from test_network import TIMEOUT, echo_roundtrip, link_up, reachable, routers
+
+pytestmark = pytest.mark.integration
+
+
+def fingerprint(cert_file: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def test_only_listed_certificates_link_and_a_revoked_one_is_dropped(tmp_path: Path) -> None:
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        west = Site.create(tmp_path, "west")
+        north = Site.create(tmp_path, "north")
+        west.link_to(east)
+        north.link_to(east)  # signed by east's CA too, but never listed
+        west_fp = fingerprint(west.dir / "links" / "east" / "tls.crt")
+        east.extra["link_clients"] = [{"name": "west", "sha256": west_fp}]
+        async with tcp_server() as echo_port:
+            east.connect("backend", echo_port)
+            lport = west.listen("backend")
+            async with routers(east, west, north) as rs:
+                e = rs["east"]
+                await wait_for(lambda: reachable(rs["west"], "backend"), TIMEOUT, "west linked")
+                assert await echo_roundtrip(lport, b"x" * 100_000) == b"x" * 100_000
+                await wait_for(
+                    lambda: e.status()["link_access"]["refused_credentials"] >= 1,
+                    TIMEOUT,
+                    "north refused",
+                )
+                assert not link_up(rs["north"], "east")
+                assert {lk["peer"] for lk in e.status()["links"]} == {"west"}
+                assert e.status()["link_access"]["clients"] == 1
+
+                # The token is deleted: the list no longer names west's certificate.
+                east.extra["link_clients"] = []
+                east.write()
+                started = time.monotonic()
+                assert await e.reload()
+                await wait_for(lambda: not link_up(rs["west"], "east"), 5, "west's link closed")
+                assert time.monotonic() - started < 5
+                refused = e.status()["link_access"]["refused_credentials"]
+                # West redials and is refused each time; it never comes back.
+                await wait_for(
+                    lambda: e.status()["link_access"]["refused_credentials"] > refused,
+                    TIMEOUT,
+                    "west's redial refused",
+                )
+                assert not link_up(rs["west"], "east")
+                assert e.status()["links"] == []
+
+    run(main())
+
+
+def test_a_superseded_certificate_links_until_its_not_after(tmp_path: Path) -> None:
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        west = Site.create(tmp_path, "west")
+        west.link_to(east)
+        west_fp = fingerprint(west.dir / "links" / "east" / "tls.crt")
+        other = "0" * 64  # the token's new certificate, not installed at west yet
+        soon = int(time.time()) + 3600
+        east.extra["link_clients"] = [
+            {"name": "west", "sha256": other},
+            {"name": "west", "sha256": west_fp, "not_after": soon},
+        ]
+        async with routers(east, west) as rs:
+            e = rs["east"]
+            await wait_for(lambda: link_up(rs["west"], "east"), TIMEOUT, "the old cert links")
+            east.extra["link_clients"][1]["not_after"] = int(time.time()) - 1
+            east.write()
+            assert await e.reload()
+            await wait_for(lambda: not link_up(rs["west"], "east"), 5, "past its not_after")
+            assert e.status()["links"] == []
+
+    run(main())
