@@ -59,7 +59,8 @@ demo-teardown: setup
 lint: setup
 	ruff check .
 	ruff format --check .
-	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/plan.yml playbooks/teardown.yml
+	ansible-playbook --syntax-check -i $(DEMO_INVENTORY) playbooks/site.yml playbooks/plan.yml playbooks/teardown.yml \
+	  playbooks/decommission.yml
 
 unit: setup
 	pytest -q tests/unit router/tests -m "not integration"

@@ -45,6 +45,8 @@ class TokenParams:
     valid_days: int = pki.CLIENT_VALID_DAYS
     # The list form: one token per name, in one module run (a hub's dialers).
     names: tuple[str, ...] | None = None
+    # With `names`: remove (revoke) every token kept that `names` does not list.
+    prune: bool = False
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
@@ -53,6 +55,7 @@ class TokenParams:
         }
         if params.get("names") is not None:
             values["names"] = tuple(params["names"])
+        values["prune"] = bool(params.get("prune"))
         return cls(**values)
 
 
@@ -259,8 +262,10 @@ def sync_link_clients(
     if check_mode:
         # Nothing was issued or removed: predict from what this run would do.
         names = [params.name] if params.names is None else list(params.names)
+        gone = set(result.values.get("removed") or ())
         if params.state == "absent":
-            wanted = [c for c in wanted if c["name"] not in names]
+            gone.update(names)
+        wanted = [c for c in wanted if c["name"] not in gone]
         issuing = any(action.startswith("issue token") for action in result.actions)
         if not issuing and current == wanted:
             return
@@ -312,5 +317,34 @@ def _run_tokens(params: TokenParams, check_mode: bool, **services: Any) -> Resul
             result.values["token_info"][name] = one.values["token_info"]
         before[name] = (one.diff or {}).get("before")
         after[name] = (one.diff or {}).get("after")
+    if params.prune and params.state == "present":
+        result.values["removed"] = _prune(params, check_mode, result, before, after, **services)
     result.diff = {"before": before, "after": after}
     return result
+
+
+def _prune(
+    params: TokenParams,
+    check_mode: bool,
+    result: Result,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    **services: Any,
+) -> list[str]:
+    """Remove the tokens kept that `names` does not list; returns their names."""
+    probe = TokenRunner(replace(params, names=None), check_mode=check_mode, **services)
+    if not probe.store.paths.metadata.is_file():
+        return []
+    kept = probe._platform(probe.store.read_metadata()).secrets.token_names()
+    removed = [name for name in kept if name not in (params.names or ())]
+    for name in removed:
+        one = TokenRunner(
+            replace(params, name=name, names=None, state="absent"),
+            check_mode=check_mode,
+            **services,
+        ).run()
+        result.changed = result.changed or one.changed
+        result.actions.extend(one.actions)
+        before[name] = (one.diff or {}).get("before")
+        after[name] = (one.diff or {}).get("after")
+    return removed

@@ -65,6 +65,15 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  prune:
+    description:
+      - With O(names), remove every token the site keeps that O(names) does not
+        list, which revokes it (see O(state)). The role sets it with
+        C(skiff_prune), naming the inventory's dialing sites and
+        C(skiff_external_tokens). Without O(names) it has no effect.
+    type: bool
+    default: false
+    version_added: 0.2.0
   valid_days:
     description: Lifetime of a newly issued client certificate, in days.
     type: int
@@ -129,6 +138,11 @@ token_info:
     sha256_fingerprint:
       description: SHA-256 fingerprint of the client certificate.
       type: str
+removed:
+  description: With O(prune), the names of the tokens removed (revoked).
+  returned: with O(names) and O(prune)
+  type: list
+  elements: str
 actions:
   description: What was done, or in check mode what would be done.
   returned: always
@@ -150,6 +164,7 @@ def argument_spec() -> dict:
         "names": {"type": "list", "elements": "str"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         "valid_days": {"type": "int", "default": 365},
+        "prune": {"type": "bool", "default": False},
     }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.store import SitePaths
 from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import decode
 
@@ -57,3 +58,27 @@ def test_a_bad_name_in_the_list_is_named_and_nothing_is_issued(hub):
         run_token(TokenParams(site="hub", base_dir=hub, names=("ok", "no/slash")), False)
     assert "site 'hub': token 'no/slash': name: 'no/slash' is not a valid name" in str(err.value)
     assert not (Path(hub) / "hub" / "tokens" / "ok").exists()
+
+
+def test_prune_revokes_the_tokens_not_named(hub, services):
+    paths = SitePaths.for_site(hub, "hub")
+    run_token(TokenParams(site="hub", base_dir=hub, names=("a", "b", "c")), False, **services)
+    pruning = TokenParams(site="hub", base_dir=hub, names=("a",), prune=True)
+    check = run_token(pruning, True, **services)
+    assert check.actions == [
+        "remove token 'b' (its certificate no longer links here)",
+        "remove token 'c' (its certificate no longer links here)",
+        "accept links only with the client certificates of the tokens kept",
+    ]
+    assert [c["name"] for c in check.diff["after"]["link_clients"]] == ["a"]
+    assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a", "b", "c"]
+    done = run_token(pruning, False, **services)
+    assert done.values["removed"] == ["b", "c"] and done.actions == check.actions
+    assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a"]
+    config = json.loads(paths.config.read_text())
+    assert [c["name"] for c in config["link_clients"]] == ["a"]
+    assert not run_token(pruning, True, **services).changed
+    assert not run_token(pruning, False, **services).changed
+    # Without prune, tokens not named stay.
+    run_token(TokenParams(site="hub", base_dir=hub, names=("a", "d")), False, **services)
+    assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a", "d"]

@@ -1,0 +1,93 @@
+"""A site that leaves the inventory loses its credentials everywhere it linked:
+by `site.yml` with skiff_prune (the default), and by `playbooks/decommission.yml`.
+Three local sites on loopback, real TLS: north dials west, west dials east."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fleet_harness import free_ports, router_pids, run_playbook, write_inventory
+from test_fleet import fleet_hosts
+
+pytestmark = pytest.mark.integration
+
+
+def status(base_dir: Path, site: str, port: int) -> dict:
+    token = (base_dir / site / "admin" / "token").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return json.load(answer)
+
+
+def until(condition, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def accepted(base_dir: Path, site: str) -> list[str]:
+    config = json.loads((base_dir / site / "router.json").read_text())
+    return [c["name"] for c in config.get("link_clients", [])]
+
+
+def link_up(base_dir: Path, site: str, port: int, name: str) -> bool:
+    links = status(base_dir, site, port)["links"]
+    return any(link["name"] == name and link["state"] == "up" for link in links)
+
+
+def test_a_site_that_leaves_is_revoked_by_prune_and_by_decommission(tmp_path) -> None:
+    base_dir = tmp_path / "sites"
+    hosts = fleet_hosts(free_ports(8))
+    ports = {name: site_vars["skiff_admin_port"] for name, site_vars in hosts.items()}
+    inventory = write_inventory(tmp_path / "hosts.yml", hosts, base_dir)
+    try:
+        first = run_playbook(inventory, "site.yml")
+        assert first.returncode == 0, first.output[-4000:]
+        assert accepted(base_dir, "west") == ["north"]
+        assert accepted(base_dir, "east") == ["west"]
+        until(lambda: link_up(base_dir, "north", ports["north"], "west"), "north linked")
+
+        # north leaves the inventory (its router still runs): west prunes its token.
+        without_north = {k: v for k, v in hosts.items() if k != "north"}
+        smaller = write_inventory(tmp_path / "without-north.yml", without_north, base_dir)
+        pruned = run_playbook(smaller, "site.yml")
+        assert pruned.returncode == 0, pruned.output[-4000:]
+        assert accepted(base_dir, "west") == []
+        assert not (base_dir / "west" / "tokens" / "north").exists()
+        until(lambda: not link_up(base_dir, "north", ports["north"], "west"), "north cut off")
+        # Its redials are refused at the handshake, and keep being refused.
+        until(
+            lambda: status(base_dir, "west", ports["west"])["link_access"]["refused_credentials"]
+            >= 2,
+            "north's redials refused",
+        )
+        assert not link_up(base_dir, "north", ports["north"], "west")
+
+        # Back in the inventory: a new token, linked again.
+        back = run_playbook(inventory, "site.yml")
+        assert back.returncode == 0, back.output[-4000:]
+        until(lambda: link_up(base_dir, "north", ports["north"], "west"), "north relinked")
+
+        # decommission.yml revokes north everywhere and removes it.
+        gone = run_playbook(inventory, "decommission.yml", "-e", "site=north")
+        assert gone.returncode == 0, gone.output[-4000:]
+        assert accepted(base_dir, "west") == [] and accepted(base_dir, "east") == ["west"]
+        assert not (base_dir / "north").exists()
+        assert sorted(p.name for p in base_dir.iterdir()) == ["east", "west"]
+        assert link_up(base_dir, "west", ports["west"], "east")  # the rest goes on
+    finally:
+        run_playbook(inventory, "teardown.yml")
+        for pid in router_pids(base_dir):  # only if teardown itself failed
+            os.kill(pid, signal.SIGTERM)
