@@ -83,7 +83,7 @@ class Ca:
         )
         return cls(key, cert)
 
-    def issue(self, cn: str, *, server: bool) -> tuple[bytes, bytes]:
+    def issue(self, cn: str, *, server: bool, days: float = 1) -> tuple[bytes, bytes]:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         b = (
@@ -93,7 +93,7 @@ class Ca:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),

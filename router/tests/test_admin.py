@@ -83,3 +83,47 @@ def test_metrics_answer_with_and_without_prometheus_client(
         assert http(site.admin_url + "/nope")[0] == 404
         assert proc.poll() is None
     assert "Traceback" not in (tmp_path / "run.log").read_text()
+
+
+def test_metrics_export_each_certificates_expiry(tmp_path: Path) -> None:
+    """skiff_certificate_expiry_timestamp_seconds for the server, site CA, each link's
+    client certificate and CA; a renewed file is read again."""
+    import asyncio
+
+    from cryptography import x509
+    from router_testkit import run
+    from test_network import routers
+
+    from skiff_router import metrics
+
+    def expiry(path: Path) -> int:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        return int(cert.not_valid_after_utc.timestamp())
+
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        west = Site.create(tmp_path, "west", accept=True)
+        west.link_to(east)
+        async with routers(east, west) as rs:
+            text = metrics.render(metrics.registry_for(rs["west"])).decode()
+            name = "skiff_certificate_expiry_timestamp_seconds"
+            want = {
+                ("server", "link-access"): expiry(west.dir / "tls" / "server.crt"),
+                ("site-ca", "link-access"): expiry(west.dir / "ca" / "ca.crt"),
+                ("link-client", "east"): expiry(west.dir / "links" / "east" / "tls.crt"),
+                ("link-ca", "east"): expiry(west.dir / "links" / "east" / "ca.crt"),
+            }
+            for (kind, entry), value in want.items():
+                line = f'{name}{{kind="{kind}",name="{entry}",router="west",site="west"}} '
+                assert f"{line}{float(value)!r}" in text or f"{line}{value:.9e}" in text, line
+            # A renewed client certificate (shorter-lived here) is read again.
+            assert east.ca is not None
+            cert, key = east.ca.issue("west", server=False, days=0.5)
+            (west.dir / "links" / "east" / "tls.key").write_bytes(key)
+            (west.dir / "links" / "east" / "tls.crt").write_bytes(cert)
+            await asyncio.sleep(0.01)
+            got = dict(((k, n), v) for k, n, v in rs["west"].certificates())
+            assert got[("link-client", "east")] == expiry(west.dir / "links" / "east" / "tls.crt")
+            assert got[("link-client", "east")] < want[("link-client", "east")]
+
+    run(main())

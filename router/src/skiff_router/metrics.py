@@ -91,6 +91,16 @@ class RouterCollector:
         )
         yield counter("skiff_config_reloads", "Successful reloads", counters["config_reloads"])
         yield gauge("skiff_ready", "1 when the router is ready", 1 if st["ready"] else 0)
+        g = GaugeMetricFamily(
+            "skiff_certificate_expiry_timestamp_seconds",
+            "When each certificate the router uses expires (unix seconds); kind: server, "
+            "site-ca, link-client, link-ca, listener, connector-ca, connector-client",
+            labels=[*who, "kind", "name"],
+        )
+        for kind, name, expiry in self.view.certificates():
+            if expiry is not None:
+                g.add_metric([*me, kind, name], expiry)
+        yield g
         info = GaugeMetricFamily(
             "skiff_router_info",
             "Always 1: the router's version and the event loop it runs on",

@@ -260,6 +260,7 @@ class Router:
         self.reloads = 0
         self.rbuf = memoryview(bytearray(HEADER_SIZE + MAX_DATA))
         self._tls_sha: dict[str, str | None] = {}
+        self._expiry: dict[str, tuple[tuple[int, int, int], int | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -887,6 +888,41 @@ class Router:
 
     def flows_status(self) -> list[dict[str, Any]]:
         return self.core.flows.status()
+
+    def certificates(self) -> list[tuple[str, str, int | None]]:
+        cfg = self.cfg
+        files: list[tuple[str, str, str]] = []
+        if cfg.link_access is not None:
+            files += [("server", "link-access", cfg.link_access.cert)]
+            files += [("site-ca", "link-access", cfg.link_access.ca)]
+        for lk in cfg.links:
+            files += [("link-client", lk.name, lk.cert), ("link-ca", lk.name, lk.ca)]
+        for ls in cfg.listeners:
+            if ls.tls is not None:
+                files.append(("listener", ls.name, ls.tls.cert))
+        for c in cfg.connectors:
+            if c.tls is not None:
+                files += [("connector-ca", c.name, c.tls.ca)]
+                files += [("connector-client", c.name, c.tls.cert)] if c.tls.cert else []
+        return [(kind, name, self._not_after(path)) for kind, name, path in files]
+
+    def _not_after(self, path: str) -> int | None:
+        """Read again only when the file changed (a scrape is every few seconds)."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._expiry.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                value: int | None = tls.not_after(f.read())
+        except (OSError, ValueError, IndexError):
+            value = None
+        self._expiry[path] = (key, value)
+        return value
 
     def links_status(self) -> list[dict[str, Any]]:
         links: list[dict[str, Any]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import ssl
 from typing import Any
@@ -68,6 +69,46 @@ def peer_fingerprint(transport: Any) -> str | None:
     ssl_object = transport.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     return hashlib.sha256(der).hexdigest() if der else None
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of the value, end of the value) of the DER element at ``pos``."""
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def not_after(pem: bytes) -> int:
+    """A PEM certificate's notAfter, in unix seconds (the first certificate of the
+    file). Read from the DER directly: the stdlib only decodes certificates of a
+    live connection."""
+    der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii", "replace"))
+    _tag, start, _end = _tlv(der, 0)  # Certificate
+    _tag, pos, _end = _tlv(der, start)  # TBSCertificate
+    tag, _start, end = _tlv(der, pos)
+    if tag == 0xA0:  # [0] version
+        pos = end
+    for _field in range(3):  # serialNumber, signature, issuer
+        _tag, _start, pos = _tlv(der, pos)
+    tag, start, _end = _tlv(der, pos)  # validity
+    if tag != 0x30:
+        raise ValueError("no validity")
+    _tag, _start, pos = _tlv(der, start)  # notBefore
+    tag, start, end = _tlv(der, pos)
+    text = der[start:end].decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx (RFC 5280)
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        raise ValueError("notAfter is not a time")
+    stamp = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
+    return int(stamp.timestamp())
 
 
 def describe(exc: BaseException) -> str:

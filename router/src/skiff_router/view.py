@@ -59,6 +59,10 @@ class RouterView(Protocol):
     def counters(self) -> dict[str, int]:
         """Totals that only metrics export: ``route_computations``, ``config_reloads``."""
 
+    def certificates(self) -> list[tuple[str, str, int | None]]:
+        """(kind, name, notAfter in unix seconds or None when unreadable) of every
+        certificate the router uses."""
+
 
 class MulticastPort(Protocol):
     """Publishing and subscribing, for the admin endpoint's multicast API."""
