@@ -63,14 +63,19 @@ class SiteParams:
     router_user: str = "skiff"
     image: str = ""
     replicas: int = 1
+    # Sites that dial this one and are outside the run (--limit): what they depend on
+    # (the CA, the link endpoint) must not change without them.
+    outside_dialers: tuple[str, ...] = ()
     # Platform kubernetes: namespace, context, kubeconfig, apply, manifests_dir, ...
     kube: dict[str, Any] | None = None
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> SiteParams:
-        return cls(
-            **{k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None}
-        )
+        values = {
+            k: v for k, v in params.items() if k in cls.__dataclass_fields__ and v is not None
+        }
+        values["outside_dialers"] = tuple(params.get("outside_dialers") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,7 @@ class SiteRunner:
                 if ca_reason == "missing"
                 else f"replace the site CA ({ca_reason})"
             )
+        self._guard_outside_dialers(current_meta, current, wanted, ca_reason)
         hosts: list[str] = []
         server_reason = None
         if wanted.sections["link_access"] is not None:
@@ -413,6 +419,38 @@ class SiteRunner:
                 raise self._restart_previous(platform, failure, previous, data) from None
         elif config_changed or drifted or tls_changed:
             applier.reload(data, previous if config_changed else None, previous_error)
+
+    def _guard_outside_dialers(
+        self,
+        current_meta: SiteMetadata | None,
+        current: dict[str, Any],
+        wanted: WantedSite,
+        ca_reason: str | None,
+    ) -> None:
+        """Refuse a change that sites dialing here, outside this run, depend on."""
+        outside = self.params.outside_dialers
+        if not outside or current_meta is None or not current.get("link_access"):
+            return
+        changes = []
+        if ca_reason and ca_reason != "missing":
+            changes.append(f"replace the site CA ({ca_reason})")
+        if wanted.sections["link_access"] is None:
+            changes.append("stop accepting links")
+        else:
+            before = [(e["host"], e["port"]) for e in current_meta.link_endpoints]
+            after = [(e["host"], e["port"]) for e in wanted.metadata.link_endpoints]
+            # A kubernetes address found only later (None) is not a move.
+            if before and all(h is not None for h, _port in after) and before != after:
+                old = ", ".join(f"{h}:{p}" for h, p in before)
+                new = ", ".join(f"{h}:{p}" for h, p in after)
+                changes.append(f"move the link endpoint from {old} to {new}")
+        if changes:
+            raise SkiffError(
+                f"this run would {' and '.join(changes)}, which the sites dialing it "
+                f"outside this run depend on: {', '.join(sorted(outside))}; add them to "
+                "the run (--limit) so they get new tokens in it",
+                field="link_endpoint",
+            )
 
     @staticmethod
     def _issue_server(platform: Platform, ca: CertPair, hosts: list[str]) -> None:

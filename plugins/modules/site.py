@@ -93,6 +93,17 @@ options:
       - Router image with O(platform=podman), e.g. C(localhost/skiff-router:latest).
         It must be on the host (the role P(skiff.fleet.skiff#role) can build it).
     type: str
+  outside_dialers:
+    description:
+      - Sites that dial this one but are not part of this run (the role passes the
+        inventory's dialers outside C(--limit)). When the run would replace the
+        site CA, move the link endpoint or stop accepting links, which those sites
+        depend on, the module fails before changing anything and names them, so
+        they can be added to the run and get new tokens.
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
   replicas:
     description:
       - Router pods of a O(platform=kubernetes) site. This version runs one.
@@ -356,6 +367,7 @@ def argument_spec() -> dict:
         },
         "router_user": {"type": "str", "default": "skiff"},
         "image": {"type": "str"},
+        "outside_dialers": {"type": "list", "elements": "str", "default": []},
         "replicas": {"type": "int", "default": 1},
         "kube": {
             "type": "dict",

@@ -59,6 +59,18 @@ def test_a_site_that_leaves_is_revoked_by_prune_and_by_decommission(tmp_path) ->
         assert accepted(base_dir, "east") == ["west"]
         until(lambda: link_up(base_dir, "north", ports["north"], "west"), "north linked")
 
+        # --limit west with a new link port for west: north (outside the run) dials it,
+        # so the run stops before changing anything and names north.
+        moved = {k: dict(v) for k, v in hosts.items()}
+        moved["west"]["skiff_link_endpoint"] = {"host": "127.0.0.1", "port": free_ports(1)[0]}
+        moved_inventory = write_inventory(tmp_path / "moved.yml", moved, base_dir)
+        config = (base_dir / "west" / "router.json").read_bytes()
+        limited = run_playbook(moved_inventory, "site.yml", "--limit", "west")
+        assert limited.returncode != 0
+        assert "which the sites dialing it outside this run depend on: north" in limited.output
+        assert (base_dir / "west" / "router.json").read_bytes() == config
+        assert link_up(base_dir, "north", ports["north"], "west")
+
         # north leaves the inventory (its router still runs): west prunes its token.
         without_north = {k: v for k, v in hosts.items() if k != "north"}
         smaller = write_inventory(tmp_path / "without-north.yml", without_north, base_dir)

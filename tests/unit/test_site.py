@@ -270,3 +270,32 @@ def test_edge_mode_is_written_and_interior_stays_implicit(tmp_path, services, fl
     assert edge.diff["after"]["config"]["mode"] == "edge"
     with pytest.raises(SkiffError, match="mode: an edge router accepts no links"):
         run_site(params(tmp_path, mode="edge", **ACCEPTING), False, **services)
+
+
+def test_a_limited_run_never_moves_what_outside_dialers_depend_on(tmp_path, services, fleet):
+    run_site(params(tmp_path, **ACCEPTING), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    before = paths.config.read_bytes()
+    moved = dict(link_access=True, link_endpoint={"host": "127.0.0.1", "port": 55672})
+    for check_mode in (True, False):
+        with pytest.raises(SkiffError) as err:
+            run_site(
+                params(tmp_path, outside_dialers=("west", "north"), **moved), check_mode, **services
+            )
+        assert str(err.value) == (
+            "site 'east': link_endpoint: this run would move the link endpoint from "
+            "127.0.0.1:55671 to 127.0.0.1:55672, which the sites dialing it outside this run "
+            "depend on: north, west; add them to the run (--limit) so they get new tokens in it"
+        )
+    with pytest.raises(SkiffError, match="this run would stop accepting links"):
+        run_site(params(tmp_path, outside_dialers=("west",)), False, **services)
+    assert paths.config.read_bytes() == before
+    assert fleet[paths.root].calls == ["check_config", "start"]
+    # Unchanged endpoint: nothing stops a limited run; with every dialer in it, it moves.
+    ok = run_site(
+        params(tmp_path, outside_dialers=("west",), log_level="debug", **ACCEPTING),
+        False,
+        **services,
+    )
+    assert ok.changed
+    assert run_site(params(tmp_path, **moved), False, **services).changed
