@@ -214,6 +214,19 @@ def owned_sections(config: dict[str, Any]) -> dict[str, Any]:
     return {key: config[key] for key in SITE_SECTIONS if key in config}
 
 
+def link_access_problem(status: dict[str, Any]) -> str | None:
+    """After a start or reload: link access the router could not bind is a failure
+    (the router would run, not ready, and no site could link here)."""
+    access = status.get("link_access") or {}
+    if access.get("state") != "error":
+        return None
+    return (
+        f"cannot accept links on {access.get('host')}:{access.get('port')} "
+        f"({access.get('error') or 'unknown error'}); choose a free port "
+        "(link_endpoint.port) or stop what holds it"
+    )
+
+
 def admin_url(admin: dict[str, Any]) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin["host"], admin["host"])
     return f"http://[{host}]:{admin['port']}" if ":" in host else f"http://{host}:{admin['port']}"
@@ -418,7 +431,15 @@ class SiteRunner:
             except SkiffError as failure:
                 raise self._restart_previous(platform, failure, previous, data) from None
         elif config_changed or drifted or tls_changed:
-            applier.reload(data, previous if config_changed else None, previous_error)
+            try:
+                applier.reload(
+                    data, previous if config_changed else None, previous_error, link_access_problem
+                )
+            except SkiffError:
+                # The previous config is back in force: so are the endpoints tokens carry.
+                if current_meta is not None:
+                    self.store.write_metadata(current_meta)
+                raise
 
     def _guard_outside_dialers(
         self,
@@ -477,7 +498,10 @@ class SiteRunner:
     def _start(self, platform: Platform, data: bytes) -> None:
         platform.start()
         try:
-            self.wait(platform, sha256_bytes(data), site=self.params.name)
+            status = self.wait(platform, sha256_bytes(data), site=self.params.name)
+            problem = link_access_problem(status or {})
+            if problem:
+                raise SkiffError(problem, site=self.params.name, field="link_endpoint")
         except SkiffError:
             # A router that never became ready must not stay behind crash-looping.
             platform.stop()

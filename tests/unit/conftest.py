@@ -109,8 +109,18 @@ class FakePlatform(Platform):
                     error="address already in use" if busy else None,
                 )
             )
+        access = config.get("link_access")
+        if access is not None:
+            busy = access["port"] in self.busy_ports
+            access = {
+                "host": access["host"],
+                "port": access["port"],
+                "state": "error" if busy else "listening",
+                "error": "Address already in use" if busy else None,
+            }
         return {
             "site": config.get("site"),
+            "link_access": access,
             "config": {
                 "path": str(self.paths.config),
                 "sha256": sha256_bytes(self.in_force or b""),

@@ -299,3 +299,29 @@ def test_a_limited_run_never_moves_what_outside_dialers_depend_on(tmp_path, serv
     )
     assert ok.changed
     assert run_site(params(tmp_path, **moved), False, **services).changed
+
+
+def test_a_link_port_in_use_fails_the_run_and_leaves_nothing_half_up(tmp_path, services, fleet):
+    """A new site whose link port is taken used to pass while its router was not ready."""
+    paths = SitePaths(tmp_path / "east")
+    fleet.factory("fake", paths, None).busy_ports.add(55671)
+    with pytest.raises(SkiffError) as err:
+        run_site(params(tmp_path, **ACCEPTING), False, **services)
+    assert str(err.value) == (
+        "site 'east': link_endpoint: cannot accept links on 0.0.0.0:55671 (Address already "
+        "in use); choose a free port (link_endpoint.port) or stop what holds it"
+    )
+    assert fleet[paths.root].calls[-1] == "stop" and not fleet[paths.root].running
+    # A running site moved to a taken port: the previous config is back in force.
+    fleet[paths.root].busy_ports.clear()
+    run_site(params(tmp_path, **ACCEPTING), False, **services)
+    before = paths.config.read_bytes()
+    fleet[paths.root].busy_ports.add(55672)
+    moved = dict(link_access=True, link_endpoint={"host": "127.0.0.1", "port": 55672})
+    with pytest.raises(SkiffError, match=r"cannot accept links on 0\.0\.0\.0:55672") as err:
+        run_site(params(tmp_path, **moved), False, **services)
+    assert "the previous config was restored" in str(err.value)
+    assert paths.config.read_bytes() == before
+    endpoints = json.loads(paths.metadata.read_text())["link_endpoints"]
+    assert endpoints == [{"host": "127.0.0.1", "port": 55671}]
+    assert fleet[paths.root].running
