@@ -11,6 +11,7 @@ fails, removed after the router let go of them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     SiteMetadata,
     SitePaths,
     SiteStore,
+    site_lock,
 )
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
@@ -138,8 +140,10 @@ class SiteConfigRunner:
         context: str | None = None,
     ) -> Result:
         """Reconcile and apply; SkiffErrors name the site (and `context`, e.g. "listener 'db'")."""
+        lock = contextlib.nullcontext() if self.check_mode else site_lock(self.store.paths)
         try:
-            return self._run(wanted, verify, credentials)
+            with lock:
+                return self._run(wanted, verify, credentials)
         except SkiffError as exc:
             if context and context not in str(exc):
                 exc.with_context(field=context)

@@ -9,6 +9,7 @@ kept; in the platform's config store), and a running router.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     dump_json,
     ensure_dir,
     sha256_bytes,
+    site_lock,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
     DEFAULT_LINK_PORT,
@@ -252,11 +254,15 @@ class SiteRunner:
         self.result = Result()
 
     def run(self) -> Result:
+        present = self.params.state != "absent"
+        # A site not created yet has nothing another run could lose.
+        lock = contextlib.nullcontext() if self.check_mode else site_lock(self.paths)
         try:
-            if self.params.state == "absent":
-                self.absent()
-            else:
-                self.present()
+            with lock:
+                if present:
+                    self.present()
+                else:
+                    self.absent()
         except SkiffError as exc:
             raise exc.with_context(site=self.params.name) from None
         return self.result

@@ -15,13 +15,16 @@ elsewhere (kubernetes: a ConfigMap and Secrets) brings its own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,38 @@ def ensure_dir(path: Path, mode: int = DIR_MODE) -> bool:
         os.chmod(path, mode)
         changed = True
     return changed
+
+
+SITE_LOCK_SECONDS = 300.0
+
+
+@contextlib.contextmanager
+def site_lock(paths: SitePaths, *, timeout: float = SITE_LOCK_SECONDS) -> Iterator[None]:
+    """One module run changes a site at a time: two runs at once used to read the same
+    config and each write back its own change, losing the other's. Waits for the
+    other run; fails after `timeout`. Nothing to lock (and nothing is created) for a
+    site directory that does not exist yet."""
+    if not paths.root.is_dir():
+        yield
+        return
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, KEY_MODE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SkiffError(
+                        f"another run has been changing {paths.root} for {timeout:g} s; "
+                        "wait for it to end, then run again",
+                        field="site",
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -170,6 +205,10 @@ class SitePaths:
     @property
     def admin_token(self) -> Path:
         return self.admin_dir / "token"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "site.lock"
 
     @property
     def run_dir(self) -> Path:

@@ -9,6 +9,7 @@ issues a new client certificate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     SiteStore,
     canonical_order,
     dump_json,
+    site_lock,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import VERSION, Token
 
@@ -285,9 +287,12 @@ def sync_link_clients(
 def run_token(params: TokenParams, check_mode: bool, **services: Any) -> Result:
     wait = services.pop("wait", wait_for_config)
     sync = {k: v for k, v in services.items() if k in ("now", "platform_factory")}
+    paths = SitePaths.for_site(params.base_dir, params.site)
+    lock = contextlib.nullcontext() if check_mode else site_lock(paths)
     try:
-        result = _run_tokens(params, check_mode, **services)
-        sync_link_clients(params, check_mode, result, wait=wait, **sync)
+        with lock:
+            result = _run_tokens(params, check_mode, **services)
+            sync_link_clients(params, check_mode, result, wait=wait, **sync)
     except SkiffError as exc:
         raise exc.with_context(site=params.site) from None
     return result

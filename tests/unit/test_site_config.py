@@ -299,3 +299,52 @@ def test_reconcile_never_re_points_a_link_at_another_site(sites, services):
     with pytest.raises(SkiffError, match="link 'east': token: this link leads to site 'east'"):
         run_reconcile(everything(west, tokens, links=swapped), False, **services)
     assert config(west) == before
+
+
+def test_a_second_run_waits_for_the_first_and_keeps_its_change(sites, services):
+    """Two runs at once used to read the same config and lose each other's change."""
+    import threading
+
+    from ansible_collections.skiff.fleet.plugins.module_utils.store import site_lock
+
+    west, _tokens = sites
+    add_db = SiteConfigParams(
+        site="west", base_dir=str(west.root.parent), listeners=({"name": "db", "port": 15432},)
+    )
+    finished = threading.Event()
+    errors: list[BaseException] = []
+
+    def second_run() -> None:
+        try:
+            run_reconcile(add_db, False, **services)
+        except BaseException as exc:
+            errors.append(exc)
+        finished.set()
+
+    with site_lock(west):  # the first run, still changing the site
+        worker = threading.Thread(target=second_run)
+        worker.start()
+        assert not finished.wait(0.5)
+        assert "listeners" not in config(west)
+        # What the first run writes while it holds the lock survives the second.
+        first = config(west)
+        first["listeners"] = [
+            {"name": "web", "routing_key": "web", "host": "127.0.0.1", "port": 18080}
+        ]
+        west.config.write_text(json.dumps(first))
+    worker.join(10)
+    assert finished.is_set() and not errors, errors
+    assert sorted(x["name"] for x in config(west)["listeners"]) == ["db", "web"]
+    assert (west.lock.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_run_that_cannot_get_the_site_says_so(sites):
+    from ansible_collections.skiff.fleet.plugins.module_utils.store import site_lock
+
+    west, _tokens = sites
+    with (
+        site_lock(west),
+        pytest.raises(SkiffError, match="another run has been changing"),
+        site_lock(west, timeout=0.3),
+    ):
+        pass
