@@ -589,3 +589,30 @@ def test_connector_by_host_name_is_looked_up_once_and_falls_back(tmp_path: Path)
                 assert rs["east"].status()["connectors"][0]["error"] is None
 
     run(main())
+
+
+def test_link_access_is_starting_not_failed_while_a_reload_reopens_it(tmp_path: Path) -> None:
+    """A status read between closing and reopening the link port (a reload of renewed
+    TLS files) said "error" with no error, which failed a site.yml run."""
+
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        async with routers(east) as rs:
+            r = rs["east"]
+            assert r.status()["link_access"]["state"] == "listening"
+            await r._stop_access(keep_links=True)  # what ReloadAccessTls does first
+            assert r.status()["link_access"]["state"] == "starting"
+            await r._start_access()
+            assert r.status()["link_access"]["state"] == "listening"
+            # A port someone else holds is an error, with the reason.
+            await r._stop_access(keep_links=True)
+            assert east.link_port is not None
+            holder = await asyncio.start_server(lambda _r, _w: None, "0.0.0.0", east.link_port)
+            try:
+                await r._start_access()
+                access = r.status()["link_access"]
+                assert access["state"] == "error" and access["error"]
+            finally:
+                holder.close()
+
+    run(main())

@@ -260,7 +260,7 @@ class Router:
         self.reloads = 0
         self.rbuf = memoryview(bytearray(HEADER_SIZE + MAX_DATA))
         self._tls_sha: dict[str, str | None] = {}
-        self._expiry: dict[str, tuple[tuple[int, int, int], int | None]] = {}
+        self._expiry: dict[str, tuple[str, int | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -907,21 +907,22 @@ class Router:
         return [(kind, name, self._not_after(path)) for kind, name, path in files]
 
     def _not_after(self, path: str) -> int | None:
-        """Read again only when the file changed (a scrape is every few seconds)."""
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        key = (info.st_ino, info.st_mtime_ns, info.st_size)
-        cached = self._expiry.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        """Parsed again only when the content changed (a scrape is every few seconds;
+        a rewrite within one file-timestamp tick keeps mtime and size, so the bytes decide)."""
         try:
             with open(path, "rb") as f:
-                value: int | None = tls.not_after(f.read())
-        except (OSError, ValueError, IndexError):
+                pem = f.read()
+        except OSError:
+            return None
+        sha = hashlib.sha256(pem).hexdigest()
+        cached = self._expiry.get(path)
+        if cached is not None and cached[0] == sha:
+            return cached[1]
+        try:
+            value: int | None = tls.not_after(pem)
+        except (ValueError, IndexError):
             value = None
-        self._expiry[path] = (key, value)
+        self._expiry[path] = (sha, value)
         return value
 
     def links_status(self) -> list[dict[str, Any]]:
@@ -1009,8 +1010,14 @@ class Router:
             else {
                 "host": acc.host,
                 "port": acc.port,
+                # Between closing and reopening the port on a reload it is "starting",
+                # not "error": a caller polling then must not see a failure.
                 "state": (
-                    BindState.LISTENING if self.access_server is not None else BindState.ERROR
+                    BindState.LISTENING
+                    if self.access_server is not None
+                    else BindState.ERROR
+                    if self.access_error
+                    else BindState.STARTING
                 ).value,
                 "error": self.access_error,
                 "clients": None if cfg.link_clients is None else len(cfg.link_clients),
