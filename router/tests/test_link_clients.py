@@ -52,10 +52,10 @@ def test_only_listed_certificates_link_and_a_revoked_one_is_dropped(tmp_path: Pa
                 # The token is deleted: the list no longer names west's certificate.
                 east.extra["link_clients"] = []
                 east.write()
-                started = time.monotonic()
                 assert await e.reload()
-                await wait_for(lambda: not link_up(rs["west"], "east"), 5, "west's link closed")
-                assert time.monotonic() - started < 5
+                # Closed by the reload itself (no timer involved); the bound is only a
+                # guard for a loaded machine, never a measurement.
+                await wait_for(lambda: not link_up(rs["west"], "east"), TIMEOUT, "link closed")
                 refused = e.status()["link_access"]["refused_credentials"]
                 # West redials and is refused each time; it never comes back.
                 await wait_for(
@@ -87,7 +87,7 @@ def test_a_superseded_certificate_links_until_its_not_after(tmp_path: Path) -> N
             east.extra["link_clients"][1]["not_after"] = int(time.time()) - 1
             east.write()
             assert await e.reload()
-            await wait_for(lambda: not link_up(rs["west"], "east"), 5, "past its not_after")
+            await wait_for(lambda: not link_up(rs["west"], "east"), TIMEOUT, "past its not_after")
             assert e.status()["links"] == []
 
     run(main())
