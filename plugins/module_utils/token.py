@@ -182,10 +182,7 @@ class TokenRunner:
 
     def _superseded(self, cert_pem: bytes | None) -> dict[str, Any] | None:
         """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more."""
-        try:
-            fingerprint = pki.describe(cert_pem)["sha256_fingerprint"] if cert_pem else None
-        except ValueError:
-            return None
+        fingerprint = _fingerprint(cert_pem)
         if fingerprint is None:
             return None
         until = (self.now or datetime.now(UTC)) + SUPERSEDED_GRACE
@@ -220,16 +217,23 @@ class TokenRunner:
         return result
 
 
+def _fingerprint(cert_pem: bytes | None) -> str | None:
+    """SHA-256 of a kept certificate; None when there is none or it is unreadable."""
+    if not cert_pem:
+        return None
+    try:
+        return str(pki.describe(cert_pem)["sha256_fingerprint"])
+    except ValueError:
+        return None
+
+
 def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]]:
     """`link_clients` of the router config: the certificate of every token kept, and
     the superseded certificates still in their grace period."""
     out: list[dict[str, Any]] = []
     for name in secrets.token_names():
         kept = secrets.token(name)
-        try:
-            fingerprint = pki.describe(kept.cert)["sha256_fingerprint"] if kept.cert else None
-        except ValueError:
-            fingerprint = None
+        fingerprint = _fingerprint(kept.cert)
         if fingerprint is not None:
             out.append({"name": name, "sha256": fingerprint})
         superseded = (_parse_json(kept.info) or {}).get("superseded") or {}
