@@ -208,12 +208,15 @@ def agent_config(spec: KubeSite) -> dict[str, Any]:
     return config
 
 
+def agent_json(spec: KubeSite) -> str:
+    return json.dumps(agent_config(spec), indent=2) + "\n"
+
+
 def config_map(spec: KubeSite, router_json: bytes) -> dict[str, Any]:
-    agent_json = json.dumps(agent_config(spec), indent=2) + "\n"
     return _object(
         "ConfigMap",
         _meta(spec, ROUTER, "router"),
-        data={CONFIG_KEY: router_json.decode(), AGENT_CONFIG_KEY: agent_json},
+        data={CONFIG_KEY: router_json.decode(), AGENT_CONFIG_KEY: agent_json(spec)},
     )
 
 
@@ -232,9 +235,10 @@ def secret_data(obj: dict[str, Any] | None) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in encoded.items()}
 
 
-def refresh_value(router_json: bytes, mounted: dict[str, dict[str, bytes]]) -> str:
-    """The refresh annotation: changes whenever the config or a mounted Secret does."""
-    digest = hashlib.sha256(router_json)
+def refresh_value(mounted: dict[str, dict[str, bytes]]) -> str:
+    """The refresh annotation: changes whenever a file of the mounted ConfigMap
+    (router and agent config) or Secrets does."""
+    digest = hashlib.sha256()
     for name in sorted(mounted):
         for key in sorted(mounted[name]):
             digest.update(f"\0{name}/{key}\0".encode())

@@ -411,6 +411,7 @@ class KubernetesPlatform(Platform):
         self._secrets = KubeSecretStore(self)
         self._changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]] = []
         self._stale_link_service = False
+        self._stale_agent_config: tuple[str, str] | None = None  # (live, wanted) agent.json
         self._planned = False
 
     def _validate(self, options: dict[str, Any]) -> None:
@@ -453,6 +454,9 @@ class KubernetesPlatform(Platform):
                 str(k): str(v) for k, v in (options.get("service_annotations") or {}).items()
             },
             resources=dict(options.get("resources") or {}),
+            selector_connectors=tuple(
+                _selector_connector(item) for item in options.get("connectors") or []
+            ),
         )
 
     # -- capabilities --------------------------------------------------------------------------
@@ -556,8 +560,28 @@ class KubernetesPlatform(Platform):
         )
         if self._stale_link_service:
             actions.append((f"delete Service {km.LINK_SERVICE}", False))
+        self._stale_agent_config = self._plan_agent_config()
+        if self._stale_agent_config:
+            actions.append(
+                (
+                    f"update ConfigMap {km.ROUTER} ({km.AGENT_CONFIG_KEY}: selector connectors)",
+                    False,
+                )
+            )
         self._planned = True
         return actions
+
+    def _plan_agent_config(self) -> tuple[str, str] | None:
+        """(live, wanted) agent.json when the ConfigMap exists and its agent config
+        differs; a new ConfigMap gets the wanted one with the router config."""
+        wanted = km.agent_json(self.spec)
+        if self.spec.selector_connectors:
+            self._check_agent_config(wanted.encode())
+        live = self.objects.get("ConfigMap", km.ROUTER)
+        if live is None:
+            return None
+        current = str((live.get("data") or {}).get(km.AGENT_CONFIG_KEY) or "")
+        return None if current == wanted else (current, wanted)
 
     def diff(self) -> dict[str, Any]:
         if not self._planned:
@@ -569,6 +593,10 @@ class KubernetesPlatform(Platform):
         if self._stale_link_service:
             before[f"Service/{km.LINK_SERVICE}"] = {"exists": True}
             after[f"Service/{km.LINK_SERVICE}"] = {}
+        if self._stale_agent_config:
+            live, wanted = (json.loads(text or "{}") for text in self._stale_agent_config)
+            before[f"ConfigMap/{km.ROUTER}"] = {km.AGENT_CONFIG_KEY: live}
+            after[f"ConfigMap/{km.ROUTER}"] = {km.AGENT_CONFIG_KEY: wanted}
         return {"before": before, "after": after} if before or after else {}
 
     def install(self) -> None:
@@ -579,6 +607,10 @@ class KubernetesPlatform(Platform):
         self.objects.put([obj for obj, _unused, _unused in changes])
         if self._stale_link_service:
             self.objects.remove("Service", km.LINK_SERVICE)
+        if self._stale_agent_config:
+            # No rollout: the agent takes the connectors of the changed file.
+            self.objects.put([km.config_map(self.spec, self.config.read() or b"")])
+            self.reload()
         self._planned = False
         if self.applies and existed:
             # A new image or new resources roll the Deployment: wait until it is done.
@@ -697,7 +729,9 @@ class KubernetesPlatform(Platform):
         mounted = {
             name: km.secret_data(self.objects.get("Secret", name)) for name in km.MOUNTED_SECRETS
         }
-        return km.refresh_value(self.config.read() or b"", mounted)
+        files = (self.objects.get("ConfigMap", km.ROUTER) or {}).get("data") or {}
+        mounted[f"configmap/{km.ROUTER}"] = {k: str(v).encode() for k, v in files.items()}
+        return km.refresh_value(mounted)
 
     def reload(self) -> None:
         if self.api is None:
@@ -748,7 +782,20 @@ class KubernetesPlatform(Platform):
     # -- config check -------------------------------------------------------------------------
 
     def check_config(self, data: bytes) -> list[str]:
-        return self._router_check(data) + self.kube_problems(json.loads(data))
+        return self._router_check(["check-config"], "router.json", data) + self.kube_problems(
+            json.loads(data)
+        )
+
+    def _check_agent_config(self, data: bytes) -> None:
+        problems = self._router_check(["kube-agent", "--check", "--config"], "agent.json", data)
+        if problems:
+            names = [str(c["name"]) for c in self.spec.selector_connectors]
+            raise SkiffError(
+                f"site {self.metadata.name}: the agent refuses its connectors by pod selector "
+                f"({'; '.join(_name_connectors(problems, names))}); fix those entries of "
+                "skiff_connectors",
+                field="kube.connectors",
+            )
 
     def kube_problems(self, config: dict[str, Any]) -> list[str]:
         """What the router accepts but a pod behind Services cannot serve."""
@@ -777,8 +824,8 @@ class KubernetesPlatform(Platform):
                 problems.append(f"{where}.port: {clash}")
         return problems
 
-    def _router_check(self, data: bytes) -> list[str]:
-        """The router's own check-config, run on the controller."""
+    def _router_check(self, command: list[str], name: str, data: bytes) -> list[str]:
+        """The router's own check of a config file (`command FILE`), run on the controller."""
         python = self.metadata.router_python or "python3"
         env = dict(os.environ)
         router_path = self.metadata.options.get("router_path")
@@ -787,11 +834,11 @@ class KubernetesPlatform(Platform):
                 p for p in (str(router_path), env.get("PYTHONPATH", "")) if p
             )
         with tempfile.TemporaryDirectory(prefix="skiff-check-") as folder:
-            path = Path(folder) / "router.json"
+            path = Path(folder) / name
             path.write_bytes(data)
             try:
                 done = subprocess.run(
-                    [python, "-m", "skiff_router", "check-config", str(path)],
+                    [python, "-m", "skiff_router", *command, str(path)],
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
@@ -801,7 +848,7 @@ class KubernetesPlatform(Platform):
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise SkiffError(
-                    f"cannot run {python} -m skiff_router check-config on the controller "
+                    f"cannot run {python} -m skiff_router {command[0]} on the controller "
                     f"({exc}); set router_python to a Python that has skiff_router",
                     field="router_python",
                 ) from None
@@ -809,12 +856,30 @@ class KubernetesPlatform(Platform):
         if problems is None:
             detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise SkiffError(
-                f"{python} -m skiff_router check-config failed on the controller (exit "
+                f"{python} -m skiff_router {command[0]} failed on the controller (exit "
                 f"{done.returncode}: {detail}); set router_python to a Python that has "
                 "skiff_router (the role points it at the bundled router)",
                 field="router_python",
             )
         return problems
+
+
+def _selector_connector(item: dict[str, Any]) -> dict[str, Any]:
+    """A connector by pod selector as the agent's config has it (`routing_key`
+    defaults to the name)."""
+    out = {k: v for k, v in item.items() if v is not None}
+    out.setdefault("routing_key", out.get("name"))
+    return out
+
+
+def _name_connectors(problems: list[str], names: list[str]) -> list[str]:
+    """`connectors[1].port: ...` -> `connector 'db' (connectors[1]).port: ...`."""
+
+    def named(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return f"connector {names[index]!r}" if index < len(names) else match.group(0)
+
+    return [re.sub(r"^connectors\[(\d+)\]", named, line) for line in problems]
 
 
 def _rolled_out(deployment: dict[str, Any]) -> bool:

@@ -109,7 +109,9 @@ def platform_options(params: SiteParams, *, strict: bool = True) -> dict[str, An
     if params.platform == "kubernetes":
         options["replicas"] = params.replicas
         options["admin_port"] = params.admin_port
-        options.update({k: v for k, v in (params.kube or {}).items() if v not in (None, "", {})})
+        options.update(
+            {k: v for k, v in (params.kube or {}).items() if v not in (None, "", {}, [])}
+        )
     elif params.replicas != 1 and strict:
         raise SkiffError(
             f"platform {params.platform} runs one router per site; replicas need "

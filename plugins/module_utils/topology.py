@@ -227,12 +227,41 @@ def _check_services(site: SiteVars, var: str) -> None:
                 f"{where}.distribution",
                 f"must be {' or '.join(vocabulary.DISTRIBUTIONS)}, got {distribution!r}",
             )
-        if var == "skiff_connectors" and not service.get("host"):
-            site.problem(f"{where}.host", "is required: the host the connector sends flows to")
+        if var == "skiff_connectors":
+            _check_connector_target(site, where, service)
         if not _is_port(service.get("port")):
             site.problem(
                 f"{where}.port", f"must be an integer 1-65535, got {service.get('port')!r}"
             )
+
+
+def _check_connector_target(site: SiteVars, where: str, connector: dict[str, Any]) -> None:
+    selector = connector.get("selector")
+    if selector is None:
+        if not connector.get("host"):
+            site.problem(
+                f"{where}.host",
+                "is required: the host the connector sends flows to (or, on platform "
+                "kubernetes, a selector of pods)",
+            )
+        return
+    if site.get("skiff_platform", "local") != "kubernetes":
+        site.problem(
+            f"{where}.selector",
+            "selects pods, which only platform kubernetes has; give host instead",
+        )
+    elif connector.get("host"):
+        site.problem(f"{where}.selector", "give host or selector, not both")
+    elif not isinstance(selector, dict) or not (
+        selector.get("matchLabels") or selector.get("matchExpressions")
+    ):
+        site.problem(
+            f"{where}.selector",
+            "must be a label selector with matchLabels and/or matchExpressions (an empty "
+            "one would match every pod of the namespace)",
+        )
+    elif connector.get("tls"):
+        site.problem(f"{where}.tls", "is not supported with selector yet; use host")
 
 
 def _check_listener_keys(site: SiteVars, where: str, listener: dict[str, Any]) -> None:

@@ -170,6 +170,35 @@ options:
           - Directory with the C(skiff_router) package for C(check-config) on the
             controller, when O(router_python) does not have it installed.
         type: path
+      connectors:
+        description:
+          - Connectors whose targets are the ready pods of the namespace matching
+            O(kube.connectors[].selector), followed live by the agent beside the
+            router (a pod watch) and balanced over them. A change reaches the
+            running agent without a rollout. The role fills it from the entries
+            of C(skiff_connectors) that have a C(selector).
+        type: list
+        elements: dict
+        default: []
+        version_added: 0.2.0
+        suboptions:
+          name:
+            description: Unique among the site's connectors.
+            type: str
+            required: true
+          routing_key:
+            description: Defaults to O(kube.connectors[].name).
+            type: str
+          selector:
+            description:
+              - A Kubernetes LabelSelector (C(matchLabels) and/or C(matchExpressions));
+                an empty one is refused (it would match every pod).
+            type: dict
+            required: true
+          port:
+            description: Port of the pods (1-65535).
+            type: int
+            required: true
   link_access:
     description:
       - Whether other sites may link to this one (the site then accepts
@@ -387,6 +416,17 @@ def argument_spec() -> dict:
                 "force_conflicts": {"type": "bool", "default": False},
                 "rollout_timeout": {"type": "int", "default": 300},
                 "router_path": {"type": "path"},
+                "connectors": {
+                    "type": "list",
+                    "elements": "dict",
+                    "default": [],
+                    "options": {
+                        "name": {"type": "str", "required": True},
+                        "routing_key": {"type": "str", "no_log": False},
+                        "selector": {"type": "dict", "required": True},
+                        "port": {"type": "int", "required": True},
+                    },
+                },
             },
         },
         "link_access": {"type": "bool", "default": False},

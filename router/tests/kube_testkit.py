@@ -41,6 +41,7 @@ def agent_for(
     site: str = "west",
     admin_port: int | None = None,
     tuning: Tuning = FAST,
+    config_path: Path | None = None,
     **over: Any,
 ) -> Agent:
     data: dict[str, Any] = {
@@ -54,7 +55,11 @@ def agent_for(
         "ttl": 3,
     }
     data.update(over)
-    return Agent(validate(data), client(srv), tuning)
+    if config_path is None:
+        return Agent(validate(data), client(srv), tuning)
+    # From a file, as in the pod: a changed file's connectors apply while it runs.
+    config_path.write_text(json.dumps(data))
+    return Agent(validate(data), client(srv), tuning, config_path=str(config_path))
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kube_apiserver import FakeApiServer
@@ -201,6 +202,49 @@ def test_selector_connectors_follow_pods_live(srv: FakeApiServer, tmp_path: Path
             lambda: [p for p in problems(agent) if p["object"] == "connector/db"], "a status entry"
         )
         assert problem[0]["field"] == "selector" and "no ready pod" in problem[0]["message"]
+
+
+def test_changed_config_file_applies_its_connectors_while_running(
+    srv: FakeApiServer, tmp_path: Path
+) -> None:
+    """The platform changes selector connectors in the mounted agent.json with no
+    rollout: the running agent takes them, and keeps them when a new file is bad."""
+    srv.put("pods", NS, ready_pod("db-0", "10.0.0.10", app="db"))
+    srv.put("pods", NS, ready_pod("web-0", "10.0.0.20", app="web"))
+    path = tmp_path / "agent.json"
+
+    def swap(data: dict[str, Any]) -> None:  # as the kubelet does: a new file, renamed
+        (tmp_path / "agent.new").write_text(json.dumps(data))
+        os.replace(tmp_path / "agent.new", path)
+
+    with running(agent_for(srv, tmp_path, expose=False, config_path=path)) as agent:
+        assert agent.pods is None  # no selector connector: no pod watch
+        data = json.loads(path.read_text())
+        swap(dict(data, connectors=DB))
+        eventually(lambda: names(agent, "connectors") == ["db@db-0"], "db connector added")
+
+        web = {"name": "web", "port": 8080, "selector": {"matchLabels": {"app": "web"}}}
+        swap(dict(data, connectors=[*DB, web]))
+        eventually(
+            lambda: names(agent, "connectors") == ["db@db-0", "web@web-0"], "web connector added"
+        )
+
+        # A bad file: the running connectors stay, the status says what is wrong.
+        swap(dict(data, connectors=[dict(web, port=0)]))
+        problem = eventually(
+            lambda: [p for p in problems(agent) if p["object"] == "config"], "a config problem"
+        )
+        assert "connectors[0].port" in problem[0]["message"]
+        assert "keeps its running connectors" in problem[0]["message"]
+        assert names(agent, "connectors") == ["db@db-0", "web@web-0"]
+
+        # A field that needs a restart is named, the connectors still apply.
+        swap(dict(data, connectors=[web], ttl=9))
+        eventually(lambda: names(agent, "connectors") == ["web@web-0"], "db connector removed")
+        problem = eventually(
+            lambda: [p for p in problems(agent) if p["object"] == "config"], "a restart note"
+        )
+        assert problem[0]["message"] == "ttl changed: in force when the agent restarts"
 
 
 def test_forbidden_list_keeps_the_overlay_and_says_what_to_fix(

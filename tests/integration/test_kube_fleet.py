@@ -1,7 +1,7 @@
 """playbooks/site.yml with a kubernetes site in render-only mode beside a local site.
 
 The role wiring end to end: the fleet validation, the site module's kube
-settings, a token issued by the local site and a link written into the kube
+settings (connectors by pod selector into the agent's config), a token issued by the local site and a link written into the kube
 site's Secret and ConfigMap, listeners as Services, no convergence wait for a
 site that runs nothing yet, and a second run that changes nothing (not a byte
 of the manifests).
@@ -40,7 +40,10 @@ def test_render_only_site_in_a_fleet(tmp_path):
             "skiff_link_endpoint": {"host": "shop.example.com", "port": 443},
             "skiff_links": [{"to": "east"}],
             "skiff_listeners": [{"name": "echo", "port": 8080}],
-            "skiff_connectors": [{"name": "orders", "host": "orders.shop.svc", "port": 80}],
+            "skiff_connectors": [
+                {"name": "orders", "host": "orders.shop.svc", "port": 80},
+                {"name": "db", "selector": {"matchLabels": {"app": "db"}}, "port": 5432},
+            ],
         },
     }
     inventory = write_inventory(tmp_path / "hosts.yml", hosts, base_dir)
@@ -61,7 +64,13 @@ def test_render_only_site_in_a_fleet(tmp_path):
         assert config["listeners"] == [
             {"name": "echo", "routing_key": "echo", "host": "0.0.0.0", "port": 8080}
         ]
-        assert config["connectors"][0]["host"] == "orders.shop.svc"
+        assert [c["host"] for c in config["connectors"]] == ["orders.shop.svc"]
+        # The connector by pod selector is the agent's, beside the router's config.
+        agent = json.loads(config_map["data"]["agent.json"])
+        assert agent["connectors"] == [
+            {"name": "db", "routing_key": "db", "selector": {"matchLabels": {"app": "db"}},
+             "port": 5432}
+        ]  # fmt: skip
         links = km.secret_data(
             km.from_yaml((manifests / "shop.secrets" / "skiff-links.yaml").read_bytes())[0]
         )

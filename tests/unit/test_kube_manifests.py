@@ -20,6 +20,7 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
+from skiff_router.kube import config as agent_config
 
 VERSIONS = ("1.30.0", "1.33.0", "1.37.0")
 
@@ -53,7 +54,12 @@ OPTIONS = {
     "selector-connectors": dataclasses.replace(
         BASE,
         selector_connectors=(
-            {"name": "web", "routing_key": "web", "selector": {"app": "web"}, "port": 8080},
+            {
+                "name": "web",
+                "routing_key": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "port": 8080,
+            },
         ),
     ),
 }
@@ -294,12 +300,14 @@ def test_pod_template_does_not_depend_on_links_listeners_or_config():
 
 
 def test_refresh_value_follows_config_and_mounted_secrets():
-    config = b'{"site": "east"}\n'
-    links = {"skiff-links": {"west.tls.key": b"A"}}
-    value = km.refresh_value(config, links)
-    assert value == km.refresh_value(config, {"skiff-links": {"west.tls.key": b"A"}})
-    assert value != km.refresh_value(config, {"skiff-links": {"west.tls.key": b"B"}})
-    assert value != km.refresh_value(b'{"site": "east", "log_level": "debug"}\n', links)
+    config = {"router.json": b'{"site": "east"}\n', "agent.json": b"{}\n"}
+    mounted = {"configmap/skiff-router": config, "skiff-links": {"west.tls.key": b"A"}}
+    value = km.refresh_value(mounted)
+    assert value == km.refresh_value({k: dict(v) for k, v in mounted.items()})
+    assert value != km.refresh_value(dict(mounted, **{"skiff-links": {"west.tls.key": b"B"}}))
+    for key in config:  # the router's config and the agent's each change it
+        changed = dict(config, **{key: config[key] + b" "})
+        assert value != km.refresh_value(dict(mounted, **{"configmap/skiff-router": changed}))
     assert re.fullmatch(r"[0-9a-f]{64}", value)
 
 
@@ -339,3 +347,15 @@ def test_rendering_is_stable_and_round_trips():
     assert "router.json: |\n" in first.decode()
     (config_map,) = [o for o in yaml.safe_load_all(first) if o["kind"] == "ConfigMap"]
     assert json.loads(config_map["data"]["router.json"]) == CONFIG
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_the_agent_accepts_the_config_the_platform_writes(option: str) -> None:
+    """One contract, checked by its reader: agent.json in the ConfigMap is what
+    `skiff-router kube-agent` validates at start and on every change."""
+    spec = OPTIONS[option]
+    data = json.loads(km.config_map(spec, b"{}")["data"][km.AGENT_CONFIG_KEY])
+    parsed = agent_config.validate(data)
+    assert [c.name for c in parsed.connectors] == [c["name"] for c in spec.selector_connectors]
+    assert parsed.router_pod_labels == km.selector_labels(spec)
+    assert parsed.health_port == km.AGENT_HEALTH_PORT

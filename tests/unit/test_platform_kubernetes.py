@@ -488,3 +488,73 @@ def test_render_only_needs_what_no_cluster_can_tell(tmp_path):
     with pytest.raises(SkiffError, match="link_endpoint: host is required in render-only mode"):
         run(lb)
     assert not (tmp_path / "manifests").exists()
+
+
+DB = {"name": "db", "selector": {"matchLabels": {"app": "db"}}, "port": 5432}
+
+
+def test_selector_connectors_reach_the_agent_without_a_rollout(api, tmp_path, kubeconfig):
+    """Connectors by pod selector are the agent's config (agent.json in the ConfigMap):
+    a change is planned, shown in the diff, written and synced into the running pods
+    by the refresh annotation, with the pod template untouched."""
+    run(site(tmp_path, kubeconfig))
+    pods_before = [p["metadata"]["uid"] for p in api.router_pods("east")]
+    template_rv = api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"]
+    router_json = api.get("ConfigMap", "east", "skiff-router")["data"]["router.json"]
+
+    params = site(tmp_path, kubeconfig, kube={"connectors": [DB]})
+    check = run(params, check=True)
+    assert "update ConfigMap skiff-router (agent.json: selector connectors)" in check.actions
+    after = check.diff["after"]["objects"]["ConfigMap/skiff-router"]["agent.json"]
+    assert after["connectors"] == [dict(DB, routing_key="db")]
+    assert (
+        "connectors" not in check.diff["before"]["objects"]["ConfigMap/skiff-router"]["agent.json"]
+    )
+    assert (
+        json.loads(api.get("ConfigMap", "east", "skiff-router")["data"]["agent.json"]).get(
+            "connectors"
+        )
+        is None
+    )  # check mode wrote nothing
+
+    applied = run(params)
+    assert applied.changed
+    data = api.get("ConfigMap", "east", "skiff-router")["data"]
+    assert json.loads(data["agent.json"])["connectors"] == [dict(DB, routing_key="db")]
+    assert data["router.json"] == router_json  # the router's config is not the agent's
+    assert [p["metadata"]["uid"] for p in api.router_pods("east")] == pods_before
+    assert (
+        api.get("Deployment", "east", "skiff-router")["metadata"]["resourceVersion"] == template_rv
+    )
+    for pod in api.router_pods("east"):
+        synced = api.pod_state[("east", pod["metadata"]["name"])].synced
+        assert synced["agent.json"] == data["agent.json"]  # the refresh synced the volume
+
+    assert not run(params, check=True).changed
+    assert not run(params).changed
+    assert json.loads(api.get("ConfigMap", "east", "skiff-router")["data"]["agent.json"])[
+        "connectors"
+    ] == [dict(DB, routing_key="db")]
+
+    # Removing them is a change the same way.
+    removed = run(site(tmp_path, kubeconfig))
+    assert "update ConfigMap skiff-router (agent.json: selector connectors)" in removed.actions
+    assert "connectors" not in json.loads(
+        api.get("ConfigMap", "east", "skiff-router")["data"]["agent.json"]
+    )
+
+
+def test_bad_selector_is_refused_naming_the_connector_before_anything_changes(
+    api, tmp_path, kubeconfig
+):
+    run(site(tmp_path, kubeconfig))
+    writes = len(api.writes())
+    bad = dict(DB, selector={"matchLabels": {"bad key!": "x"}})
+    for check in (True, False):
+        with pytest.raises(SkiffError) as failure:
+            run(site(tmp_path, kubeconfig, kube={"connectors": [bad]}), check=check)
+        text = str(failure.value)
+        assert failure.value.field == "kube.connectors"
+        assert "site east" in text and "connector 'db'" in text
+        assert "selector.matchLabels.bad key!" in text and "skiff_connectors" in text
+    assert len(api.writes()) == writes

@@ -131,6 +131,63 @@ def test_kubernetes_sites_are_accepted_and_bind_no_controller_port() -> None:
     assert problems_after(change) == []
 
 
+SELECTS_DB = {"matchLabels": {"app": "db"}}
+
+
+@pytest.mark.parametrize(
+    ("site", "connector", "problem"),
+    [
+        ("east", {"name": "db", "port": 5432}, "skiff_connectors[1].host: is required"),
+        (
+            "east",
+            {"name": "db", "selector": SELECTS_DB, "port": 5432},
+            "skiff_connectors[1].selector: selects pods, which only platform kubernetes has",
+        ),
+        (
+            "k8s",
+            {"name": "db", "host": "db", "selector": SELECTS_DB, "port": 5432},
+            "skiff_connectors[1].selector: give host or selector, not both",
+        ),
+        (
+            "k8s",
+            {"name": "db", "selector": {}, "port": 5432},
+            "skiff_connectors[1].selector: must be a label selector",
+        ),
+        (
+            "k8s",
+            {"name": "db", "selector": SELECTS_DB, "port": 5432, "tls": {"ca": "/ca.pem"}},
+            "skiff_connectors[1].tls: is not supported with selector",
+        ),
+    ],
+)
+def test_connector_targets_a_host_or_pods_of_a_kubernetes_site(site, connector, problem) -> None:
+    def change(fleet):
+        fleet["k8s"] = {**LOCAL, **KUBE}
+        fleet[site]["skiff_connectors"] = [
+            {"name": "backend", "host": "127.0.0.1", "port": 8080},
+            connector,
+        ]
+
+    found = problems_after(change)
+    assert len(found) == 1 and found[0].startswith(f"host '{site}': {problem}"), found
+
+
+def test_selector_connector_of_a_kubernetes_site_serves_its_key() -> None:
+    def change(fleet):
+        fleet["k8s"] = {
+            **LOCAL,
+            **KUBE,
+            "skiff_links": [{"to": "east"}],
+            "skiff_connectors": [{"name": "db", "selector": SELECTS_DB, "port": 5432}],
+        }
+        fleet["north"]["skiff_listeners"].append({"name": "db", "port": 15432})
+
+    assert problems_after(change) == []
+    fleet = copy.deepcopy(GOOD)
+    change(fleet)
+    assert fleet_findings(fleet, list(fleet)) == []
+
+
 @pytest.mark.parametrize(
     ("values", "problem"),
     [

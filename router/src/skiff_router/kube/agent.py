@@ -32,7 +32,7 @@ from skiff_router import __version__
 from skiff_router import log as logsetup
 from skiff_router.codec import MAX_DATA
 from skiff_router.kube.api import ApiError, KubeApi, in_cluster
-from skiff_router.kube.config import AgentConfig, AgentConfigError, load
+from skiff_router.kube.config import AgentConfig, AgentConfigError, live_update, load, parse
 from skiff_router.kube.exposure import ANNOUNCE_ADDRESS, AnnouncementBook, Problem, encode
 from skiff_router.kube.listwatch import ListRequest, ListWatch, WatchRequest
 from skiff_router.kube.objects import pod_from_api, service_from_api
@@ -354,19 +354,20 @@ class Agent:
         api: KubeApi,
         tuning: Tuning | None = None,
         clock: Callable[[], float] = time.monotonic,
+        config_path: str | None = None,
     ) -> None:
         self.cfg, self.api, self.tuning, self.clock = cfg, api, tuning or Tuning(), clock
+        # The file ``cfg`` came from: a changed file's connectors apply at once (the
+        # platform changes them with no rollout; the kubelet updates the mounted file).
+        self.config_path = config_path
+        self.config_bytes = _read_or_none(config_path)
         self.stop_event = threading.Event()
         self.events: queue.Queue[Any] = queue.Queue()
         self.book = AnnouncementBook(cfg.site)
         self.overlay = OverlayFile(cfg.overlay)
         self.admin = RouterAdmin(cfg.router_admin)
         notify = self._notify
-        self.pods = (
-            Watcher(api, "pods", cfg.namespace, pod_from_api, notify, self.stop_event, self.tuning)
-            if cfg.connectors
-            else None
-        )
+        self.pods = self._pod_watcher() if cfg.connectors else None
         self.services = (
             Watcher(
                 api,
@@ -399,6 +400,17 @@ class Agent:
         self._status: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
         self._change_pending = False
+
+    def _pod_watcher(self) -> Watcher:
+        return Watcher(
+            self.api,
+            "pods",
+            self.cfg.namespace,
+            pod_from_api,
+            self._notify,
+            self.stop_event,
+            self.tuning,
+        )
 
     def _notify(self) -> None:
         # One pending notice is enough: the main loop reads the caches, not the events.
@@ -501,6 +513,7 @@ class Agent:
             if self.stop_event.is_set():
                 return
             try:
+                self._check_config()
                 for _round in range(3):  # our own writes change the caches: plan again at once
                     if not self.step():
                         break
@@ -532,6 +545,44 @@ class Agent:
             _unused, problem = self.book.receive(origin, payload, now)
             if problem is not None:
                 log.warning("%s", problem)
+
+    def _check_config(self) -> None:
+        """Take the connectors of a changed config file; keep the running ones when the
+        file cannot be read or is not valid (the problem says why)."""
+        if self.config_path is None:
+            return
+        raw = _read_or_none(self.config_path)
+        if raw is None or raw == self.config_bytes:
+            return
+        self.config_bytes = raw
+        self.other_problems.pop("config", None)
+        try:
+            new = parse(raw)
+        except AgentConfigError as exc:
+            self.other_problems["config"] = Problem(
+                "config",
+                self.config_path,
+                f"{'; '.join(exc.lines())}; the agent keeps its running connectors",
+            )
+            return
+        cfg, waiting = live_update(self.cfg, new)
+        if waiting:
+            self.other_problems["config"] = Problem(
+                "config",
+                self.config_path,
+                f"{', '.join(waiting)} changed: in force when the agent restarts",
+            )
+        if cfg.connectors != self.cfg.connectors:
+            log.info(
+                "config changed: %d selector connectors (%s)",
+                len(cfg.connectors),
+                ", ".join(c.name for c in cfg.connectors) or "none",
+            )
+        self.cfg = cfg
+        if cfg.connectors and self.pods is None:
+            self.pods = self._pod_watcher()
+            self.pods.start()
+            self._threads.append(self.pods)
 
     def step(self) -> bool:
         """One turn: plan, write the overlay, act, announce. True when an action changed
@@ -726,6 +777,15 @@ class Agent:
             return dict(self._status)
 
 
+def _read_or_none(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None  # between the kubelet's swaps, or gone: the running config stays
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -737,6 +797,11 @@ def register(sub: Any) -> None:
     p.add_argument("--token-file", help="default: the pod's service-account token")
     p.add_argument("--ca-file", help="default: the pod's service-account CA")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and exit (2 and one line per problem when it is not valid)",
+    )
     p.set_defaults(func=main)
 
 
@@ -748,12 +813,14 @@ def main(args: argparse.Namespace) -> int:
         for line in exc.lines():
             print(f"{args.config}: {line}", flush=True)
         return 2
+    if args.check:
+        return 0
     try:
         api = KubeApi(in_cluster(args.api_url, args.token_file, args.ca_file))
     except ApiError as exc:
         print(f"kube-agent: {exc.message}", flush=True)
         return 2
-    agent = Agent(cfg, api)
+    agent = Agent(cfg, api, config_path=args.config)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())

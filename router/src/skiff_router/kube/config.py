@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ NAMESPACE_RE = SITE_RE  # a DNS-1123 label
 CONNECTOR_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # as the modules' names
 ANNOUNCE_INTERVAL = 10.0  # docs/design.md: announcements repeated every 10 s
 ANNOUNCE_TTL = 30
+# What a running agent takes from a changed config file; the rest waits for a restart
+# (the platform changes only these between rollouts).
+LIVE_FIELDS = ("connectors",)
 
 
 class AgentConfigError(Exception):
@@ -226,13 +229,28 @@ def validate(data: Any) -> AgentConfig:
     )
 
 
-def load(path: str | Path) -> AgentConfig:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise AgentConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
+def parse(raw: bytes) -> AgentConfig:
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise AgentConfigError([("(document)", f"invalid JSON: {exc}")]) from None
     return validate(data)
+
+
+def load(path: str | Path) -> AgentConfig:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise AgentConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
+    return parse(raw)
+
+
+def live_update(running: AgentConfig, new: AgentConfig) -> tuple[AgentConfig, list[str]]:
+    """The running config with ``new``'s live fields, and the fields that differ
+    but wait for a restart."""
+    waiting = [
+        f.name
+        for f in fields(AgentConfig)
+        if f.name not in LIVE_FIELDS and getattr(running, f.name) != getattr(new, f.name)
+    ]
+    return replace(running, **{name: getattr(new, name) for name in LIVE_FIELDS}), waiting
