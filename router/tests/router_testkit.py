@@ -83,7 +83,14 @@ class Ca:
         )
         return cls(key, cert)
 
-    def issue(self, cn: str, *, server: bool, days: float = 1) -> tuple[bytes, bytes]:
+    def issue(
+        self,
+        cn: str,
+        *,
+        server: bool,
+        days: float = 1,
+        names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    ) -> tuple[bytes, bytes]:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         b = (
@@ -108,10 +115,7 @@ class Ca:
         )
         if server:
             b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
+                x509.SubjectAlternativeName([_san(n) for n in names]), critical=False
             )
         cert = b.sign(self.key, hashes.SHA256())
         return _pem_cert(cert), _pem_key(key)
@@ -119,6 +123,13 @@ class Ca:
     @property
     def pem(self) -> bytes:
         return _pem_cert(self.cert)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -143,6 +154,7 @@ class Site:
     router_id: str | None = None  # None: the config has no router_id (it defaults to the site)
     overlay: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more top-level config fields
+    access_extra: dict[str, Any] = field(default_factory=dict)  # more link_access fields
 
     @classmethod
     def create(
@@ -223,6 +235,7 @@ class Site:
                 "ca": "ca/ca.crt",
                 "cert": "tls/server.crt",
                 "key": "tls/server.key",
+                **self.access_extra,
             }
         return cfg
 

@@ -175,6 +175,33 @@ def test_a_new_list_of_accepted_clients_checks_the_incoming_links() -> None:
     assert reload_plan(cfg(link_clients=west), cfg(), set()) == []
 
 
+def test_a_sibling_certificate_keeps_the_link_port_open() -> None:
+    """Who may link is read at each accept: naming the replicas' certificate changes
+    no socket, and with a list of accepted clients the open links are checked again."""
+    west = [{"name": "west", "sha256": "a" * 64}]
+    siblings = {**ACCESS, "sibling_cert": "server/sibling.crt"}
+    assert reload_plan(cfg(), cfg(link_access=siblings), set()) == []
+    ops = reload_plan(cfg(link_clients=west), cfg(link_access=siblings, link_clients=west), set())
+    assert ops == [CheckLinkClients()]
+    assert reload_plan(cfg(link_access=siblings), cfg(link_access=siblings), set()) == []
+    moved = cfg(link_access={**siblings, "port": 55672})
+    assert reload_plan(cfg(link_access=siblings), moved, set()) == [RestartAccess()]
+
+
+def test_a_replica_takes_its_router_id_from_the_environment() -> None:
+    assert cfg().router_id == "west"
+    assert validate({"site": "west"}, "/", "skiff-router-7c9d-x2k4q").router_id == (
+        "west.skiff-router-7c9d-x2k4q"
+    )
+    # A router id the config names wins; a bad suffix is refused, naming the variable.
+    named = validate({"site": "west", "router_id": "west.a"}, "/", "pod-1")
+    assert named.router_id == "west.a"
+    with pytest.raises(ConfigError) as err:
+        validate({"site": "west"}, "/", "Pod_1")
+    assert err.value.errors[0][0] == "router_id"
+    assert "SKIFF_ROUTER_ID_SUFFIX" in err.value.errors[0][1]
+
+
 def test_link_clients_are_checked() -> None:
     with pytest.raises(ConfigError) as err:
         cfg(

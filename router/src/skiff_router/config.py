@@ -27,6 +27,11 @@ SITE_RE = re.compile(rf"^{_LABEL}$")
 ROUTER_ID_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})?$")
 
 
+# A replica's router id comes from its environment when the shared config names
+# none: a Kubernetes Deployment sets the pod name here (the downward API).
+ROUTER_ID_SUFFIX_ENV = "SKIFF_ROUTER_ID_SUFFIX"
+
+
 def router_of_site(router_id: str, site: str) -> bool:
     """A router id names its site: the site itself, or ``<site>.<suffix>``."""
     return router_id == site or router_id.startswith(site + ".")
@@ -71,6 +76,9 @@ MAX_ROUTING_KEYS_BYTES = 48 * 1024
 class Endpoint:
     host: str
     port: int
+    # The name the server certificate must carry, when ``host`` is an address it
+    # does not name (a sibling replica dialed at its pod address).
+    server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,9 @@ class LinkAccess:
     ca: str
     cert: str
     key: str
+    # The client certificate the site's own replicas link to each other with: it
+    # is accepted beside ``link_clients`` (every replica holds it already).
+    sibling_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -345,8 +356,10 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def validate(data: Any, base_dir: str | Path = ".") -> Config:
-    """Validate parsed config data; raise ConfigError listing every problem."""
+def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None = None) -> Config:
+    """Validate parsed config data; raise ConfigError listing every problem.
+    ``router_id_suffix`` (a replica's, from its environment) makes the router id
+    ``<site>.<suffix>`` when the config names none."""
     c = _Checker(Path(base_dir))
     top = c.obj(
         data,
@@ -378,6 +391,14 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
     valid_id = bool(ROUTER_ID_RE.match(router_id)) and router_of_site(router_id, site)
     if "router_id" in top and router_id and not valid_id:
         c.err("router_id", "must be the site name or '<site>.<suffix>' (suffix like a site name)")
+    elif "router_id" not in top and router_id_suffix and site:
+        router_id = f"{site}.{router_id_suffix}"
+        if not ROUTER_ID_RE.match(router_id):
+            c.err(
+                "router_id",
+                f"{site}.{router_id_suffix} (from ${ROUTER_ID_SUFFIX_ENV}) is not a valid "
+                "router id: the suffix must be like a site name",
+            )
 
     log_level = "info"
     if "log_level" in top:
@@ -416,7 +437,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
     link_access = None
     if top.get("link_access") is not None:
         keys = {"host", "port", "ca", "cert", "key"}
-        d = c.obj(top["link_access"], "link_access", keys, set())
+        d = c.obj(top["link_access"], "link_access", keys, {"sibling_cert"})
         if d is not None:
             link_access = LinkAccess(
                 host=c.string(d, "host", "link_access"),
@@ -424,6 +445,7 @@ def validate(data: Any, base_dir: str | Path = ".") -> Config:
                 ca=c.file(d, "ca", "link_access"),
                 cert=c.file(d, "cert", "link_access"),
                 key=c.file(d, "key", "link_access"),
+                sibling_cert=c.file(d, "sibling_cert", "link_access") or None,
             )
 
     link_clients = _link_clients(c, top["link_clients"]) if "link_clients" in top else None
@@ -492,9 +514,15 @@ def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
             c.err(f"{path}.endpoints", "must be a non-empty list")
         else:
             for epath, ep in c.items(eps, f"{path}.endpoints"):
-                e = c.obj(ep, epath, {"host", "port"}, set())
+                e = c.obj(ep, epath, {"host", "port"}, {"server_name"})
                 if e is not None:
-                    endpoints.append(Endpoint(c.string(e, "host", epath), c.port(e, "port", epath)))
+                    endpoints.append(
+                        Endpoint(
+                            c.string(e, "host", epath),
+                            c.port(e, "port", epath),
+                            c.string(e, "server_name", epath) if "server_name" in e else None,
+                        )
+                    )
         links.append(
             LinkConfig(
                 name=c.string(d, "name", path),
@@ -703,7 +731,7 @@ def load(path: str | os.PathLike[str]) -> LoadedConfig:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([("(document)", f"cannot read: {exc.strerror or exc}")]) from None
-    config = validate(parse(raw, p.name), p.parent)
+    config = validate(parse(raw, p.name), p.parent, os.environ.get(ROUTER_ID_SUFFIX_ENV) or None)
     if config.admin.token_file is not None:
         # Checked here too, so a reload to a config whose token file is unusable is
         # refused and the admin endpoint keeps the token in force.

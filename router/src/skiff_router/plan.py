@@ -10,9 +10,16 @@ survive a reload.
 from __future__ import annotations
 
 from collections.abc import Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from skiff_router.config import Admin, Config, ConnectorConfig, LinkConfig, ListenerConfig
+from skiff_router.config import (
+    Admin,
+    Config,
+    ConnectorConfig,
+    LinkAccess,
+    LinkConfig,
+    ListenerConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -158,11 +165,15 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
         ops.append(services(new))
 
     acc = new.link_access
-    if acc != old.link_access:
+    if _socket_of(acc) != _socket_of(old.link_access):
         ops.append(RestartAccess())
     elif acc is not None and changed_files & {acc.ca, acc.cert, acc.key}:
         ops.append(ReloadAccessTls())
-    if new.link_clients != old.link_clients and new.link_clients is not None:
+    # Who may link is read at each accept; links made before are checked once more.
+    siblings_changed = acc is not None and acc.sibling_cert != getattr(
+        old.link_access, "sibling_cert", None
+    )
+    if new.link_clients is not None and (new.link_clients != old.link_clients or siblings_changed):
         ops.append(CheckLinkClients())
 
     was_k = {x.name: x for x in old.links}
@@ -175,3 +186,8 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     ops += [StopDialer(n) for n in was_k if n in stopped]
     ops += [StartDialer(x) for n, x in want_k.items() if n not in was_k or n in stopped]
     return ops
+
+
+def _socket_of(access: LinkAccess | None) -> LinkAccess | None:
+    """What the link port's socket and TLS context are made of (not who is accepted)."""
+    return None if access is None else replace(access, sibling_cert=None)

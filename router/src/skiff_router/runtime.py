@@ -591,7 +591,7 @@ class Router:
                             ep.host,
                             ep.port,
                             ssl=ctx,
-                            server_hostname=ep.host,
+                            server_hostname=ep.server_name or ep.host,
                             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
                         )
                 except (TimeoutError, OSError, ssl.SSLError) as exc:
@@ -628,6 +628,14 @@ class Router:
         now = time.time()
         if fingerprint is not None and any(c.accepts(fingerprint, now) for c in clients):
             return None
+        access = self.cfg.link_access
+        if (
+            fingerprint is not None
+            and access is not None
+            and access.sibling_cert
+            and fingerprint == tls.file_fingerprint(access.sibling_cert)
+        ):
+            return None  # a replica of this site (read at each accept: it may be renewed)
         short = (fingerprint or "none")[:16]
         return f"client certificate sha256 {short}... was revoked, superseded or never issued here"
 

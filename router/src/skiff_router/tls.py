@@ -71,6 +71,20 @@ def peer_fingerprint(transport: Any) -> str | None:
     return hashlib.sha256(der).hexdigest() if der else None
 
 
+def file_fingerprint(path: str) -> str | None:
+    """SHA-256 of the first certificate of a PEM file (as ``peer_fingerprint`` of a
+    peer presenting it); None when the file cannot be read or holds none."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            pem = f.read()
+        begin = pem.index("-----BEGIN CERTIFICATE-----")
+        end = pem.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
+        der = ssl.PEM_cert_to_DER_cert(pem[begin:end])
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
 def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
     """(tag, start of the value, end of the value) of the DER element at ``pos``."""
     tag, length = data[pos], data[pos + 1]
