@@ -52,6 +52,12 @@ AGENT_HEALTH_PORT = vocabulary.KUBE_AGENT_HEALTH_PORT
 PROXY_PORTS = vocabulary.KUBE_PROXY_PORTS
 RUN_AS = 10001  # the image's USER
 REFRESH_ANNOTATION = "skiff.io/refresh"
+# Each router pod is a router of its own (`<site>.<pod name>`), its agent knows its
+# pod: both from the downward API (the names the router and the agent read).
+ROUTER_ID_SUFFIX_ENV = "SKIFF_ROUTER_ID_SUFFIX"
+POD_NAME_ENV = "SKIFF_POD_NAME"
+# The client certificate the replicas of a site link to each other with (skiff-server).
+SIBLING_CERT, SIBLING_KEY = "sibling.crt", "sibling.key"
 AGENT_OWNED_LABEL = "skiff.io/owned-by-agent"
 
 LINK_SERVICE_TYPES = {
@@ -205,6 +211,16 @@ def agent_config(spec: KubeSite) -> dict[str, Any]:
     }
     if spec.selector_connectors:
         config["connectors"] = [dict(c) for c in spec.selector_connectors]
+    if spec.link_access:
+        # Other sites' links land on one pod each (through skiff-link): the router
+        # pods link to each other so that every one of them reaches the network.
+        config["siblings"] = {
+            "port": LINK_PORT,
+            "server_name": f"{LINK_SERVICE}.{spec.namespace}.svc",
+            "ca": f"{SERVER_DIR}/ca.crt",
+            "cert": f"{SERVER_DIR}/{SIBLING_CERT}",
+            "key": f"{SERVER_DIR}/{SIBLING_KEY}",
+        }
     return config
 
 
@@ -266,6 +282,7 @@ def _router_container(spec: KubeSite) -> dict[str, Any]:
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": [_pod_name(ROUTER_ID_SUFFIX_ENV)],
         "ports": ports,
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "admin"},
@@ -290,6 +307,13 @@ def _router_container(spec: KubeSite) -> dict[str, Any]:
     }
 
 
+def _pod_name(variable: str) -> dict[str, Any]:
+    return {
+        "name": variable,
+        "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+    }
+
+
 def _agent_container(spec: KubeSite) -> dict[str, Any]:
     # No readiness probe: the agent must never make the router's pod unready.
     return {
@@ -297,6 +321,7 @@ def _agent_container(spec: KubeSite) -> dict[str, Any]:
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "args": ["kube-agent", "--config", f"{CONFIG_DIR}/{AGENT_CONFIG_KEY}"],
+        "env": [_pod_name(POD_NAME_ENV)],
         "ports": [{"name": "agent-health", "containerPort": AGENT_HEALTH_PORT, "protocol": "TCP"}],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "agent-health"},

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
-from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
+from ansible_collections.skiff.fleet.plugins.module_utils import pki, vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.kube_api import (
     ApiError,
@@ -302,10 +302,29 @@ class KubeSecretStore(SecretStore):
 
     def put_server(self, pair: CertPair) -> None:
         # The router verifies dialing routers against the site CA: it is mounted beside.
-        ca_cert = self._data(km.SECRET_CA).get("ca.crt") or b""
+        # The replicas' client certificate is issued with it (same CA, same lifetime).
+        ca = self.ca()
+        sibling = pki.issue_client_cert(
+            pki.Issued(ca.cert_pem or b"", ca.key_pem or b""), self.platform.metadata.name
+        )
         self._put(
             km.SECRET_SERVER,
-            {"ca.crt": ca_cert, "tls.crt": pair.cert_pem or b"", "tls.key": pair.key_pem or b""},
+            {
+                "ca.crt": ca.cert_pem or b"",
+                "tls.crt": pair.cert_pem or b"",
+                "tls.key": pair.key_pem or b"",
+                km.SIBLING_CERT: sibling.cert_pem,
+                km.SIBLING_KEY: sibling.key_pem,
+            },
+        )
+
+    def sibling_reason(self) -> str | None:
+        """Why the replicas' certificate must be issued (a site made before it existed)."""
+        data = self._data(km.SECRET_SERVER)
+        return pki.reissue_reason(
+            data.get(km.SIBLING_CERT),
+            data.get(km.SIBLING_KEY),
+            ca_cert_pem=self._data(km.SECRET_CA).get("ca.crt"),
         )
 
     def server_paths(self) -> dict[str, str]:
@@ -412,6 +431,7 @@ class KubernetesPlatform(Platform):
         self._changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]] = []
         self._stale_link_service = False
         self._stale_agent_config: tuple[str, str] | None = None  # (live, wanted) agent.json
+        self._sibling_reason: str | None = None
         self._planned = False
 
     def _validate(self, options: dict[str, Any]) -> None:
@@ -428,10 +448,10 @@ class KubernetesPlatform(Platform):
                 field="kube.link_service_type",
             )
         replicas = options.get("replicas", 1)
-        if replicas != 1:
+        if not isinstance(replicas, int) or not 1 <= replicas <= vocabulary.MAX_KUBE_REPLICAS:
             raise SkiffError(
-                f"{replicas} replicas need a router identity per pod (router_id), which this "
-                "version does not set yet; use skiff_router_replicas: 1",
+                f"must be an integer 1..{vocabulary.MAX_KUBE_REPLICAS}, got {replicas!r} (set "
+                "skiff_router_replicas)",
                 field="replicas",
             )
 
@@ -474,7 +494,12 @@ class KubernetesPlatform(Platform):
         # link Service reaches the link port there.
         out = dict(sections, admin=dict(sections["admin"], host="0.0.0.0"))
         if sections.get("link_access") is not None:
-            out["link_access"] = dict(sections["link_access"], host="0.0.0.0", port=km.LINK_PORT)
+            out["link_access"] = dict(
+                sections["link_access"],
+                host="0.0.0.0",
+                port=km.LINK_PORT,
+                sibling_cert=f"{km.SERVER_DIR}/{km.SIBLING_CERT}",
+            )
         out["overlay"] = km.OVERLAY_PATH
         return out
 
@@ -560,6 +585,11 @@ class KubernetesPlatform(Platform):
         )
         if self._stale_link_service:
             actions.append((f"delete Service {km.LINK_SERVICE}", False))
+        self._sibling_reason = self._plan_sibling_certificate()
+        if self._sibling_reason:
+            actions.append(
+                (f"issue the replicas' link certificate ({self._sibling_reason})", False)
+            )
         self._stale_agent_config = self._plan_agent_config()
         if self._stale_agent_config:
             actions.append(
@@ -570,6 +600,13 @@ class KubernetesPlatform(Platform):
             )
         self._planned = True
         return actions
+
+    def _plan_sibling_certificate(self) -> str | None:
+        """A site whose server Secret predates the replicas' certificate gets one; a
+        new server certificate comes with a new one (put_server)."""
+        if not self.spec.link_access or not self._secrets.server().cert_pem:
+            return None
+        return self._secrets.sibling_reason()
 
     def _plan_agent_config(self) -> tuple[str, str] | None:
         """(live, wanted) agent.json when the ConfigMap exists and its agent config
@@ -607,6 +644,8 @@ class KubernetesPlatform(Platform):
         self.objects.put([obj for obj, _unused, _unused in changes])
         if self._stale_link_service:
             self.objects.remove("Service", km.LINK_SERVICE)
+        if self._sibling_reason and self._secrets.sibling_reason():
+            self._secrets.put_server(self._secrets.server())
         if self._stale_agent_config:
             # No rollout: the agent takes the connectors of the changed file.
             self.objects.put([km.config_map(self.spec, self.config.read() or b"")])

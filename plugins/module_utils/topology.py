@@ -117,8 +117,17 @@ def _check_kubernetes(site: SiteVars) -> None:
             "required: the router image in a registry the cluster pulls from (build it from "
             "router/Containerfile, see the README)",
         )
-    if site.get("skiff_router_replicas", 1) != 1:
-        site.problem("skiff_router_replicas", "this version runs one router pod per site; use 1")
+    replicas = site.get("skiff_router_replicas", 1)
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 1 <= replicas <= vocabulary.MAX_KUBE_REPLICAS
+    ):
+        site.problem(
+            "skiff_router_replicas",
+            f"must be an integer 1..{vocabulary.MAX_KUBE_REPLICAS} (router pods of the site), "
+            f"got {replicas!r}",
+        )
     apply = site.get("skiff_kube_apply", True)
     if not apply and not site.get("skiff_kube_manifests_dir"):
         site.problem(

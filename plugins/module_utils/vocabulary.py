@@ -70,6 +70,8 @@ DEFAULT_KUBE_LINK_ACCESS = "clusterip"
 # the router's link port (the Service maps the dialed port to it), the agent's
 # health port and the agent's proxy listeners. Listeners and the admin port stay clear.
 KUBE_LINK_PORT = 55671
+# Router pods of a kubernetes site: every replica links to every other one.
+MAX_KUBE_REPLICAS = 16
 KUBE_AGENT_HEALTH_PORT = 9192
 KUBE_PROXY_PORTS = (20000, 20999)
 

@@ -51,7 +51,12 @@ def problems(status: dict[str, Any] | None, routers: list[str]) -> dict[str, lis
     if status is None:
         return {"admin endpoint not answering": ["is the router running?"]}
     found: dict[str, list[str]] = {}
-    reachable = {r.get("id") for r in status.get("routers") or [] if r.get("reachable")}
+    # A name is a router id or a site: a site with replicas is reached through any
+    # of its routers (`<site>.<pod>`).
+    reachable = set()
+    for router in status.get("routers") or []:
+        if router.get("reachable"):
+            reachable |= {router.get("id"), router.get("site")}
     missing = [r for r in routers if r not in reachable]
     if missing:
         found["routers not reachable"] = missing

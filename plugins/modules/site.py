@@ -106,7 +106,11 @@ options:
     version_added: 0.2.0
   replicas:
     description:
-      - Router pods of a O(platform=kubernetes) site. This version runs one.
+      - Router pods of a O(platform=kubernetes) site (1-16). Each pod is a router
+        of its own (router id C(<name>.<pod name>)); with O(link_access) they link
+        to each other with a client certificate of the site kept for them, so a
+        link from another site that lands on one pod serves them all. Pods
+        prefer different nodes (soft anti-affinity).
     type: int
     default: 1
   kube:

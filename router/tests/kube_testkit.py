@@ -42,6 +42,7 @@ def agent_for(
     admin_port: int | None = None,
     tuning: Tuning = FAST,
     config_path: Path | None = None,
+    pod_name: str | None = None,
     **over: Any,
 ) -> Agent:
     data: dict[str, Any] = {
@@ -55,11 +56,16 @@ def agent_for(
         "ttl": 3,
     }
     data.update(over)
-    if config_path is None:
-        return Agent(validate(data), client(srv), tuning)
-    # From a file, as in the pod: a changed file's connectors apply while it runs.
-    config_path.write_text(json.dumps(data))
-    return Agent(validate(data), client(srv), tuning, config_path=str(config_path))
+    if config_path is not None:
+        # From a file, as in the pod: a changed file's connectors apply while it runs.
+        config_path.write_text(json.dumps(data))
+    return Agent(
+        validate(data),
+        client(srv),
+        tuning,
+        config_path=None if config_path is None else str(config_path),
+        pod_name=pod_name,
+    )
 
 
 @contextlib.contextmanager

@@ -247,6 +247,36 @@ def test_changed_config_file_applies_its_connectors_while_running(
         assert problem[0]["message"] == "ttl changed: in force when the agent restarts"
 
 
+def test_replicas_are_linked_as_router_pods_come_and_go(srv: FakeApiServer, tmp_path: Path) -> None:
+    """The agent of pod r-a links its router to each later router pod of the site
+    (the pod watch), at the pod address, and drops the link when the pod goes."""
+    router = {"app.kubernetes.io/name": "skiff-router", "app.kubernetes.io/instance": NS}
+    siblings = {
+        "port": 55671,
+        "server_name": f"skiff-link.{NS}.svc",
+        "ca": "/etc/skiff/server/ca.crt",
+        "cert": "/etc/skiff/server/sibling.crt",
+        "key": "/etc/skiff/server/sibling.key",
+    }
+    srv.put("pods", NS, ready_pod("r-a", "10.0.0.1", **router))
+    srv.put("pods", NS, ready_pod("r-0", "10.0.0.5", **router))  # sorts first: it dials r-a
+    srv.put("pods", NS, ready_pod("db-0", "10.0.0.9", app="db"))
+    agent = agent_for(srv, tmp_path, expose=False, siblings=siblings, pod_name="r-a")
+    with running(agent):
+        eventually(lambda: overlay(agent) is not None, "the first overlay")
+        assert names(agent, "links") == []
+        srv.put("pods", NS, ready_pod("r-b", "10.0.0.2", ready=False, **router))
+        eventually(lambda: names(agent, "links") == ["sibling-r-b"], "r-b linked")
+        (link,) = overlay(agent)["links"]
+        assert link["endpoints"] == [
+            {"host": "10.0.0.2", "port": 55671, "server_name": f"skiff-link.{NS}.svc"}
+        ]
+        assert (link["peer"], link["cert"]) == (NS, "/etc/skiff/server/sibling.crt")
+        srv.remove("pods", NS, "r-b")
+        eventually(lambda: names(agent, "links") == [], "r-b gone, its link too")
+        assert agent.status()["overlay"]["links"] == 0
+
+
 def test_forbidden_list_keeps_the_overlay_and_says_what_to_fix(
     srv: FakeApiServer, tmp_path: Path
 ) -> None:

@@ -207,14 +207,15 @@ def api_pod(name: str, ready: bool = True, ip: str | None = "10.0.0.1", **labels
 
 def test_pod_keeps_only_what_the_agent_reads() -> None:
     p = pod_from_api(api_pod("a", app="db"))
-    assert p == Pod("a", {"app": "db"}, "10.0.0.1", True)
-    assert not pod_from_api(api_pod("a", ready=False)).ready
+    assert p == Pod("a", {"app": "db"}, "10.0.0.1", True, running=True)
+    unready = pod_from_api(api_pod("a", ready=False))
+    assert not unready.ready and unready.running
     terminating = api_pod("a")
     terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    assert not pod_from_api(terminating).ready
+    assert not pod_from_api(terminating).ready and not pod_from_api(terminating).running
     pending = api_pod("a")
     pending["status"]["phase"] = "Pending"
-    assert not pod_from_api(pending).ready
+    assert not pod_from_api(pending).ready and not pod_from_api(pending).running
 
 
 def test_service_keeps_only_skiff_annotations() -> None:
@@ -638,3 +639,75 @@ def test_overlay_keeps_last_good_entries_of_unknown_sources() -> None:
     assert [c["name"] for c in overlay["connectors"]] == ["db@db-1", "service/api:80"]
     assert overlay["listeners"] == previous["listeners"]
     router_accepts(overlay)
+
+
+# -- links between replicas ------------------------------------------------------------------
+
+SIBLINGS = {
+    "port": 55671,
+    "server_name": "skiff-link.west.svc",
+    "ca": "/etc/skiff/server/ca.crt",
+    "cert": "/etc/skiff/server/sibling.crt",
+    "key": "/etc/skiff/server/sibling.key",
+}
+
+
+def router_pod(name: str, ip: str | None, *, running: bool = True, **labels: str) -> Pod:
+    router = {"app.kubernetes.io/name": "skiff-router", "app.kubernetes.io/instance": "west"}
+    return Pod(name, dict(router, **labels), ip, ready=False, running=running)
+
+
+def test_each_pair_of_replicas_is_linked_once_at_the_pod_address() -> None:
+    cfg = agent_cfg(siblings=SIBLINGS)
+    pods = {
+        "r-a": router_pod("r-a", "10.0.0.1"),
+        "r-b": router_pod("r-b", "10.0.0.2"),  # not ready yet: linked all the same
+        "r-c": router_pod("r-c", "10.0.0.3"),
+        "r-d": router_pod("r-d", "10.0.0.4", running=False),  # being deleted
+        "db-0": Pod("db-0", {"app": "db"}, "10.0.0.9", ready=True, running=True),
+    }
+    links = {
+        own: [lk["name"] for lk in reconcile(cfg, Inputs(pods, None, own_pod=own)).sibling_links]
+        for own in ("r-a", "r-b", "r-c")
+    }
+    assert links == {"r-a": ["sibling-r-b", "sibling-r-c"], "r-b": ["sibling-r-c"], "r-c": []}
+    outcome = reconcile(cfg, Inputs(pods, None, own_pod="r-a"))
+    assert outcome.sibling_links[0] == {
+        "name": "sibling-r-b",
+        "peer": "west",
+        "cost": 1,
+        "endpoints": [{"host": "10.0.0.2", "port": 55671, "server_name": "skiff-link.west.svc"}],
+        **{k: SIBLINGS[k] for k in ("ca", "cert", "key")},
+    }
+    overlay = assemble_overlay(outcome, {})
+    assert [lk["name"] for lk in overlay["links"]] == ["sibling-r-b", "sibling-r-c"]
+    # The router takes them as links of the site's own (sibling) routers.
+    parsed = validate_router_config({"site": "west", "links": overlay["links"]})
+    assert parsed.links[0].endpoints[0].server_name == "skiff-link.west.svc"
+    assert parsed.links[0].peer == "west"
+
+
+def test_sibling_links_wait_for_the_own_pod_and_keep_the_last() -> None:
+    cfg = agent_cfg(siblings=SIBLINGS)
+    previous = {"links": [{"name": "sibling-r-b", "peer": "west"}], "connectors": []}
+    pods = {"r-b": router_pod("r-b", "10.0.0.2")}
+    unknown = reconcile(cfg, Inputs(pods, None, own_pod="r-a"))  # r-a not listed yet
+    assert unknown.sibling_links is None
+    assert assemble_overlay(unknown, previous)["links"] == previous["links"]
+    not_watched = reconcile(cfg, Inputs(None, None, own_pod="r-a"))
+    assert assemble_overlay(not_watched, previous)["links"] == previous["links"]
+    # Without its pod name the agent links nothing and says why.
+    blind = reconcile(cfg, Inputs(pods, None, own_pod=None))
+    assert blind.sibling_links == []
+    assert [p.field for p in blind.problems] == ["SKIFF_POD_NAME"]
+    # Without siblings in the config: no links, no pod list needed.
+    assert reconcile(agent_cfg(), Inputs(None, None)).sibling_links == []
+
+
+def test_siblings_config_errors_name_the_field() -> None:
+    with pytest.raises(AgentConfigError) as err:
+        agent_cfg(siblings=dict(SIBLINGS, port=0, cert="sibling.crt"))
+    assert sorted(p for p, _m in err.value.errors) == ["siblings.cert", "siblings.port"]
+    with pytest.raises(AgentConfigError) as err:
+        agent_cfg(siblings={"port": 55671})
+    assert err.value.errors[0][0] == "siblings"

@@ -559,12 +559,14 @@ class KubeApiServer:
             raise Refused(
                 503, status(503, "ServiceUnavailable", f"dial tcp :{port}: connection refused")
             )
+        router_id = f"{config['site']}.{pod}"  # SKIFF_ROUTER_ID_SUFFIX: the pod name
         return 200, {
-            "site": config["site"],
+            "site": config["site"], "router_id": router_id,
             "config": {"path": "/etc/skiff/config/router.json",
                        "sha256": hashlib.sha256(config_text.encode()).hexdigest(),
                        "error": self.router_error},
-            "links": [], "routers": [{"id": config["site"], "reachable": True, "cost": 0}],
+            "links": [],
+            "routers": [{"id": router_id, "site": config["site"], "reachable": True, "cost": 0}],
             "listeners": [dict(entry, state="listening", error=None) for entry in config.get("listeners", [])],
             "connectors": config.get("connectors", []), "routing_keys": {},
         }  # fmt: skip

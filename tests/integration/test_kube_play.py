@@ -199,6 +199,10 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
                 == hashlib.sha256(data[km.ROUTER][km.CONFIG_KEY]).hexdigest()
             )
             assert shop_status["site"] == config["site"] == "shop"
+            # The pod is a router of its own, named from its pod name (downward API),
+            # and east's wait took shop's router `shop.<pod>` for site shop.
+            pod_name = podman("pod", "inspect", pod_id, "--format", "{{.Name}}").stdout.strip()
+            assert shop_status["router_id"] == f"shop.{pod_name}"
             assert [link["peer"] for link in shop_status["links"]] == ["east"]
             wait_for(
                 lambda: status(admin, east_token)["routing_keys"]

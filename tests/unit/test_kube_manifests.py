@@ -359,3 +359,30 @@ def test_the_agent_accepts_the_config_the_platform_writes(option: str) -> None:
     assert [c.name for c in parsed.connectors] == [c["name"] for c in spec.selector_connectors]
     assert parsed.router_pod_labels == km.selector_labels(spec)
     assert parsed.health_port == km.AGENT_HEALTH_PORT
+
+
+def test_the_pods_name_reaches_the_router_and_the_agent_under_the_names_they_read() -> None:
+    """One contract, checked by its readers: the router names itself `<site>.<pod>`
+    from SKIFF_ROUTER_ID_SUFFIX, the agent finds its pod from SKIFF_POD_NAME, and the
+    replicas' certificate is where the router config and the agent config say."""
+    from skiff_router import config as router_config
+    from skiff_router.kube import agent
+
+    assert km.ROUTER_ID_SUFFIX_ENV == router_config.ROUTER_ID_SUFFIX_ENV
+    assert km.POD_NAME_ENV == agent.POD_NAME_ENV
+    spec = OPTIONS["replicas"]
+    containers = {
+        c["name"]: c for c in km.deployment(spec)["spec"]["template"]["spec"]["containers"]
+    }
+    for name, variable in (("router", km.ROUTER_ID_SUFFIX_ENV), ("agent", km.POD_NAME_ENV)):
+        (env,) = containers[name]["env"]
+        assert env["name"] == variable
+        assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    siblings = agent_config.validate(json.loads(km.agent_json(spec))).siblings
+    assert siblings is not None
+    mounts = {m["name"]: m["mountPath"] for m in containers["router"]["volumeMounts"]}
+    assert siblings.cert == f"{mounts['server']}/{km.SIBLING_CERT}"
+    assert siblings.key == f"{mounts['server']}/{km.SIBLING_KEY}"
+    assert siblings.port == km.LINK_PORT
+    # Dial-only sites accept no links: their replicas each dial out, no siblings.
+    assert agent_config.validate(json.loads(km.agent_json(BASE))).siblings is None

@@ -558,3 +558,80 @@ def test_bad_selector_is_refused_naming_the_connector_before_anything_changes(
         assert "site east" in text and "connector 'db'" in text
         assert "selector.matchLabels.bad key!" in text and "skiff_connectors" in text
     assert len(api.writes()) == writes
+
+
+def test_replicas_are_routers_of_their_own_linked_by_the_sites_sibling_certificate(
+    api, tmp_path, kubeconfig
+):
+    """skiff_router_replicas: 2 -> two pods, each naming itself from its pod name, the
+    agent linking them with the site's sibling client certificate (kept in
+    skiff-server beside the server certificate), and the wait reading both pods."""
+    applied = run(site(tmp_path, kubeconfig, replicas=2))
+    assert applied.changed
+    deployment = api.get("Deployment", "east", "skiff-router")
+    assert deployment["spec"]["replicas"] == 2
+    pods = api.router_pods("east")
+    assert len(pods) == 2
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert containers["router"]["env"] == [
+        {
+            "name": "SKIFF_ROUTER_ID_SUFFIX",
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        }
+    ]
+    assert containers["agent"]["env"][0]["name"] == "SKIFF_POD_NAME"
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 100
+
+    server = km.secret_data(api.get("Secret", "east", "skiff-server"))
+    ca = x509.load_pem_x509_certificate(
+        km.secret_data(api.get("Secret", "east", "skiff-ca"))["ca.crt"]
+    )
+    sibling = x509.load_pem_x509_certificate(server["sibling.crt"])
+    assert sibling.issuer == ca.subject
+    # The CN is the site, as a token names the dialing site.
+    assert sibling.subject.rfc4514_string() == "CN=east,O=skiff"
+    data = api.get("ConfigMap", "east", "skiff-router")["data"]
+    assert json.loads(data["router.json"])["link_access"]["sibling_cert"] == (
+        "/etc/skiff/server/sibling.crt"
+    )
+    siblings = json.loads(data["agent.json"])["siblings"]
+    assert siblings["server_name"] == "skiff-link.east.svc"
+    assert siblings["cert"] == "/etc/skiff/server/sibling.crt"
+    platform_module._INSTANCES.clear()
+    meta = json.loads((tmp_path / "base" / "east" / "site.json").read_text())
+    platform = platform_module.get_platform(
+        "kubernetes",
+        SitePaths.for_site(str(tmp_path / "base"), "east"),
+        SiteMetadata.from_dict(meta),
+    )
+    router_ids = sorted(status["router_id"] for status in platform.statuses() if status)
+    assert router_ids == sorted(f"east.{p['metadata']['name']}" for p in pods)
+    assert not run(site(tmp_path, kubeconfig, replicas=2)).changed
+
+
+def test_a_site_made_before_the_sibling_certificate_gets_one(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    secret = api.get("Secret", "east", "skiff-server")
+    old = km.secret_data(secret)
+    for key in ("sibling.crt", "sibling.key"):
+        old.pop(key)
+    with api.lock:  # a Secret written by an earlier version: no sibling certificate
+        stored = api.objects[("Secret", "east", "skiff-server")]
+        stored["data"] = km.secret(km.KubeSite("east", "east", IMAGE), "skiff-server", old)["data"]
+    check = run(site(tmp_path, kubeconfig), check=True)
+    assert "issue the replicas' link certificate (missing)" in check.actions
+    applied = run(site(tmp_path, kubeconfig))
+    assert "issue the replicas' link certificate (missing)" in applied.actions
+    server = km.secret_data(api.get("Secret", "east", "skiff-server"))
+    assert server["tls.crt"] == old["tls.crt"]  # the server certificate stays
+    assert "sibling.crt" in server and "sibling.key" in server
+    assert not run(site(tmp_path, kubeconfig)).changed
+
+
+def test_replicas_out_of_range_are_refused(api, tmp_path, kubeconfig):
+    for replicas in (0, 17):
+        with pytest.raises(SkiffError) as failure:
+            run(site(tmp_path, kubeconfig, replicas=replicas))
+        assert failure.value.field == "replicas"
+        assert "1..16" in str(failure.value)

@@ -201,7 +201,8 @@ def test_selector_connector_of_a_kubernetes_site_serves_its_key() -> None:
             "skiff_kube_namespace: 'Team_A' is not a namespace name",
         ),
         ({"skiff_kube_link_access": "ingress"}, "skiff_kube_link_access: must be one of clusterip"),
-        ({"skiff_router_replicas": 2}, "skiff_router_replicas: this version runs one router pod"),
+        ({"skiff_router_replicas": 0}, "skiff_router_replicas: must be an integer 1..16"),
+        ({"skiff_router_replicas": 17}, "skiff_router_replicas: must be an integer 1..16"),
         (
             {"skiff_kube_apply": False},
             "skiff_kube_manifests_dir: required when skiff_kube_apply is false",

@@ -48,6 +48,17 @@ def test_router_not_reachable():
     assert problems(status(routers=routers), ["east"]) == {"routers not reachable": ["east"]}
 
 
+def test_a_site_with_replicas_is_reached_through_any_of_its_routers():
+    routers = [
+        {"id": "west", "site": "west", "reachable": True},
+        {"id": "shop.skiff-router-7c9d-a", "site": "shop", "reachable": False},
+        {"id": "shop.skiff-router-7c9d-b", "site": "shop", "reachable": True},
+        {"id": "north.skiff-router-1", "site": "north", "reachable": False},
+    ]
+    found = problems(status(routers=routers), ["shop", "north"])
+    assert found == {"routers not reachable": ["north"]}
+
+
 def test_listener_without_connector_and_in_error():
     listeners = [
         {"name": "a", "routing_key": "ka", "host": "h", "port": 1, "state": "listening"},

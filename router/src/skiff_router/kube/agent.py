@@ -42,6 +42,7 @@ log = logging.getLogger("agent")
 
 MAX_OBJECTS = 20_000  # pods or Services kept per watch
 MAX_ANNOUNCEMENT = MAX_DATA - 1024  # what the router's admin endpoint accepts
+POD_NAME_ENV = "SKIFF_POD_NAME"  # set by the Deployment (the downward API)
 STUCK_AFTER = 60.0  # /healthz fails when the main loop has not turned for this long
 
 DONE = {"create": "created", "patch": "patched", "delete": "deleted"}
@@ -355,19 +356,21 @@ class Agent:
         tuning: Tuning | None = None,
         clock: Callable[[], float] = time.monotonic,
         config_path: str | None = None,
+        pod_name: str | None = None,
     ) -> None:
         self.cfg, self.api, self.tuning, self.clock = cfg, api, tuning or Tuning(), clock
         # The file ``cfg`` came from: a changed file's connectors apply at once (the
         # platform changes them with no rollout; the kubelet updates the mounted file).
         self.config_path = config_path
         self.config_bytes = _read_or_none(config_path)
+        self.pod_name = pod_name  # this pod: its router links to the other replicas
         self.stop_event = threading.Event()
         self.events: queue.Queue[Any] = queue.Queue()
         self.book = AnnouncementBook(cfg.site)
         self.overlay = OverlayFile(cfg.overlay)
         self.admin = RouterAdmin(cfg.router_admin)
         notify = self._notify
-        self.pods = self._pod_watcher() if cfg.connectors else None
+        self.pods = self._pod_watcher() if cfg.connectors or cfg.siblings else None
         self.services = (
             Watcher(
                 api,
@@ -594,9 +597,15 @@ class Agent:
             services=None if self.services is None else self.services.snapshot(),
             announcements=self.book.active(),
             announcements_complete=self.book.complete(now, self.cfg.ttl),
+            own_pod=self.pod_name,
         )
         outcome = reconcile(self.cfg, inputs)
-        parts = (outcome.pod_connectors, outcome.service_connectors, outcome.proxy_listeners)
+        parts = (
+            outcome.pod_connectors,
+            outcome.service_connectors,
+            outcome.proxy_listeners,
+            outcome.sibling_links,
+        )
         known = [p is not None for p in parts]
         # A fresh start writes once every source is known (one reload, not two); a part
         # that stays unknown (e.g. pods forbidden) holds the rest back only for a while.
@@ -607,9 +616,10 @@ class Agent:
             try:
                 if self.overlay.write(data):
                     log.info(
-                        "overlay written: %d listeners, %d connectors (sha256 %s)",
+                        "overlay written: %d listeners, %d connectors, %d links (sha256 %s)",
                         len(data["listeners"]),
                         len(data["connectors"]),
+                        len(data["links"]),
                         (self.overlay.sha256 or "")[:12],
                     )
                 self.other_problems.pop("overlay", None)
@@ -764,6 +774,7 @@ class Agent:
                 "sha256": self.overlay.sha256,
                 "listeners": len(self.overlay.previous.get("listeners") or []),
                 "connectors": len(self.overlay.previous.get("connectors") or []),
+                "links": len(self.overlay.previous.get("links") or []),
             },
             "problems": [
                 {"object": p.object, "field": p.field, "message": p.message} for p in current
@@ -820,7 +831,7 @@ def main(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"kube-agent: {exc.message}", flush=True)
         return 2
-    agent = Agent(cfg, api, config_path=args.config)
+    agent = Agent(cfg, api, config_path=args.config, pod_name=os.environ.get(POD_NAME_ENV))
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())

@@ -46,6 +46,19 @@ class SelectorConnector:
 
 
 @dataclass(frozen=True)
+class Siblings:
+    """How this pod's router links to the other router pods of its site (replicas):
+    their pod addresses, the link port, the name the server certificate carries and
+    the site's sibling client certificate (paths in the router container)."""
+
+    port: int
+    server_name: str
+    ca: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     site: str
     namespace: str
@@ -58,6 +71,7 @@ class AgentConfig:
     proxy_ports: tuple[int, int] = (20000, 20999)
     expose: bool = True
     connectors: tuple[SelectorConnector, ...] = ()
+    siblings: Siblings | None = None
     announce_interval: float = ANNOUNCE_INTERVAL
     ttl: int = ANNOUNCE_TTL
 
@@ -97,6 +111,7 @@ def validate(data: Any) -> AgentConfig:
         "proxy_ports",
         "expose",
         "connectors",
+        "siblings",
         "announce_interval",
         "ttl",
     }
@@ -210,6 +225,8 @@ def validate(data: Any) -> AgentConfig:
         if not errors:
             connectors.append(SelectorConnector(name, key, selector, item["port"]))
 
+    siblings = _siblings(data.get("siblings"), errors)
+
     if errors:
         raise AgentConfigError(errors)
     return AgentConfig(
@@ -224,9 +241,30 @@ def validate(data: Any) -> AgentConfig:
         proxy_ports=proxy_ports,
         expose=expose,
         connectors=tuple(connectors),
+        siblings=siblings,
         announce_interval=float(interval),
         ttl=ttl,
     )
+
+
+def _siblings(value: Any, errors: list[tuple[str, str]]) -> Siblings | None:
+    if value is None:
+        return None
+    keys = {"port", "server_name", "ca", "cert", "key"}
+    if not isinstance(value, dict) or set(value) != keys:
+        errors.append(("siblings", f"must be a mapping with {', '.join(sorted(keys))}"))
+        return None
+    found = len(errors)
+    if not _port(value["port"]):
+        errors.append(("siblings.port", "must be an integer 1..65535"))
+    if not isinstance(value["server_name"], str) or not value["server_name"]:
+        errors.append(("siblings.server_name", "must be a non-empty string"))
+    for key in ("ca", "cert", "key"):
+        if not isinstance(value[key], str) or not value[key].startswith("/"):
+            errors.append((f"siblings.{key}", "must be an absolute path in the router container"))
+    if len(errors) > found:
+        return None
+    return Siblings(**value)
 
 
 def parse(raw: bytes) -> AgentConfig:

@@ -20,6 +20,7 @@ class Pod:
     labels: dict[str, str] = field(default_factory=dict)
     ip: str | None = None
     ready: bool = False
+    running: bool = False  # phase Running and not being deleted (ready or not)
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,11 @@ def pod_from_api(obj: dict[str, Any]) -> Pod:
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
     conditions = status.get("conditions") or []
-    ready = (
-        not meta.get("deletionTimestamp")
-        and status.get("phase") == "Running"
-        and any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in conditions
-            if isinstance(c, dict)
-        )
+    running = not meta.get("deletionTimestamp") and status.get("phase") == "Running"
+    ready = running and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in conditions
+        if isinstance(c, dict)
     )
     ip = status.get("podIP")
     return Pod(
@@ -72,6 +70,7 @@ def pod_from_api(obj: dict[str, Any]) -> Pod:
         labels=_strs(meta.get("labels")),
         ip=ip if isinstance(ip, str) and ip else None,
         ready=bool(ready),
+        running=bool(running),
     )
 
 

@@ -66,6 +66,7 @@ class Inputs:
     services: Mapping[str, Service] | None  # None: no complete Service list yet
     announcements: list[Announcement] = field(default_factory=list)
     announcements_complete: bool = False  # a whole ttl heard since the agent started
+    own_pod: str | None = None  # this agent's pod (its router's), for sibling links
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Outcome:
     pod_connectors: list[dict[str, Any]] | None
     service_connectors: list[dict[str, Any]] | None
     proxy_listeners: list[dict[str, Any]] | None
+    sibling_links: list[dict[str, Any]] | None
     actions: list[Action]
     exposed: list[Exposure] | None  # this site's announcement; None = not known yet
     problems: list[Problem]
@@ -109,6 +111,54 @@ def selector_connectors(
                 }
             )
     return out, problems
+
+
+# -- links between the router pods of this site (replicas) ---------------------------------
+
+SIBLING_PREFIX = "sibling-"
+
+
+def sibling_links(
+    cfg: AgentConfig, pods: Mapping[str, Pod], own_pod: str | None
+) -> tuple[list[dict[str, Any]] | None, list[Problem]]:
+    """One link from this router to each other running router pod of the site whose
+    name sorts after its own, so each pair is linked once and both ends agree. The
+    pod address is dialed; the server certificate is checked against the link
+    Service's name. None while this pod is not in the list yet (keep the last)."""
+    siblings = cfg.siblings
+    if siblings is None:
+        return [], []
+    if not own_pod:
+        return [], [
+            Problem(
+                "siblings",
+                "SKIFF_POD_NAME",
+                "the agent does not know its pod (the Deployment sets SKIFF_POD_NAME); "
+                "this router links to no other replica",
+            )
+        ]
+    routers = {
+        name: pod
+        for name, pod in pods.items()
+        if pod.running and all(pod.labels.get(k) == v for k, v in cfg.router_pod_labels.items())
+    }
+    if own_pod not in routers:
+        return None, []
+    return [
+        {
+            "name": f"{SIBLING_PREFIX}{name}",
+            "peer": cfg.site,
+            "cost": 1,
+            "endpoints": [
+                {"host": pod.ip, "port": siblings.port, "server_name": siblings.server_name}
+            ],
+            "ca": siblings.ca,
+            "cert": siblings.cert,
+            "key": siblings.key,
+        }
+        for name, pod in sorted(routers.items())
+        if name > own_pod and pod.ip
+    ], []
 
 
 # -- proxies ---------------------------------------------------------------------------------
@@ -344,11 +394,15 @@ def reconcile(cfg: AgentConfig, inputs: Inputs) -> Outcome:
         problems += found
     elif not cfg.connectors:
         pod_connectors = []
+    links: list[dict[str, Any]] | None = [] if cfg.siblings is None else None
+    if cfg.siblings is not None and inputs.pods is not None:
+        links, found = sibling_links(cfg, inputs.pods, inputs.own_pod)
+        problems += found
 
     if not cfg.expose:
-        return Outcome(pod_connectors, [], [], [], None, problems)
+        return Outcome(pod_connectors, [], [], links, [], None, problems)
     if inputs.services is None:
-        return Outcome(pod_connectors, None, None, [], None, problems)
+        return Outcome(pod_connectors, None, None, links, [], None, problems)
 
     found_exposures, found = exposures(inputs.services.values(), cfg.site)
     problems += found
@@ -368,6 +422,7 @@ def reconcile(cfg: AgentConfig, inputs: Inputs) -> Outcome:
         pod_connectors=pod_connectors,
         service_connectors=exposure_connectors(found_exposures),
         proxy_listeners=listeners,
+        sibling_links=links,
         actions=actions,
         exposed=[e for e, _unused in found_exposures],
         problems=sorted(set(problems)),
@@ -379,6 +434,8 @@ def overlay_source(kind: str, name: str) -> str:
     that is not known yet, e.g. right after a restart with the API unreachable)."""
     if kind == "listeners":
         return "proxies"
+    if kind == "links":
+        return "siblings"
     return "services" if name.startswith("service/") else "pods"
 
 
@@ -387,6 +444,7 @@ def assemble_overlay(outcome: Outcome, previous: Mapping[str, Any]) -> dict[str,
         ("connectors", "pods"): outcome.pod_connectors,
         ("connectors", "services"): outcome.service_connectors,
         ("listeners", "proxies"): outcome.proxy_listeners,
+        ("links", "siblings"): outcome.sibling_links,
     }
     result: dict[str, Any] = {"listeners": [], "connectors": [], "links": []}
     for (kind, source), entries in parts.items():
@@ -397,6 +455,6 @@ def assemble_overlay(outcome: Outcome, previous: Mapping[str, Any]) -> dict[str,
                 if isinstance(e, dict) and overlay_source(kind, str(e.get("name"))) == source
             ]
         result[kind].extend(entries)
-    for kind in ("listeners", "connectors"):
+    for kind in ("listeners", "connectors", "links"):
         result[kind].sort(key=lambda e: str(e.get("name")))
     return result
