@@ -15,12 +15,15 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 export ANSIBLE_FORCE_COLOR ?= 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup demo demo-teardown test lint unit integration build clean molecule molecule-setup images
+.PHONY: help setup demo demo-teardown demo-hybrid demo-hybrid-teardown test lint unit integration build clean molecule molecule-setup images
 .PHONY: gates gates-setup sanity ansible-lint galaxy-importer changelog-lint docs-lint mypy
 
 help:
 	@echo "make demo          - build a three-site application network on this machine and use it"
 	@echo "make demo-teardown - remove the demo network"
+	@echo "make demo-hybrid   - the same with three platforms: kubernetes (podman kube play),"
+	@echo "                     local and systemd (a Debian host container); needs root"
+	@echo "make demo-hybrid-teardown - remove it"
 	@echo "make test          - lint and run every test (molecule included)"
 	@echo "make molecule      - the molecule scenario alone (systemd and podman sites)"
 	@echo "make build         - build the collection tarball into build/"
@@ -55,6 +58,15 @@ demo: setup
 demo-teardown: setup
 	ansible-playbook -i $(DEMO_INVENTORY) playbooks/teardown.yml
 	$(BIN)/python scripts/demo_backend.py stop
+
+# The hybrid network: a kubernetes site run by `podman kube play`, a local site and
+# a systemd site on a Debian host container (inventories/hybrid). Needs root.
+demo-hybrid: images
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) $(BIN)/python scripts/demo_hybrid.py up
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) $(BIN)/python scripts/demo_hybrid.py show
+
+demo-hybrid-teardown: setup
+	CONTAINERS_CONF=$(CONTAINERS_CONF_FILE) $(BIN)/python scripts/demo_hybrid.py down
 
 lint: setup
 	ruff check .
