@@ -37,6 +37,8 @@ class Result:
     actions: list[str] = field(default_factory=list)
     diff: dict[str, Any] | None = None
     values: dict[str, Any] = field(default_factory=dict)
+    # Shown as Ansible warnings: what needs a person soon (an expiring credential).
+    warnings: list[str] = field(default_factory=list)
 
     def act(self, action: str) -> None:
         self.changed = True
@@ -51,6 +53,8 @@ class Result:
         if self.diff is not None:
             out["diff"] = self.diff
         out.update(self.values)
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ansible_collections.skiff.fleet.plugins.module_utils import validation
+from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import Result
 from ansible_collections.skiff.fleet.plugins.module_utils.config_runner import SiteConfigRunner
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
@@ -264,6 +264,21 @@ def removed_links(result_changes: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def link_expiry_warnings(site: str, tokens: Mapping[str, Token]) -> list[str]:
+    """Links whose credential lapses within 30 days after this run. A run renews the
+    tokens of sites in the inventory before it links, so these come from elsewhere."""
+    found = []
+    for name, token in sorted(tokens.items()):
+        warning = pki.expiry_warning(
+            token.cert,
+            f"site {site}: the credential of link {name} (a token of site {token.site})",
+            f"get a new token from site {token.site} (skiff.fleet.token there) and run again",
+        )
+        if warning:
+            found.append(warning)
+    return found
+
+
 def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
     """One link, or a list of them, in one change (one reload)."""
     single = params.items is None
@@ -298,4 +313,5 @@ def run_link(params: LinkParams, check_mode: bool, **services: Any) -> Result:
     else:
         values["links"] = after
     result.values = values
+    result.warnings += link_expiry_warnings(params.site, links.tokens)
     return result

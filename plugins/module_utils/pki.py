@@ -324,6 +324,25 @@ def describe(cert_pem: bytes) -> dict[str, object]:
 
 
 # cryptography < 42 (Debian 12 has 38) lacks the *_utc properties: the naive ones are UTC.
+def expiry_warning(
+    cert_pem: bytes | str, what: str, remedy: str, *, now: datetime.datetime | None = None
+) -> str | None:
+    """A warning when the certificate expires within RENEW_BEFORE (the window in
+    which skiff renews what it can), naming what it is and what to do."""
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    try:
+        expires = _not_after(x509.load_pem_x509_certificate(data))
+    except ValueError:
+        return None
+    left = expires - (now or _now())
+    if left >= RENEW_BEFORE:
+        return None
+    when = expires.strftime("%Y-%m-%d %H:%M UTC")
+    if left.total_seconds() <= 0:
+        return f"{what} expired on {when}: {remedy}"
+    return f"{what} expires on {when} (in {left.days} days): {remedy}"
+
+
 def _not_after(cert: x509.Certificate) -> datetime.datetime:
     value = getattr(cert, "not_valid_after_utc", None)
     return value or cert.not_valid_after.replace(tzinfo=datetime.UTC)

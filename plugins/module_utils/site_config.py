@@ -21,6 +21,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffErr
 from ansible_collections.skiff.fleet.plugins.module_utils.link import (
     LINK,
     LinkSecrets,
+    link_expiry_warnings,
     link_peers,
     link_set,
 )
@@ -93,6 +94,8 @@ def run_reconcile(params: SiteConfigParams, check_mode: bool, **services: Any) -
     )
     after = result.values.get("after", {})
     result.values = {"changes": result.values.get("changes", []), **after}
+    if params.links is not None:
+        result.warnings += link_expiry_warnings(params.site, links.tokens)
     if certificates is not None and certificates.ca_pem:
         result.values["service_ca"] = certificates.ca_pem.decode()
     return result

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
+from pathlib import Path
 
 import pytest
 
+from ansible_collections.skiff.fleet.plugins.module_utils import pki
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.link import LinkParams, run_link
 from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
+from ansible_collections.skiff.fleet.plugins.module_utils.site_config import (
+    SiteConfigParams,
+    run_reconcile,
+)
 from ansible_collections.skiff.fleet.plugins.module_utils.store import SitePaths
 from ansible_collections.skiff.fleet.plugins.module_utils.token import TokenParams, run_token
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import decode
@@ -206,3 +213,40 @@ def test_a_link_is_never_re_pointed_at_another_site(pair, services, fleet, tmp_p
     assert run_link(lparams(west, name="east", token=south_token), False, **services).changed
     peers = {e["name"]: e["peer"] for e in json.loads(west.config.read_text())["links"]}
     assert peers == {"south": "south", "east": "south"}
+
+
+def short_lived(token: str, days: int, base_dir: Path) -> str:
+    """The same token with a client certificate that lapses in `days` days (as one
+    issued long ago by a site outside this run would)."""
+    decoded = decode(token)
+    ca_dir = SitePaths.for_site(str(base_dir), decoded.site).root / "ca"
+    ca = pki.Issued((ca_dir / "ca.crt").read_bytes(), (ca_dir / "ca.key").read_bytes())
+    client = pki.issue_client_cert(ca, decoded.name, valid_days=days)
+    return dataclasses.replace(
+        decoded, cert=client.cert_pem.decode(), key=client.key_pem.decode()
+    ).encode()
+
+
+def test_a_link_whose_credential_lapses_within_30_days_warns(pair, services, tmp_path):
+    """Nothing in this run can renew a token another site issued: the link module and
+    the reconcile step both say when it lapses and what to do; a fresh one is quiet."""
+    west, token = pair
+    assert run_link(lparams(west, token=token), False, **services).warnings == []
+    lapsing = short_lived(token, 12, tmp_path)
+    linked = run_link(lparams(west, token=lapsing), False, **services)
+    (warning,) = linked.warnings
+    assert warning.startswith(
+        "site west: the credential of link east (a token of site east) expires on "
+    )
+    assert "(in 11 days)" in warning or "(in 12 days)" in warning
+    assert warning.endswith(
+        "get a new token from site east (skiff.fleet.token there) and run again"
+    )
+    assert linked.as_module_result()["warnings"] == [warning]
+    reconciled = run_reconcile(
+        SiteConfigParams(site="west", base_dir=str(tmp_path), links=({"token": lapsing},)),
+        True,
+        **services,
+    )
+    assert reconciled.warnings == [warning]
+    assert "PRIVATE KEY" not in warning
