@@ -65,8 +65,20 @@ def test_only_listed_certificates_link_and_a_revoked_one_is_dropped(tmp_path: Pa
                 )
                 assert not link_up(rs["west"], "east")
                 assert e.status()["links"] == []
+                # The dialer is told why (a CLOSE frame, not a bare reset).
+                await wait_for(
+                    lambda: "credential refused" in (link_error(rs["west"], "east") or ""),
+                    TIMEOUT,
+                    "west told its credential is refused",
+                )
+                assert link_error(rs["north"], "east") == "closed by peer: credential refused"
 
     run(main())
+
+
+def link_error(router: object, name: str) -> str | None:
+    status = router.status()  # type: ignore[attr-defined]
+    return next((lk["error"] for lk in status["links"] if lk["name"] == name), None)
 
 
 def test_a_superseded_certificate_links_until_its_not_after(tmp_path: Path) -> None:

@@ -123,11 +123,14 @@ class RouterCore:
         if link is not None:
             self._close(link, link.proto.lost(reason), notify=False)
 
-    def close_link(self, handle: int, reason: str = "link removed") -> None:
-        """Close a link on purpose (config change, shutdown)."""
+    def close_link(
+        self, handle: int, reason: str = "link removed", public: str = "closing"
+    ) -> None:
+        """Close a link on purpose (config change, shutdown, a refused credential); the
+        peer gets the short ``public`` code in a CLOSE frame."""
         link = self.topology.links.get(handle)
         if link is not None:
-            self._close(link, link.proto.fail(reason, "closing"), notify=True)
+            self._close(link, link.proto.fail(reason, public), notify=True)
 
     def _close(self, link: Link, ev: LinkClosed, notify: bool) -> None:
         if self.topology.remove(link, ev.reason, notify):

@@ -639,15 +639,21 @@ class Router:
         short = (fingerprint or "none")[:16]
         return f"client certificate sha256 {short}... was revoked, superseded or never issued here"
 
+    def refuse_if_not_accepted(self, conn: LinkConn) -> bool:
+        """Close an incoming link whose client certificate this site does not (or no
+        longer) accept; the dialer is told `credential refused`. True if closed."""
+        refusal = self.client_refusal(conn.fingerprint)
+        if refusal is None:
+            return False
+        self.refused_credentials += 1
+        llog.warning("link %s refused: %s", conn.name, refusal)
+        self.core.close_link(conn.handle, f"refused: {refusal}", public="credential refused")
+        return True
+
     def _check_link_clients(self) -> None:
         for conn in list(self.links.values()):
-            if conn.direction is not Direction.INCOMING:
-                continue
-            refusal = self.client_refusal(conn.fingerprint)
-            if refusal is not None:
-                self.refused_credentials += 1
-                llog.warning("closing link %s: %s", conn.name, refusal)
-                conn.close("credential revoked")
+            if conn.direction is Direction.INCOMING:
+                self.refuse_if_not_accepted(conn)
 
     async def _start_access(self) -> None:
         acc = self.cfg.link_access

@@ -240,16 +240,13 @@ class LinkConn(asyncio.Protocol):
             # of that site, and no other, may announce themselves over this link.
             self.expected_site = tls.peer_common_name(tr)
             self.fingerprint = tls.peer_fingerprint(tr)
-            refusal = router.client_refusal(self.fingerprint)
-            if refusal is not None:
-                router.refused_credentials += 1
-                llog.warning("link from %s refused: %s", self.owner.endpoint, refusal)
-                tr.abort()
-                return
         self.handle = self.core.link_connected(
             self.name, self.direction, self._loop.time(), self.expected_site, self.cost
         )
         router.links[self.handle] = self
+        if self.direction is Direction.INCOMING:
+            # Refused after the handshake, with a CLOSE the dialer shows, not a reset.
+            router.refuse_if_not_accepted(self)
         router.pump()
 
     def data_received(self, data: bytes) -> None:
