@@ -138,6 +138,9 @@ class LocalPlatform(Platform):
             str(self.paths.config),
             "--pid-file",
             str(self.paths.pid_file),
+            # Kept bounded by the supervisor (copy and truncate at 10 MiB, 5 copies).
+            "--log-file",
+            str(self.paths.log_file),
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log_fd = os.open(self.paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

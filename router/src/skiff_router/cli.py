@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from skiff_router import __version__, eventloop
+from skiff_router import __version__, eventloop, logfile
 from skiff_router import log as logsetup
 from skiff_router.config import AdminTokenError, ConfigError, load, read_admin_token
 from skiff_router.kube import agent as kube_agent
@@ -67,13 +67,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def cmd_supervise(args: argparse.Namespace) -> int:
     from skiff_router.supervisor import Supervisor
 
     logsetup.setup("info")
 
     async def main() -> int:
-        return await Supervisor(args.config, args.pid_file).run()
+        return await Supervisor(
+            args.config,
+            args.pid_file,
+            log_file=args.log_file,
+            log_max_bytes=args.log_max_bytes,
+            log_keep=args.log_keep,
+        ).run()
 
     return asyncio.run(main())
 
@@ -291,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("supervise", help="run and restart the router as a child")
     s.add_argument("--config", required=True)
     s.add_argument("--pid-file", required=True)
+    s.add_argument(
+        "--log-file", help="the file our output goes to: rotated (copy and truncate) when large"
+    )
+    s.add_argument("--log-max-bytes", type=_positive, default=logfile.DEFAULT_MAX_BYTES)
+    s.add_argument("--log-keep", type=_positive, default=logfile.DEFAULT_KEEP)
     s.set_defaults(func=cmd_supervise)
 
     c = sub.add_parser("check-config", help="validate a config file")

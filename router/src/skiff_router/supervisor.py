@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from skiff_router import logfile
+
 log = logging.getLogger("supervisor")
 
 BACKOFF_MIN = 0.5
@@ -19,8 +21,19 @@ STOP_GRACE = 10.0
 
 
 class Supervisor:
-    def __init__(self, config: str, pid_file: str, child_cmd: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: str,
+        pid_file: str,
+        child_cmd: list[str] | None = None,
+        log_file: str | None = None,
+        log_max_bytes: int = logfile.DEFAULT_MAX_BYTES,
+        log_keep: int = logfile.DEFAULT_KEEP,
+    ) -> None:
         self.config = config
+        # The file our output goes to (the platform's), rotated while we run.
+        self.log_file = Path(log_file) if log_file else None
+        self.log_max_bytes, self.log_keep = log_max_bytes, log_keep
         self.pid_file = Path(pid_file)
         self.child_cmd = child_cmd or [
             sys.executable,
@@ -62,6 +75,7 @@ class Supervisor:
         self._write_pid()
         log.info("supervisor started (pid %d)", os.getpid())
         backoff = BACKOFF_MIN
+        rotating = asyncio.ensure_future(self._rotate_logs()) if self.log_file else None
         try:
             while not self.stopping.is_set():
                 started = loop.time()
@@ -84,9 +98,21 @@ class Supervisor:
                 backoff = min(backoff * 2, BACKOFF_MAX)
             await self._stop_child()
         finally:
+            if rotating is not None:
+                rotating.cancel()
             self._remove_pid()
         log.info("supervisor stopped")
         return 0
+
+    async def _rotate_logs(self) -> None:
+        assert self.log_file is not None
+        while True:
+            try:
+                if logfile.rotate_if_large(self.log_file, self.log_max_bytes, self.log_keep):
+                    log.info("rotated %s (over %d bytes)", self.log_file, self.log_max_bytes)
+            except OSError as exc:
+                log.warning("cannot rotate %s: %s", self.log_file, exc.strerror or exc)
+            await asyncio.sleep(logfile.CHECK_SECONDS)
 
     async def _stop_child(self) -> None:
         child = self.child
