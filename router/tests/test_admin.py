@@ -104,11 +104,16 @@ def test_metrics_export_each_certificates_expiry(tmp_path: Path) -> None:
         east = Site.create(tmp_path, "east", accept=True)
         west = Site.create(tmp_path, "west", accept=True)
         west.link_to(east)
+        assert west.ca is not None  # the replicas' certificate (kubernetes sites)
+        sibling, _key = west.ca.issue("west", server=False, days=20)
+        (west.dir / "tls" / "sibling.crt").write_bytes(sibling)
+        west.access_extra["sibling_cert"] = "tls/sibling.crt"
         async with routers(east, west) as rs:
             text = metrics.render(metrics.registry_for(rs["west"])).decode()
             name = "skiff_certificate_expiry_timestamp_seconds"
             want = {
                 ("server", "link-access"): expiry(west.dir / "tls" / "server.crt"),
+                ("sibling", "link-access"): expiry(west.dir / "tls" / "sibling.crt"),
                 ("site-ca", "link-access"): expiry(west.dir / "ca" / "ca.crt"),
                 ("link-client", "east"): expiry(west.dir / "links" / "east" / "tls.crt"),
                 ("link-ca", "east"): expiry(west.dir / "links" / "east" / "ca.crt"),

@@ -909,6 +909,8 @@ class Router:
         if cfg.link_access is not None:
             files += [("server", "link-access", cfg.link_access.cert)]
             files += [("site-ca", "link-access", cfg.link_access.ca)]
+            if cfg.link_access.sibling_cert:
+                files += [("sibling", "link-access", cfg.link_access.sibling_cert)]
         for lk in cfg.links:
             files += [("link-client", lk.name, lk.cert), ("link-ca", lk.name, lk.ca)]
         for ls in cfg.listeners:
