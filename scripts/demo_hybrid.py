@@ -176,6 +176,12 @@ def shop_status() -> dict:
 
 def up() -> None:
     build_image()
+    if not STATE.exists():
+        # A fresh demo: what an interrupted one left behind (with no state to go
+        # with it) would be taken for running parts of this one.
+        for container in (EDGE, CATALOG):
+            podman("rm", "-f", "-t", "5", container, check=False)
+        podman("pod", "rm", "-f", "-t", "5", f"{km.ROUTER}-pod", check=False)
     start_services()
     # shop first: the other sites' runs wait until they reach it (GitOps order:
     # the manifests are deployed before the sites linking to it converge).
