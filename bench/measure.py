@@ -3,15 +3,17 @@ idle open flow. Every call is bounded in time; failures raise BenchError."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bench.loops import raise_nofile
 from bench.paths import REPO, PathUnderTest
 from bench.procs import LOOPBACK, BenchError, Procs, free_port, rss_kib, wait_port
 
@@ -134,6 +136,27 @@ def _wait_open(echo: EchoServer, want: int, stall: float = 10.0, limit: float = 
         if m != n:
             n, last_change = m, time.monotonic()
     return n
+
+
+@contextlib.contextmanager
+def held_flows(entries: list[int], count: int, timeout: float = 10.0) -> Iterator[int]:
+    """``count`` flows spread over ``entries`` in turn, each open end to end (one byte
+    echoed back) and held while the block runs; closed after it. Bounded: a flow
+    that does not echo within ``timeout`` fails the measurement."""
+    raise_nofile()
+    held: list[socket.socket] = []
+    try:
+        for i in range(count):
+            conn = socket.create_connection((LOOPBACK, entries[i % len(entries)]), timeout)
+            held.append(conn)
+            conn.settimeout(timeout)
+            conn.sendall(b"x")
+            if conn.recv(1) != b"x":
+                raise BenchError(f"flow {i} over port {entries[i % len(entries)]} did not echo")
+        yield len(held)
+    finally:
+        for conn in held:
+            conn.close()
 
 
 def idle_rss(procs: Procs, start_path: Starter, flows: int, tag: str) -> IdleResult:

@@ -19,10 +19,19 @@ class BenchError(RuntimeError):
     """A part of the benchmark could not be set up or measured."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this run: a path with 100 keys
+    asks for hundreds before anything binds them, and the kernel may repeat one."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def listening_ports() -> set[int]:

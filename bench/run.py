@@ -129,6 +129,8 @@ def make_figures() -> dict[str, Figure]:
         Figure("new_flows_parallel_32", "flows/s", "ratio >= 3.0", _at_least(3.0)),
         Figure("idle_flow_rss", "KiB/flow/router", "skiff <= 16 (absolute)", _absolute_at_most(16)),
         Figure("route_convergence", "s", "skiff <= 3 (absolute)", _absolute_at_most(3.0)),
+        # 100 routing keys, 1,000 flows open over them (10 each), p50 on one key.
+        Figure("latency_p50_100_keys", "us", "ratio <= 1.3", _at_most(1.3)),
     ]
     return {f.name: f for f in figs}
 
@@ -228,6 +230,43 @@ def idle_figure(fig: Figure, procs: Procs, work: Path, s: Settings, rep: int) ->
     fig.add("direct", None)
 
 
+KEYS, HELD_FLOWS = 100, 1_000
+
+
+def many_keys_figure(fig: Figure, procs: Procs, work: Path, s: Settings, rep: int) -> None:
+    """Each path relays 100 keys (HAProxy: 100 listen sections) to the echo target;
+    1,000 flows are opened over them and held, each with one byte echoed end to
+    end; then the 1-byte round-trip p50 on the first key."""
+    echo = measure.EchoServer.start(procs, f"echo-keys-{rep}")
+    targets = {f"key{i:03d}": echo.port for i in range(KEYS)}
+    starters: dict[str, Callable[[Path], paths.PathUnderTest]] = {
+        "skiff": lambda d: paths.skiff(procs, d, targets),
+        "haproxy": lambda d: paths.haproxy(procs, d, targets, HELD_FLOWS + 200),
+        "direct": lambda _d: paths.direct(targets),
+    }
+    try:
+        for peer in rotated(list(starters), rep):
+            d = work / f"keys-{peer}-{rep}"
+            d.mkdir()
+
+            def one(peer: str = peer, d: Path = d) -> float:
+                path = starters[peer](d)
+                try:
+                    entries = [path.entries[k] for k in sorted(targets)]
+                    with measure.held_flows(entries, HELD_FLOWS):
+                        p50, _p99 = measure.latency_us(
+                            entries[0], s.latency_count, s.latency_seconds
+                        )
+                    return p50
+                finally:
+                    path.stop(procs)
+
+            fig.add(peer, attempt(fig, peer, one))
+        fig.add("stunnel", None)
+    finally:
+        procs.stop(echo.proc)
+
+
 def convergence_figure(fig: Figure, procs: Procs, work: Path, rep: int) -> None:
     d = work / f"mesh-{rep}"
     d.mkdir()
@@ -297,6 +336,10 @@ def run(s: Settings, work: Path, only: set[str] | None) -> tuple[list[dict[str, 
             for rep in range(s.idle_reps):
                 log(f"idle open flows, repetition {rep + 1}/{s.idle_reps}")
                 idle_figure(figs["idle_flow_rss"], procs, work, s, rep)
+        if want("keys"):
+            for rep in range(s.reps):
+                log(f"{KEYS} keys, {HELD_FLOWS} open flows, repetition {rep + 1}/{s.reps}")
+                many_keys_figure(figs["latency_p50_100_keys"], procs, work, s, rep)
         if want("convergence"):
             for rep in range(s.convergence_reps):
                 log(f"route convergence, repetition {rep + 1}/{s.convergence_reps}")
@@ -373,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short run (under two minutes)")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
-    ap.add_argument("--only", help="comma list of parts: data,idle,convergence")
+    ap.add_argument("--only", help="comma list of parts: data,idle,keys,convergence")
     ap.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument(
