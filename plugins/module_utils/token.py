@@ -49,6 +49,9 @@ class TokenParams:
     names: tuple[str, ...] | None = None
     # With `names`: remove (revoke) every token kept that `names` does not list.
     prune: bool = False
+    # Names whose tokens go to peers outside the inventory: a re-issue warns (someone
+    # must hand the new token over before the old one stops linking).
+    outside: tuple[str, ...] = ()
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
@@ -58,6 +61,7 @@ class TokenParams:
         if params.get("names") is not None:
             values["names"] = tuple(params["names"])
         values["prune"] = bool(params.get("prune"))
+        values["outside"] = tuple(params.get("outside") or ())
         return cls(**values)
 
 
@@ -148,6 +152,15 @@ class TokenRunner:
             f"issue token '{params.name}'"
             + ("" if reason == "missing" else f" (the previous one: {reason})")
         )
+        if reason != "missing" and params.name in params.outside:
+            until = datetime.fromtimestamp((self._superseded(cert_pem) or {}).get(
+                "not_after", 0), UTC).strftime("%Y-%m-%d %H:%M UTC")  # fmt: skip
+            result.warnings.append(
+                f"site {params.site}: token '{params.name}' goes to a peer outside the "
+                f"inventory and {'would be' if self.check_mode else 'was'} issued again "
+                f"({reason}); its previous certificate links until {until}: hand "
+                f"'{params.name}' the new token before then"
+            )
         if self.check_mode:
             # No token to return: the calling play must not mistake a placeholder for one.
             result.diff = {"before": before, "after": {"name": params.name, "site": params.site,
@@ -320,6 +333,7 @@ def _run_tokens(params: TokenParams, check_mode: bool, **services: Any) -> Resul
         ).run()
         result.changed = result.changed or one.changed
         result.actions.extend(one.actions)
+        result.warnings.extend(one.warnings)
         if "token" in one.values:
             result.values["tokens"][name] = one.values["token"]
         if "token_info" in one.values:
@@ -354,6 +368,7 @@ def _prune(
         ).run()
         result.changed = result.changed or one.changed
         result.actions.extend(one.actions)
+        result.warnings.extend(one.warnings)
         before[name] = (one.diff or {}).get("before")
         after[name] = (one.diff or {}).get("after")
     return removed

@@ -74,6 +74,17 @@ options:
     type: bool
     default: false
     version_added: 0.2.0
+  outside:
+    description:
+      - Names of O(names) whose tokens go to peers outside the inventory. When
+        one of them is issued again (it expires within 30 days, or the link
+        endpoints changed), the task warns that someone must hand the peer the
+        new token before the previous certificate stops linking (one day later).
+        The role passes C(skiff_external_tokens).
+    type: list
+    elements: str
+    default: []
+    version_added: 0.2.0
   valid_days:
     description: Lifetime of a newly issued client certificate, in days.
     type: int
@@ -165,6 +176,7 @@ def argument_spec() -> dict:
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         "valid_days": {"type": "int", "default": 365},
         "prune": {"type": "bool", "default": False},
+        "outside": {"type": "list", "elements": "str", "default": []},
     }
 
 

@@ -82,3 +82,29 @@ def test_prune_revokes_the_tokens_not_named(hub, services):
     # Without prune, tokens not named stay.
     run_token(TokenParams(site="hub", base_dir=hub, names=("a", "d")), False, **services)
     assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a", "d"]
+
+
+def test_a_token_for_a_peer_outside_the_inventory_warns_when_issued_again(hub, services):
+    """Nobody in the run hands an outside peer its new token: the re-issue says so,
+    with the time its previous certificate stops linking; inventory dialers do not."""
+    names = ("west", "partner")
+    short = TokenParams(site="hub", names=names, base_dir=hub, valid_days=20, outside=("partner",))
+    first = run_token(short, False, **services)
+    assert first.warnings == []  # a first issue replaces nothing
+    again = TokenParams(site="hub", names=names, base_dir=hub, outside=("partner",))
+    check = run_token(again, True, **services)
+    (warning,) = check.warnings
+    assert warning.startswith(
+        "site hub: token 'partner' goes to a peer outside the inventory and would be issued "
+        "again (expires within 30 days); its previous certificate links until "
+    )
+    assert warning.endswith("UTC: hand 'partner' the new token before then")
+    applied = run_token(again, False, **services)
+    (done,) = applied.warnings
+    assert (
+        done.replace(" was issued", " would be issued").split(" until ")[0]
+        == (warning.split(" until ")[0])
+    )
+    assert applied.as_module_result()["warnings"] == applied.warnings
+    assert "west" not in " ".join(applied.warnings)
+    assert not run_token(again, False, **services).warnings  # renewed: quiet again
