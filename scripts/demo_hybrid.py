@@ -112,11 +112,18 @@ def start_services() -> None:
         # systemd as PID 1, on this machine's network: its listeners are on 127.0.0.1.
         podman("run", "-d", "--name", EDGE, "--hostname", EDGE, "--network", "host",
                "--systemd", "always", HOST_IMAGE, "/sbin/init")  # fmt: skip
-        # Until the boot is over (`--wait`); "degraded" is fine: the image's own
-        # podman units do not start in a container, and the router does not need them.
+        # Until the boot is over; "degraded" is fine: the image's own podman units
+        # do not start in a container, and the router does not need them. Asked
+        # again while systemd cannot answer yet (right after the start it has no
+        # bus, and `--wait` returns at once with nothing); bounded.
         wait_for(lambda: exists("container", EDGE), "the edge host container")
-        booted = podman("exec", EDGE, "systemctl", "is-system-running", "--wait",
-                        check=False, timeout=300).stdout.strip()  # fmt: skip
+        deadline = time.monotonic() + 300
+        booted = ""
+        while booted not in ("running", "degraded") and time.monotonic() < deadline:
+            booted = podman("exec", EDGE, "systemctl", "is-system-running", "--wait",
+                            check=False, timeout=300).stdout.strip()  # fmt: skip
+            if booted not in ("running", "degraded"):
+                time.sleep(1)
         if booted not in ("running", "degraded"):
             jobs = podman("exec", EDGE, "systemctl", "list-jobs", check=False).stdout
             raise SystemExit(f"systemd in {EDGE} did not boot ({booted!r}); jobs:\n{jobs}")
