@@ -31,7 +31,15 @@ for helpers in ("tests/integration", "scripts", ".cache/collections"):
     sys.path.insert(0, str(REPO / helpers))
 
 from demo_show import Answer, ask, render  # noqa: E402
-from kube_play import LOCK, Kubelet, build_image, podman, transform, wait_for  # noqa: E402
+from kube_play import (  # noqa: E402
+    LOCK,
+    Kubelet,
+    build_image,
+    podman,
+    rendered,
+    transform,
+    wait_for,
+)
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km  # noqa: E402
 
@@ -140,27 +148,15 @@ def _alive(pid_file: Path) -> bool:
         return False
 
 
-def rendered() -> tuple[dict, dict[str, dict[str, bytes]]]:
-    manifests = STATE / "gitops"
-    documents = km.from_yaml((manifests / "shop.yaml").read_bytes())
-    deployment = next(d for d in documents if d["kind"] == "Deployment")
-    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    data = {km.ROUTER: {k: v.encode() for k, v in config_map["data"].items()}}
-    for name in (km.SECRET_SERVER, km.SECRET_LINKS):
-        path = manifests / "shop.secrets" / f"{name}.yaml"
-        data[name] = km.secret_data(km.from_yaml(path.read_bytes())[0]) if path.exists() else {}
-    return deployment, data
-
-
 def sync_shop_volumes() -> None:
     """What the kubelet does when the ConfigMap or a Secret changes."""
     kubelet = Kubelet(STATE / "volumes")
-    for name, files in rendered()[1].items():
+    for name, files in rendered(STATE / "gitops", "shop")[1].items():
         kubelet.project(name, files, 0o444 if name == km.ROUTER else 0o440)
 
 
 def play_shop() -> None:
-    deployment, _data = rendered()
+    deployment, _data = rendered(STATE / "gitops", "shop")
     sync_shop_volumes()
     link_port = hosts()["shop"]["skiff_link_endpoint"]["port"]
     played = transform(deployment, STATE / "volumes", {"admin": SHOP_ADMIN, "link": link_port})

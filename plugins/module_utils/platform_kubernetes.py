@@ -612,13 +612,15 @@ class KubernetesPlatform(Platform):
         """(live, wanted) agent.json when the ConfigMap exists and its agent config
         differs; a new ConfigMap gets the wanted one with the router config."""
         wanted = km.agent_json(self.spec)
+        live = self.objects.get("ConfigMap", km.ROUTER)
+        current = (
+            None if live is None else str((live.get("data") or {}).get(km.AGENT_CONFIG_KEY) or "")
+        )
+        if current == wanted:
+            return None  # already in force: nothing to check or write (a cheap re-run)
         if self.spec.selector_connectors:
             self._check_agent_config(wanted.encode())
-        live = self.objects.get("ConfigMap", km.ROUTER)
-        if live is None:
-            return None
-        current = str((live.get("data") or {}).get(km.AGENT_CONFIG_KEY) or "")
-        return None if current == wanted else (current, wanted)
+        return None if current is None else (current, wanted)
 
     def diff(self) -> dict[str, Any]:
         if not self._planned:

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
+
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPO / ".cache" / "containers.conf"
 IMAGE = "localhost/skiff-kube-router:test"
@@ -108,6 +110,19 @@ def untransformed(played: dict[str, Any], rendered: dict[str, Any]) -> dict[str,
         del port["hostIP"], port["hostPort"]
     pod["containers"] += [copy.deepcopy(c) for c in original["containers"] if c["name"] == "agent"]
     return restored
+
+
+def rendered(manifests: Path, site: str) -> tuple[dict, dict[str, dict[str, bytes]]]:
+    """A render-only site's Deployment, and the data of the objects its router mounts
+    (the ConfigMap, the server and links Secrets) by name."""
+    documents = km.from_yaml((manifests / f"{site}.yaml").read_bytes())
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    data = {km.ROUTER: {k: v.encode() for k, v in config_map["data"].items()}}
+    for name in (km.SECRET_SERVER, km.SECRET_LINKS):
+        path = manifests / f"{site}.secrets" / f"{name}.yaml"
+        data[name] = km.secret_data(km.from_yaml(path.read_bytes())[0]) if path.exists() else {}
+    return deployment, data
 
 
 class Kubelet:

@@ -33,6 +33,7 @@ from kube_play import (
     build_image,
     container_state,
     podman,
+    rendered,
     transform,
     untransformed,
     wait_for,
@@ -102,19 +103,6 @@ def through_pod(container: str, port: int, payload: bytes) -> bytes:
     return done.stdout
 
 
-def rendered(manifests: Path) -> tuple[dict, dict[str, dict[str, bytes]], bytes]:
-    """The Deployment, the mounted objects' data by name, and the raw shop.yaml."""
-    raw = (manifests / "shop.yaml").read_bytes()
-    documents = km.from_yaml(raw)
-    deployment = next(d for d in documents if d["kind"] == "Deployment")
-    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
-    data = {km.ROUTER: {k: v.encode() for k, v in config_map["data"].items()}}
-    for name in (km.SECRET_SERVER, km.SECRET_LINKS):
-        path = manifests / "shop.secrets" / f"{name}.yaml"
-        data[name] = km.secret_data(km.from_yaml(path.read_bytes())[0]) if path.exists() else {}
-    return deployment, data, raw
-
-
 def test_transform_touches_only_what_it_documents(tmp_path):
     spec = km.KubeSite(site="shop", namespace="shop", image="localhost/x:1", link_access=True)
     deployment = km.deployment(spec)
@@ -166,7 +154,7 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
             # (as with GitOps: the manifests are deployed before the sites linking to it converge).
             first = run_playbook(inventory, "site.yml", "--limit", "shop")
             assert first.returncode == 0, first.output[-6000:]
-            deployment, data, _raw = rendered(manifests)
+            deployment, data = rendered(manifests, "shop")
             for name, files in data.items():
                 kubelet.project(name, files, 0o444 if name == km.ROUTER else 0o440)
             played = transform(deployment, volumes, {"admin": shop_admin, "link": shop_link})
@@ -186,7 +174,7 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
                 assert got.strip() == answer
             east_run = run_playbook(inventory, "site.yml")
             assert east_run.returncode == 0, east_run.output[-6000:]
-            assert rendered(manifests)[0] == deployment
+            assert rendered(manifests, "shop")[0] == deployment
             config = json.loads(data[km.ROUTER][km.CONFIG_KEY])
             shop_status = wait_for(
                 lambda: (s := status(shop_admin))["ready"]
@@ -228,7 +216,7 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
             inventory = write_inventory(tmp_path / "hosts.yml", hosts, tmp_path / "sites")
             second = run_playbook(inventory, "site.yml")
             assert second.returncode == 0, second.output[-6000:]
-            new_deployment, new_data, _raw = rendered(manifests)
+            new_deployment, new_data = rendered(manifests, "shop")
             assert new_deployment == deployment  # no rollout
             assert new_data[km.ROUTER] != data[km.ROUTER]
             synced = time.monotonic()
