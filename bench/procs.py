@@ -59,17 +59,37 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | No
     raise BenchError(f"nothing listens on port {port} after {timeout:.0f}s")
 
 
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            kids += [int(x) for x in (task / "children").read_text().split()]
+    return kids
+
+
 def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    """Resident set size in KiB (VmRSS) of ``pid`` and every process under it: a
+    router with workers (or a relay with a master process) counts as a whole."""
+    total = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+            total = int(line.split()[1])
+            break
+    else:
+        raise BenchError(f"no VmRSS for pid {pid}")
+    for child in _children(pid):
+        with contextlib.suppress(OSError, BenchError):
+            total += rss_kib(child)
+    return total
 
 
 def uses_uvloop(pid: int) -> bool:
-    """Whether the process has uvloop's extension module mapped."""
+    """Whether the process has uvloop's extension module mapped (for a router with
+    workers: every worker has; the parent that watches them runs no loop)."""
     try:
+        kids = _children(pid)
+        if kids:
+            return all(uses_uvloop(k) for k in kids)
         return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
     except OSError:
         return False

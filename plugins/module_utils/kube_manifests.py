@@ -52,6 +52,8 @@ AGENT_HEALTH_PORT = vocabulary.KUBE_AGENT_HEALTH_PORT
 PROXY_PORTS = vocabulary.KUBE_PROXY_PORTS
 RUN_AS = 10001  # the image's USER
 REFRESH_ANNOTATION = "skiff.io/refresh"
+# The router's worker count, in the pod template: a new count rolls out new pods.
+WORKERS_ANNOTATION = "skiff.io/workers"
 # Each router pod is a router of its own (`<site>.<pod name>`), its agent knows its
 # pod: both from the downward API (the names the router and the agent read).
 ROUTER_ID_SUFFIX_ENV = "SKIFF_ROUTER_ID_SUFFIX"
@@ -107,6 +109,9 @@ class KubeSite:
     namespace: str
     image: str
     replicas: int = 1
+    # Router worker processes per pod (None: one per CPU of the pod's limit). In the
+    # pod template, so a new count rolls out new pods.
+    workers: int | None = None
     admin_port: int = 9191
     link_access: bool = False
     link_service_type: str = "clusterip"
@@ -411,7 +416,10 @@ def deployment(spec: KubeSite) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {"kubectl.kubernetes.io/default-container": "router"},
+                    "annotations": {
+                        "kubectl.kubernetes.io/default-container": "router",
+                        **({WORKERS_ANNOTATION: str(spec.workers)} if spec.workers else {}),
+                    },
                 },
                 "spec": pod_spec,
             },

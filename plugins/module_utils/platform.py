@@ -99,6 +99,16 @@ class Platform(ABC):
         """Before/after data of what plan() would change ({} when there is nothing to show)."""
         return {}
 
+    def restart_for_workers(self, before: int | None, after: int | None) -> str | None:
+        """Why a running router restarts when its `workers` changes (None: it need
+        not, the platform starts the new count itself). A router starts its worker
+        processes when it starts; a reload keeps their number."""
+
+        def count(n: int | None) -> str:
+            return "one per CPU" if n is None else str(n)
+
+        return f"workers {count(before)} -> {count(after)}"
+
     def install(self) -> None:
         """Carry out plan(); called before the router is started, restarted or reloaded."""
         return None

@@ -466,6 +466,7 @@ class KubernetesPlatform(Platform):
             namespace=self.namespace,
             image=str(options.get("image") or ""),
             replicas=int(options.get("replicas", 1)),
+            workers=options.get("workers"),
             admin_port=int(options.get("admin_port", 9191)),
             link_access=bool(endpoints),
             link_service_type=str(options.get("link_service_type") or "clusterip"),
@@ -478,6 +479,10 @@ class KubernetesPlatform(Platform):
                 _selector_connector(item) for item in options.get("connectors") or []
             ),
         )
+
+    def restart_for_workers(self, before: int | None, after: int | None) -> str | None:
+        # The count is in the pod template: the Deployment rolls out new pods.
+        return None
 
     # -- capabilities --------------------------------------------------------------------------
 

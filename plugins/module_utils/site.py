@@ -42,6 +42,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
     DEFAULT_LINK_PORT,
     LOG_LEVELS,
+    MAX_ROUTER_WORKERS,
     ROUTER_MODES,
 )
 
@@ -65,6 +66,7 @@ class SiteParams:
     router_user: str = "skiff"
     image: str = ""
     replicas: int = 1
+    workers: int | None = None  # router worker processes; None: one per CPU
     # Sites that dial this one and are outside the run (--limit): what they depend on
     # (the CA, the link endpoint) must not change without them.
     outside_dialers: tuple[str, ...] = ()
@@ -109,6 +111,8 @@ def platform_options(params: SiteParams, *, strict: bool = True) -> dict[str, An
     if params.platform == "kubernetes":
         options["replicas"] = params.replicas
         options["admin_port"] = params.admin_port
+        if params.workers is not None:
+            options["workers"] = params.workers
         options.update(
             {k: v for k, v in (params.kube or {}).items() if v not in (None, "", {}, [])}
         )
@@ -132,6 +136,11 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
         raise SkiffError(f"must be one of {', '.join(LOG_LEVELS)}", field="log_level")
     if params.mode not in ROUTER_MODES:
         raise SkiffError(f"must be one of {', '.join(ROUTER_MODES)}", field="mode")
+    if params.workers is not None and not 1 <= params.workers <= MAX_ROUTER_WORKERS:
+        raise SkiffError(
+            f"must be from 1 to {MAX_ROUTER_WORKERS}, or unset for one worker per CPU",
+            field="workers",
+        )
     if params.mode == "edge" and params.link_access:
         raise SkiffError(
             "an edge router accepts no links; set link_access to false, or make it an "
@@ -171,6 +180,8 @@ def normalize(params: SiteParams, default_python: str) -> WantedSite:
                 field="admin_port",
             )
     sections: dict[str, Any] = {"site": params.name, "log_level": params.log_level, "admin": admin}
+    # Unset stays implicit (one worker per CPU), so existing configs compare equal.
+    sections["workers"] = params.workers
     # The router's default (interior) stays implicit, so existing configs compare equal.
     sections["mode"] = "edge" if params.mode == "edge" else None
     sections["link_access"] = link_access
@@ -361,6 +372,11 @@ class SiteRunner:
         tls_changed = running and bool(ca_reason or server_reason)
         if running and any(restart for _unused, restart in platform_plan):
             restart_reason = "the platform's unit changed"
+        elif running and current.get("workers") != config.get("workers"):
+            # The worker processes are started with the router: a new count needs a restart.
+            restart_reason = platform.restart_for_workers(
+                current.get("workers"), config.get("workers")
+            )
         drifted = (
             running
             and not config_changed

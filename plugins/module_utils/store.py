@@ -37,7 +37,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
 
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
 # Sections of router.json owned by the site module; everything else belongs to another module.
-SITE_SECTIONS = ("site", "mode", "log_level", "admin", "link_access", "overlay")
+SITE_SECTIONS = ("site", "mode", "log_level", "workers", "admin", "link_access", "overlay")
 LIST_SECTIONS = ("links", "listeners", "connectors")
 
 DIR_MODE = 0o700
@@ -681,6 +681,7 @@ def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
         "router_id",
         "mode",
         "log_level",
+        "workers",
         "admin",
         "link_access",
         "overlay",

@@ -90,6 +90,22 @@ def _check_platform(site: SiteVars) -> None:
         )
 
 
+def _check_workers(site: SiteVars) -> None:
+    workers = site.get("skiff_router_workers")
+    if workers is None:
+        return
+    if (
+        isinstance(workers, bool)
+        or not isinstance(workers, int)
+        or not 1 <= workers <= vocabulary.MAX_ROUTER_WORKERS
+    ):
+        site.problem(
+            "skiff_router_workers",
+            f"must be an integer 1..{vocabulary.MAX_ROUTER_WORKERS} (worker processes of the "
+            f"router), or unset for one per CPU; got {workers!r}",
+        )
+
+
 def _check_kubernetes(site: SiteVars) -> None:
     """A kubernetes site is driven from the controller and becomes objects in a namespace."""
     if site.get("ansible_connection") not in LOCAL_CONNECTIONS:
@@ -441,6 +457,7 @@ def problems_by_host(
         else:
             names[site.site_name] = site.host
         _check_platform(site)
+        _check_workers(site)
         _check_link_access(site)
         _check_links(site, sites)
         _check_services(site, "skiff_listeners")

@@ -113,6 +113,16 @@ options:
         prefer different nodes (soft anti-affinity).
     type: int
     default: 1
+  workers:
+    description:
+      - Worker processes of the router (1-64), each with its own event loop, sharing
+        the router's ports; they answer as one router at the admin port. Unset, the
+        router starts one per CPU it may use (its CPU affinity and cgroup quota, so
+        a C(kubernetes) pod's CPU limit).
+      - The count is read when the router starts. A change restarts a running router
+        (its flows end); on O(platform=kubernetes) the Deployment rolls out new pods.
+    type: int
+    version_added: 0.2.0
   kube:
     description:
       - Settings of a O(platform=kubernetes) site.
@@ -402,6 +412,7 @@ def argument_spec() -> dict:
         "image": {"type": "str"},
         "outside_dialers": {"type": "list", "elements": "str", "default": []},
         "replicas": {"type": "int", "default": 1},
+        "workers": {"type": "int"},
         "kube": {
             "type": "dict",
             "options": {

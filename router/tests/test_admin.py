@@ -63,6 +63,8 @@ def test_metrics_answer_with_and_without_prometheus_client(
     site = Site.create(tmp_path, "solo")
     site.listen("k")
     site.connect("k", 9)
+    # One process: the import blocked in this interpreter is blocked for the router.
+    site.extra["workers"] = 1
     cfg = site.write()
     cmd = (
         [sys.executable, "-m", "skiff_router"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +144,8 @@ def test_run_healthz_status_sighup(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     log = (tmp_path / "run.log").read_text()
-    assert " info router reloaded config " in log
+    # Every worker (the line tagged with it) reloaded.
+    assert re.search(r" info router (\[w0\] )?reloaded config ", log), log
 
 
 def test_run_invalid_config_exits_2(tmp_path: Path) -> None:

@@ -386,3 +386,13 @@ def test_the_pods_name_reaches_the_router_and_the_agent_under_the_names_they_rea
     assert siblings.port == km.LINK_PORT
     # Dial-only sites accept no links: their replicas each dial out, no siblings.
     assert agent_config.validate(json.loads(km.agent_json(BASE))).siblings is None
+
+
+def test_a_worker_count_is_in_the_pod_template_so_a_change_rolls_out_new_pods() -> None:
+    def template(spec: km.KubeSite) -> dict:
+        return km.deployment(spec)["spec"]["template"]["metadata"]["annotations"]
+
+    assert km.WORKERS_ANNOTATION not in template(BASE)  # unset: one per CPU of the pod's limit
+    four = template(dataclasses.replace(BASE, workers=4))
+    assert four[km.WORKERS_ANNOTATION] == "4"
+    assert template(dataclasses.replace(BASE, workers=2)) != four

@@ -635,3 +635,18 @@ def test_replicas_out_of_range_are_refused(api, tmp_path, kubeconfig):
             run(site(tmp_path, kubeconfig, replicas=replicas))
         assert failure.value.field == "replicas"
         assert "1..16" in str(failure.value)
+
+
+def test_a_worker_count_rolls_out_new_pods_instead_of_a_restart(api, tmp_path, kubeconfig):
+    run(site(tmp_path, kubeconfig))
+    check = run(site(tmp_path, kubeconfig, workers=4), check=True)
+    assert "update Deployment skiff-router (spec.template)" in check.actions
+    assert not any(a.startswith("restart the router") for a in check.actions), check.actions
+    applied = run(site(tmp_path, kubeconfig, workers=4))
+    assert applied.changed
+    deployment = api.get("Deployment", "east", "skiff-router")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[km.WORKERS_ANNOTATION] == "4"
+    data = api.get("ConfigMap", "east", "skiff-router")["data"]
+    assert json.loads(data["router.json"])["workers"] == 4
+    assert not run(site(tmp_path, kubeconfig, workers=4)).changed

@@ -272,6 +272,28 @@ def test_edge_mode_is_written_and_interior_stays_implicit(tmp_path, services, fl
         run_site(params(tmp_path, mode="edge", **ACCEPTING), False, **services)
 
 
+def test_a_worker_count_is_written_and_a_change_restarts_the_router(tmp_path, services, fleet):
+    run_site(params(tmp_path), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    # Unset: one worker per CPU, left to the router (the key stays out of the file).
+    assert "workers" not in json.loads(paths.config.read_text())
+    check = run_site(params(tmp_path, workers=4), True, **services)
+    assert "restart the router (workers one per CPU -> 4)" in check.actions
+    assert check.diff["after"]["config"]["workers"] == 4
+    assert fleet[paths.root].calls[-1] == "start"  # check mode restarted nothing
+    result = run_site(params(tmp_path, workers=4), False, **services)
+    assert fleet[paths.root].calls[-2:] == ["stop", "start"]
+    assert json.loads(paths.config.read_text())["workers"] == 4
+    assert result.changed
+    assert not run_site(params(tmp_path, workers=4), False, **services).changed
+    # Other changes still only reload.
+    run_site(params(tmp_path, workers=4, log_level="debug"), False, **services)
+    assert fleet[paths.root].calls[-1] == "reload"
+    for bad in (0, 65):
+        with pytest.raises(SkiffError, match="workers: must be from 1 to 64"):
+            run_site(params(tmp_path, workers=bad), False, **services)
+
+
 def test_a_limited_run_never_moves_what_outside_dialers_depend_on(tmp_path, services, fleet):
     run_site(params(tmp_path, **ACCEPTING), False, **services)
     paths = SitePaths(tmp_path / "east")

@@ -202,6 +202,8 @@ def test_selector_connector_of_a_kubernetes_site_serves_its_key() -> None:
         ),
         ({"skiff_kube_link_access": "ingress"}, "skiff_kube_link_access: must be one of clusterip"),
         ({"skiff_router_replicas": 0}, "skiff_router_replicas: must be an integer 1..16"),
+        ({"skiff_router_workers": 0}, "skiff_router_workers: must be an integer 1..64"),
+        ({"skiff_router_workers": "4"}, "skiff_router_workers: must be an integer 1..64"),
         ({"skiff_router_replicas": 17}, "skiff_router_replicas: must be an integer 1..16"),
         (
             {"skiff_kube_apply": False},

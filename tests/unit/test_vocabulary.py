@@ -116,6 +116,7 @@ def test_router_constants_are_the_vocabulary():
     assert router_config.SITE_RE.pattern == vocabulary.SITE_NAME_PATTERN.pattern
     assert router_config.LOG_LEVELS == vocabulary.LOG_LEVELS
     assert router_config.MODES == vocabulary.ROUTER_MODES
+    assert router_config.MAX_WORKERS == vocabulary.MAX_ROUTER_WORKERS
     assert router_config.DISTRIBUTIONS == vocabulary.DISTRIBUTIONS
     assert router_config.Admin() == router_config.Admin(
         vocabulary.DEFAULT_ADMIN_HOST, vocabulary.DEFAULT_ADMIN_PORT

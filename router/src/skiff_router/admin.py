@@ -34,7 +34,7 @@ try:
     from skiff_router import metrics
 except ImportError:  # without prometheus-client everything but /metrics works
     metrics = None  # type: ignore[assignment]
-from skiff_router import console
+from skiff_router import console, workers
 from skiff_router.codec import MAX_DATA, valid_address
 from skiff_router.config import AdminTokenError, read_admin_token
 from skiff_router.view import MulticastPort, RouterView
@@ -78,6 +78,11 @@ class AdminServer:
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port, limit=MAX_LINE)
         log.info("admin endpoint on http://%s:%d", host, port)
+
+    async def start_unix(self, path: str) -> None:
+        """On a Unix socket: a worker's private endpoint, asked by worker 0."""
+        sock = workers.listening_socket(path)
+        self.server = await asyncio.start_unix_server(self._handle, sock=sock, limit=MAX_LINE)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -162,6 +167,8 @@ class AdminServer:
             if ready:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", ("not ready: " + "; ".join(why) + "\n").encode()
+        if target in ("/v1/status", "/v1/flows", "/metrics"):
+            await self.view.refresh()
         if target == "/v1/status":
             status: dict[str, Any] = self.view.status()
             return 200, "application/json", json.dumps(status, indent=2).encode() + b"\n"

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from skiff_router import __version__, eventloop, logfile
+from skiff_router import __version__, eventloop, logfile, workers
 from skiff_router import log as logsetup
 from skiff_router.config import AdminTokenError, ConfigError, load, read_admin_token
 from skiff_router.kube import agent as kube_agent
@@ -39,12 +39,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.lines():
             print(f"{args.config}: {line}", file=sys.stderr)
         return 2
-    logsetup.setup(loaded.config.log_level)
+    try:
+        seat = workers.seat_from_env()
+    except ValueError as exc:
+        print(f"skiff-router: {exc}", file=sys.stderr)
+        return 2
+    count = loaded.config.workers or workers.default_count()
+    if seat is None and count > 1:
+        logsetup.setup(loaded.config.log_level, tag="pool")
+        return workers.run_pool(args.config, count)
+    logsetup.setup(loaded.config.log_level, tag=f"w{seat.index}" if seat is not None else None)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_loop_exception)
-        router = Router(loaded)
+        router = Router(loaded, seat)
         try:
             await router.start()
         except OSError as exc:

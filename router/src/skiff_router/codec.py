@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from skiff_router.config import MODES, ROUTER_ID_RE, SITE_RE, Mode, router_of_site
+from skiff_router.config import MODES, SITE_RE, WIRE_ROUTER_ID_RE, Mode, router_of_site
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BBII")
@@ -185,7 +185,7 @@ def _dump(value: Any) -> bytes:
 
 
 def _router(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not ROUTER_ID_RE.match(value):
+    if not isinstance(value, str) or not WIRE_ROUTER_ID_RE.match(value):
         raise ProtocolError(f"{what}: invalid router id")
     return value
 

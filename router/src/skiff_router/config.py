@@ -25,6 +25,20 @@ SITE_RE = re.compile(rf"^{_LABEL}$")
 # A router id is a site name, or a site name, one dot and a replica suffix
 # ("east.7f9c2"): two routers of one site (replicas) announce distinct ids.
 ROUTER_ID_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})?$")
+# On the wire a router id may also name a worker process of that router
+# ("east/w1", workers.py): worker 0 keeps the router's own id.
+WIRE_ROUTER_ID_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})?(/w[1-9][0-9]?)?$")
+MAX_WORKERS = 64
+
+
+def worker_router_id(router_id: str, index: int) -> str:
+    """The id of worker ``index`` of a router (worker 0 is the router's own id)."""
+    return router_id if index == 0 else f"{router_id}/w{index}"
+
+
+def router_of_worker(router_id: str) -> str:
+    """The router a worker's id belongs to (a router's own id is itself)."""
+    return router_id.partition("/")[0]
 
 
 # A replica's router id comes from its environment when the shared config names
@@ -33,8 +47,10 @@ ROUTER_ID_SUFFIX_ENV = "SKIFF_ROUTER_ID_SUFFIX"
 
 
 def router_of_site(router_id: str, site: str) -> bool:
-    """A router id names its site: the site itself, or ``<site>.<suffix>``."""
-    return router_id == site or router_id.startswith(site + ".")
+    """A router id names its site: the site itself, or ``<site>.<suffix>`` (either
+    with a worker's ``/w<k>``)."""
+    base = router_of_worker(router_id)
+    return base == site or base.startswith(site + ".")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -242,6 +258,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     connectors: tuple[ConnectorConfig, ...] = ()
     overlay: str | None = None  # path of the overlay file (extra listeners, connectors, links)
+    workers: int | None = None  # worker processes; None: one per CPU this router may use
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -377,6 +394,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
             "listeners",
             "connectors",
             "overlay",
+            "workers",
         },
     )
     if top is None:
@@ -448,6 +466,17 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
                 sibling_cert=c.file(d, "sibling_cert", "link_access") or None,
             )
 
+    workers = None
+    if top.get("workers") is not None:
+        v = top["workers"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WORKERS:
+            c.err(
+                "workers",
+                f"must be a whole number from 1 to {MAX_WORKERS} (or absent: one per CPU)",
+            )
+        else:
+            workers = v
+
     link_clients = _link_clients(c, top["link_clients"]) if "link_clients" in top else None
     overlay = c.file(top, "overlay", "") if top.get("overlay") is not None else None
     links = _links(c, top.get("links"))
@@ -468,6 +497,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
         links=links,
         listeners=listeners,
         connectors=connectors,
+        workers=workers,
         overlay=overlay or None,
     )
 

@@ -20,12 +20,12 @@ every frame a link delivers to the one component that handles its type.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
-from skiff_router.config import FlowTimeouts, Mode
+from skiff_router.config import FlowTimeouts, Mode, router_of_worker
 from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
 from skiff_router.link import LinkClosed, LinkUp
 from skiff_router.multicast import Multicast
@@ -85,10 +85,13 @@ class RouterCore:
         now: float,
         expected_site: str | None = None,
         cost: int = 1,
+        worker: bool = False,
     ) -> int:
-        """A transport to another router is up; returns the link handle."""
+        """A transport to another router (or to another worker of this router) is
+        up; returns the link handle."""
         self.clock.now = now
-        return self.topology.add(name, Direction(direction), now, expected_site, cost).handle
+        topo = self.topology
+        return topo.add(name, Direction(direction), now, expected_site, cost, worker).handle
 
     def link_data(self, handle: int, data: bytes, now: float) -> None:
         self.clock.now = now
@@ -162,10 +165,15 @@ class RouterCore:
             conns = list(db.serving(k))
             kb = by_key.get(k, (0, 0))
             out[k] = {
-                "connectors": conns,
-                "listeners": db.listening(k),
+                # By router: a router's worker processes count as that router.
+                "connectors": _routers(conns),
+                "listeners": _routers(db.listening(k)),
                 "reachable": bool(conns),
                 "targets": self.sites.status(db, k, self.clock.now),
                 "bytes": {"out": kb[0], "back": kb[1]},
             }
         return out
+
+
+def _routers(ids: Iterable[str]) -> list[str]:
+    return sorted({router_of_worker(r) for r in ids})

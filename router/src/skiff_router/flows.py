@@ -106,6 +106,9 @@ class Flow:
     replay: list[bytes] | None = None
     replay_len: int = 0
     tried: list[str] = field(default_factory=list)
+    # Came from another worker of this router, which counts it: each flow is counted
+    # by the worker it entered the router at, so the workers' figures add up.
+    via_worker: bool = False
     active: float = 0.0  # when a byte last went through, either way (or it opened)
     half_closed_at: float | None = None  # when the first side finished
 
@@ -232,7 +235,7 @@ class Flows:
     def on_open(self, link: Link, fid: int, payload: bytes | memoryview) -> None:
         op = decode_open(payload)  # type: ignore[arg-type]
         topo = self._topo
-        flow = self._new_flow(op.key, op.src, op.dest)
+        flow = self._new_flow(op.key, op.src, op.dest, via_worker=link.worker)
         self._link_end(flow, link, fid)
         if len(link.flows) > self.max_link_flows:
             self._reset(flow, None, "too many flows")
@@ -408,12 +411,13 @@ class Flows:
 
     # -- opening, retrying, ending -------------------------------------------------------
 
-    def _new_flow(self, key: str, src: str, dest: str) -> Flow:
-        flow = Flow(self._next_flow, key, src, dest, active=self._clock.now)
+    def _new_flow(self, key: str, src: str, dest: str, via_worker: bool = False) -> Flow:
+        flow = Flow(self._next_flow, key, src, dest, active=self._clock.now, via_worker=via_worker)
         self._next_flow += 1
         self.by_id[flow.id] = flow
-        self.total += 1
-        self.key_flows[key] = self.key_flows.get(key, 0) + 1
+        if not via_worker:
+            self.total += 1
+            self.key_flows[key] = self.key_flows.get(key, 0) + 1
         return flow
 
     def _link_end(self, flow: Flow, link: Link, fid: int) -> End:
@@ -543,11 +547,12 @@ class Flows:
         del self.by_id[flow.id]
         if flow.origin:
             self._sites.count(flow.key, flow.dest, -1)
-        kb = self.key_bytes.get(flow.key)
-        if kb is None:
-            kb = self.key_bytes[flow.key] = [0, 0]
-        kb[0] += flow.bytes_out
-        kb[1] += flow.bytes_back
+        if not flow.via_worker:
+            kb = self.key_bytes.get(flow.key)
+            if kb is None:
+                kb = self.key_bytes[flow.key] = [0, 0]
+            kb[0] += flow.bytes_out
+            kb[1] += flow.bytes_back
         for e in flow.ends:
             if e.link is not None:
                 e.link.flows.pop(e.ident, None)
@@ -556,11 +561,15 @@ class Flows:
 
     # -- status ------------------------------------------------------------------------------
 
+    def counted(self) -> list[Flow]:
+        """The open flows this router counts (not those another worker counts)."""
+        return [f for f in self.by_id.values() if not f.via_worker]
+
     def bytes_by_key(self) -> dict[str, tuple[int, int]]:
         """Bytes through this router per routing key (finished and open flows):
         (client -> connector, connector -> client)."""
         acc = {k: [v[0], v[1]] for k, v in self.key_bytes.items()}
-        for f in self.by_id.values():
+        for f in self.counted():
             kb = acc.setdefault(f.key, [0, 0])
             kb[0] += f.bytes_out
             kb[1] += f.bytes_back
@@ -569,7 +578,7 @@ class Flows:
     def key_counts(self) -> dict[str, dict[str, int]]:
         """Per routing key: flows open and ever, bytes each way (what the console shows)."""
         open_now: dict[str, int] = {}
-        for f in self.by_id.values():
+        for f in self.counted():
             open_now[f.key] = open_now.get(f.key, 0) + 1
         by_key = self.bytes_by_key()
         return {
@@ -593,5 +602,5 @@ class Flows:
                 "bytes_back": f.bytes_back,
                 "accepted": f.accepted or not f.origin,
             }
-            for f in self.by_id.values()
+            for f in self.counted()
         ]

@@ -60,9 +60,12 @@ class RouterCollector:
             "1 when the link is up, 0 otherwise",
             labels=[*who, "link", "direction", "peer"],
         )
+        worker_ids = {w["index"]: w.get("router_id") for w in st.get("workers", ())}
         for lk in st["links"]:
+            # Each worker process has links of its own: its router id tells them apart.
+            router = worker_ids.get(lk.get("worker", 0)) or st["router_id"]
             g.add_metric(
-                [*me, lk["name"], lk["direction"], lk["peer"] or ""],
+                [st["site"], router, lk["name"], lk["direction"], lk["peer"] or ""],
                 1 if lk["state"] == "up" else 0,
             )
         yield g

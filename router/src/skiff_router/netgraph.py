@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from skiff_router.config import router_of_worker
 from skiff_router.routing import LinkStateDb
 
 
@@ -69,8 +70,45 @@ def network_graph(
                 key, {"flows_open": 0, "flows_total": 0, "bytes_out": 0, "bytes_back": 0}
             )
         )
+    folded = fold_workers(routers)
+    for info in keys.values():
+        for kind in ("listeners", "connectors"):
+            info[kind] = sorted({router_of_worker(r) for r in info[kind]})
     return {
-        "router_id": self_id,
-        "routers": [routers[r] for r in sorted(routers)],
+        "router_id": router_of_worker(self_id),
+        "routers": [folded[r] for r in sorted(folded)],
         "routing_keys": {k: keys[k] for k in sorted(keys)},
     }
+
+
+def fold_workers(routers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One entry per router: the worker processes of a router (``<id>/w<k>``,
+    workers.py) are shown as that router, with ``workers`` counting them. Links
+    between its own workers are left out; a link to several workers of one router
+    is one link, up when any is."""
+    out: dict[str, dict[str, Any]] = {}
+    for rid in sorted(routers):
+        r = routers[rid]
+        base = router_of_worker(rid)
+        into = out.get(base)
+        if into is None:
+            into = out[base] = {**r, "id": base, "links": [], "workers": 0}
+        into["workers"] += 1
+        into["reachable"] = into["reachable"] or r["reachable"]
+        costs = [c for c in (into["cost"], r["cost"]) if c is not None]
+        into["cost"] = min(costs) if costs else None
+        into["here"] = into["here"] or r["here"]
+        for kind in ("listeners", "connectors"):
+            into[kind] = sorted(set(into[kind]) | set(r[kind]))
+        for lk in r["links"]:
+            to = router_of_worker(lk["to"])
+            if to == base:
+                continue
+            same = next((x for x in into["links"] if x["to"] == to), None)
+            if same is None:
+                into["links"].append({**lk, "to": to})
+            else:
+                same["cost"] = min(same["cost"], lk["cost"])
+                if lk["state"] == "up":
+                    same["state"] = "up"
+    return out

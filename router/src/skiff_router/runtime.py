@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -42,7 +42,6 @@ from skiff_router.config import (
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
-    Mode,
     Overlay,
     load,
     load_overlay,
@@ -50,6 +49,7 @@ from skiff_router.config import (
     overlay_clashes,
 )
 from skiff_router.core import RouterCore
+from skiff_router.dialers import Dialer, DialerState, Incoming
 from skiff_router.log import set_level
 from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
@@ -71,9 +71,11 @@ from skiff_router.plan import (
     reload_plan,
     services,
 )
+from skiff_router.siblings import Workers, whole_router, whole_router_flows
 from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
+from skiff_router.workers import Seat, connected_socket, is_sibling
 
 log = logging.getLogger("router")
 llog = logging.getLogger("link")
@@ -89,54 +91,6 @@ WATCH_INTERVAL = 1.0  # poll the config, overlay and TLS files for changes
 EVENTS_ADDRESS = "skiff.events"  # network-wide router events (multicast)
 MAX_PUMP_ROUNDS = 64
 WRITE_AT = 32 * 1024  # link bytes queued that are written at once, not at the end of the turn
-
-
-class DialerState(StrEnum):
-    CONNECTING = "connecting"  # dialing an endpoint, or TLS/HELLO under way
-    UP = "up"
-    DOWN = "down"  # waiting before the next attempt
-
-
-DIALER_TRANSITIONS: dict[DialerState, frozenset[DialerState]] = {
-    DialerState.CONNECTING: frozenset({DialerState.UP, DialerState.DOWN}),
-    DialerState.UP: frozenset({DialerState.DOWN}),
-    DialerState.DOWN: frozenset({DialerState.CONNECTING}),
-}
-
-
-@dataclass(eq=False)
-class Dialer:
-    """An outgoing link: dials its endpoints in turn, redials with backoff."""
-
-    cfg: LinkConfig
-    task: asyncio.Task[None] | None = None
-    state: DialerState = DialerState.CONNECTING
-    peer_router: str | None = None  # the far router's id while up
-    endpoint: str | None = None
-    error: str | None = None
-    stopped: bool = False
-    conn: LinkConn | None = None
-
-    def to(self, state: DialerState, error: str | None = None) -> None:
-        if state is not self.state:
-            if state not in DIALER_TRANSITIONS[self.state]:
-                raise RuntimeError(f"dialer cannot go from {self.state} to {state}")
-            self.state = state
-        if state is DialerState.UP:
-            self.error = None
-        elif error is not None:
-            self.error = error
-        if state is not DialerState.UP:
-            self.peer_router = None
-
-
-@dataclass(eq=False)
-class Incoming:
-    endpoint: str = "?"
-    peer: str | None = None  # the dialing router's id, once its HELLO arrived
-    peer_site: str | None = None
-    cost: int = 1
-    mode: Mode = Mode.INTERIOR
 
 
 class BindState(StrEnum):
@@ -235,7 +189,9 @@ class Router:
     """One router process: the core, its sockets, its files and its admin endpoint.
     Implements RouterView and MulticastPort (view.py) for the admin endpoint."""
 
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, seat: Seat | None = None) -> None:
+        self.seat = seat  # which worker process of its router this is (None: the only one)
+        self.workers: Workers | None = None
         self.loaded = loaded  # the config file as last read successfully
         self.config_error: str | None = None
         self.overlay: OverlayState | None = None
@@ -279,6 +235,8 @@ class Router:
 
     def _merged(self, config: Config) -> Config:
         """``config`` with the overlay in force merged in (the overlay re-read first)."""
+        if self.seat is not None:
+            config = replace(config, router_id=self.seat.router_id(config.router_id))
         if config.overlay is None:
             self.overlay = None
             return config
@@ -299,7 +257,7 @@ class Router:
         self.effective = self._merged(self.loaded.config)
         set_level(self.cfg.log_level)
         self.admin = AdminServer(self, self, self.cfg.admin.token_file)
-        await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
+        await self._start_admin()
         await self._start_network()
         self.in_force = self.loaded
         self._ticker = asyncio.create_task(self._tick())
@@ -313,6 +271,21 @@ class Router:
             *eventloop.describe(asyncio.get_running_loop()),
         )
         self.event("router-started")
+
+    async def _start_admin(self) -> None:
+        """The admin port, or for a worker other than worker 0 its private socket
+        (worker 0 answers at the port for the whole router)."""
+        assert self.admin is not None
+        if self.seat is not None and not self.seat.primary:
+            await self.admin.start_unix(self.seat.admin_socket(self.seat.index))
+        else:
+            await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
+
+    @property
+    def _reuse_port(self) -> bool:
+        """Workers share the listener and link ports; a lone router binds them alone
+        (so a second process on the same port is an error, not a silent share)."""
+        return self.seat is not None and self.seat.count > 1
 
     async def _start_network(self) -> None:
         cfg = self.cfg
@@ -334,6 +307,9 @@ class Router:
         await self._start_access()
         for lk in cfg.links:
             self._start_dialer(lk)
+        if self.seat is not None and self.seat.count > 1:
+            self.workers = Workers(self, self.seat)
+            await self.workers.start()
         self.pump()
 
     async def stop(self) -> None:
@@ -353,6 +329,9 @@ class Router:
         log.info("router %s stopped", self.cfg.router_id)
 
     async def _stop_network(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
         for name in list(self.listeners):
             await self._stop_listener(name)
         for name in list(self.dialers):
@@ -555,7 +534,7 @@ class Router:
     def _start_dialer(self, cfg: LinkConfig) -> None:
         d = Dialer(cfg)
         self.dialers[cfg.name] = d
-        d.task = self.spawn(self._dial(d))
+        d.task = self.spawn(self.run_dialer(d))
 
     async def _stop_dialer(self, name: str) -> None:
         d = self.dialers.pop(name, None)
@@ -571,7 +550,7 @@ class Router:
             await d.task
         await self._wait_links(conns)
 
-    async def _dial(self, d: Dialer) -> None:
+    async def run_dialer(self, d: Dialer) -> None:
         loop = asyncio.get_running_loop()
         backoff = BACKOFF_MIN
         cfg = d.cfg
@@ -579,21 +558,26 @@ class Router:
             for ep in cfg.endpoints:
                 if d.stopped:
                     return
-                d.endpoint = f"{ep.host}:{ep.port}"
+                d.endpoint = "worker socket" if d.worker_socket else f"{ep.host}:{ep.port}"
                 conn = LinkConn(self, d, cfg.name, Direction.OUTGOING, cfg.peer, cfg.cost)
                 try:
-                    ctx = tls.client_context(cfg)
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with a failed connect.
                     async with asyncio.timeout(CONNECT_TIMEOUT):
-                        await loop.create_connection(
-                            lambda c=conn: c,  # type: ignore[misc]
-                            ep.host,
-                            ep.port,
-                            ssl=ctx,
-                            server_hostname=ep.server_name or ep.host,
-                            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                        )
+                        if d.worker_socket is not None:
+                            await loop.create_unix_connection(
+                                lambda c=conn: c,  # type: ignore[misc]
+                                sock=connected_socket(d.worker_socket),
+                            )
+                        else:
+                            await loop.create_connection(
+                                lambda c=conn: c,  # type: ignore[misc]
+                                ep.host,
+                                ep.port,
+                                ssl=tls.client_context(cfg),
+                                server_hostname=ep.server_name or ep.host,
+                                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                            )
                 except (TimeoutError, OSError, ssl.SSLError) as exc:
                     d.error = tls.describe(exc)
                     llog.warning("link %s: cannot connect to %s: %s", cfg.name, d.endpoint, d.error)
@@ -639,6 +623,10 @@ class Router:
         short = (fingerprint or "none")[:16]
         return f"client certificate sha256 {short}... was revoked, superseded or never issued here"
 
+    def accepts_worker(self, sock: socket.socket | None) -> bool:
+        """The other end of a worker socket is a worker of this router."""
+        return self.seat is not None and is_sibling(sock, self.seat.group)
+
     def refuse_if_not_accepted(self, conn: LinkConn) -> bool:
         """Close an incoming link whose client certificate this site does not (or no
         longer) accept; the dialer is told `credential refused`. True if closed."""
@@ -668,6 +656,7 @@ class Router:
                 acc.port,
                 ssl=ctx,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                reuse_port=self._reuse_port,
             )
         except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
@@ -684,7 +673,11 @@ class Router:
             self.access_server = None
         if keep_links:
             return
-        conns = [lc for lc in self.links.values() if isinstance(lc.owner, Incoming)]
+        conns = [
+            lc
+            for lc in self.links.values()
+            if isinstance(lc.owner, Incoming) and not lc.owner.worker
+        ]
         for lc in conns:
             self.core.close_link(lc.handle, "link access changed")
         self.pump()
@@ -703,7 +696,12 @@ class Router:
         try:
             ctx = rt.tls = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
             rt.server = await loop.create_server(
-                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
+                lambda: LocalConn(self, listener=rt),
+                cfg.host,
+                cfg.port,
+                backlog=1024,
+                ssl=ctx,
+                reuse_port=self._reuse_port,
             )
         except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
@@ -844,9 +842,9 @@ class Router:
         elif isinstance(op, RestartAdmin):
             if self.admin is not None:
                 self.admin.token_file = op.admin.token_file
-                if op.rebind:
+                if op.rebind and (self.seat is None or self.seat.primary):
                     await self.admin.stop()
-                    await self.admin.start(op.admin.host, op.admin.port)
+                    await self._start_admin()
         elif isinstance(op, CheckLinkClients):
             self._check_link_clients()
         elif isinstance(op, RestartNetwork):
@@ -900,8 +898,15 @@ class Router:
             "config_reloads": self.reloads,
         }
 
+    async def refresh(self) -> None:
+        if self.workers is not None:
+            await self.workers.gather()
+
     def flows_status(self) -> list[dict[str, Any]]:
-        return self.core.flows.status()
+        own = self.core.flows.status()
+        if self.workers is not None and self.workers.seat.primary:
+            return whole_router_flows(own, self.workers.reports)
+        return own
 
     def certificates(self) -> list[tuple[str, str, int | None]]:
         cfg = self.cfg
@@ -959,7 +964,7 @@ class Router:
             )
         for lc in self.links.values():
             owner = lc.owner
-            if isinstance(owner, Incoming) and owner.peer is not None:
+            if isinstance(owner, Incoming) and owner.peer is not None and not owner.worker:
                 links.append(
                     {
                         "name": owner.peer,
@@ -1002,9 +1007,10 @@ class Router:
         now = asyncio.get_running_loop().time()
         ready, why = self.readiness()
         loop_name, loop_version = eventloop.describe(asyncio.get_running_loop())
-        return {
+        own = {
             "site": cfg.site,
             "router_id": cfg.router_id,
+            "pid": os.getpid(),
             "mode": cfg.mode.value,
             "version": __version__,
             "event_loop": loop_name,
@@ -1070,7 +1076,7 @@ class Router:
             ],
             "routing_keys": core.keys_status(),
             "flows": {
-                "open": len(core.flows.by_id),
+                "open": len(core.flows.counted()),
                 "total": core.flows.total,
                 "retried": core.flows.retries,
             },
@@ -1079,3 +1085,9 @@ class Router:
                 "subscribers": {a: len(s) for a, s in sorted(self.subscribers.items())},
             },
         }
+        workers = self.workers
+        if workers is None:
+            return own
+        if not workers.seat.primary:
+            return {**own, "worker_links": workers.links_status()}
+        return whole_router(own, workers.links_status(), workers.reports)

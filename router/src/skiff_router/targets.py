@@ -14,7 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from skiff_router.config import ConnectorConfig, Distribution, ListenerConfig, Strategy
+from skiff_router.config import (
+    ConnectorConfig,
+    Distribution,
+    ListenerConfig,
+    Strategy,
+    router_of_worker,
+)
 from skiff_router.routing import LinkStateDb
 
 DOWN_BACKOFF = 2.0  # a target that refused a flow gets no new flows for this long
@@ -61,6 +67,17 @@ class KeyChoice:
         return up[:1] if cfg.strategy is Strategy.PRIORITY else up
 
 
+def _nearest_workers(targets: list[str], routes: dict[str, Any]) -> list[str]:
+    """Of the worker processes of one router (workers.py) only the nearest: a flow
+    goes straight to a worker this one has a link to rather than through another
+    worker of either router (an extra hop, and one more process it depends on)."""
+    best: dict[str, int] = {}
+    for r in targets:
+        base = router_of_worker(r)
+        best[base] = min(best.get(base, routes[r].cost), routes[r].cost)
+    return [r for r in targets if routes[r].cost == best[router_of_worker(r)]]
+
+
 class SiteChoice:
     """Which router serves a new flow on a key, from this router's point of view."""
 
@@ -95,6 +112,7 @@ class SiteChoice:
         avoid = self.avoided(key, now)
         usable = [r for r in usable if r not in avoid] or usable
         routes = db.routes
+        usable = _nearest_workers(usable, routes)
         load = self.outstanding.get(key)
         if distribution is Distribution.CLOSEST or not load:
             scores = {r: routes[r].cost for r in usable}

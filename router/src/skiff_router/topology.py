@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from skiff_router.actions import CloseLink, Direction, LinkEstablished, Outbox
 from skiff_router.codec import EdgeInfo, FrameType, Lsa, ProtocolError, decode_lsa, encode_lsa
-from skiff_router.config import Mode
+from skiff_router.config import Mode, router_of_worker
 from skiff_router.link import LinkProtocol
 from skiff_router.routing import LinkStateDb
 
@@ -45,6 +45,7 @@ class Link:
     direction: Direction
     proto: LinkProtocol
     flows: dict[int, End] = field(default_factory=dict)  # flow id on this link -> end
+    worker: bool = False  # to another worker process of this router (workers.py)
 
     @property
     def up(self) -> bool:
@@ -104,6 +105,7 @@ class Topology:
         now: float,
         expected_site: str | None,
         cost: int,
+        worker: bool = False,
     ) -> Link:
         h = self._next_handle
         self._next_handle += 1
@@ -116,7 +118,7 @@ class Topology:
             mode=self.mode,
             site=self.site,
         )
-        link = Link(h, name, direction, proto)
+        link = Link(h, name, direction, proto, worker=worker)
         self.links[h] = link
         self._out.dirty[h] = link  # our HELLO
         return link
@@ -292,19 +294,25 @@ class Topology:
     # -- status ----------------------------------------------------------------------------
 
     def routers_status(self) -> list[dict[str, Any]]:
+        """Every router known, the worker processes of one router as one entry
+        (reached through the closest of them)."""
         db = self.db
-        out = []
+        out: dict[str, dict[str, Any]] = {}
         for rid in sorted(set(db.lsas) | db.edges):
             route = db.routes.get(rid)
             edge = rid in db.edges or (rid == self.id and self.edge)
-            out.append(
-                {
-                    "id": rid,
-                    "site": db.sites.get(rid, rid),
-                    "reachable": route is not None,
-                    "cost": route.cost if route else None,
-                    "next_hop": route.next_hop if route else None,
-                    "mode": (Mode.EDGE if edge else Mode.INTERIOR).value,
-                }
-            )
-        return out
+            base = router_of_worker(rid)
+            entry = {
+                "id": base,
+                "site": db.sites.get(rid, rid),
+                "reachable": route is not None,
+                "cost": route.cost if route else None,
+                "next_hop": router_of_worker(route.next_hop) if route and route.next_hop else None,
+                "mode": (Mode.EDGE if edge else Mode.INTERIOR).value,
+            }
+            have = out.get(base)
+            if have is None or (
+                route is not None and (have["cost"] is None or route.cost < have["cost"])
+            ):
+                out[base] = entry
+        return list(out.values())

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, cast
 from skiff_router import tls
 from skiff_router.actions import Direction
 from skiff_router.codec import HEADER_SIZE, MAX_DATA
+from skiff_router.dialers import Incoming
 from skiff_router.targets import Connector, ConnectorChoice
 
 if TYPE_CHECKING:
-    from skiff_router.runtime import Dialer, Incoming, ListenerRt, Router
+    from skiff_router.dialers import Dialer
+    from skiff_router.runtime import ListenerRt, Router
 
 llog = logging.getLogger("link")
 flog = logging.getLogger("flow")
@@ -232,7 +234,18 @@ class LinkConn(asyncio.Protocol):
         if router.core is not self.core:
             tr.abort()
             return
-        if self.direction is Direction.INCOMING:
+        owner = self.owner
+        worker = owner.worker if isinstance(owner, Incoming) else owner.worker_socket is not None
+        if worker:
+            # Another worker of this router, over a private socket: both ends check
+            # that the other is a process of this router's own worker group.
+            if not router.accepts_worker(tr.get_extra_info("socket")):
+                llog.warning("worker socket: the other end is not a worker of this router")
+                tr.abort()
+                return
+            owner.endpoint = "worker socket"
+            self.expected_site = router.cfg.site
+        elif self.direction is Direction.INCOMING:
             peer = tr.get_extra_info("peername")
             self.owner.endpoint = f"{peer[0]}:{peer[1]}" if peer else "?"
             self.name = f"incoming {self.owner.endpoint}"
@@ -241,10 +254,10 @@ class LinkConn(asyncio.Protocol):
             self.expected_site = tls.peer_common_name(tr)
             self.fingerprint = tls.peer_fingerprint(tr)
         self.handle = self.core.link_connected(
-            self.name, self.direction, self._loop.time(), self.expected_site, self.cost
+            self.name, self.direction, self._loop.time(), self.expected_site, self.cost, worker
         )
         router.links[self.handle] = self
-        if self.direction is Direction.INCOMING:
+        if self.direction is Direction.INCOMING and not worker:
             # Refused after the handshake, with a CLOSE the dialer shows, not a reset.
             router.refuse_if_not_accepted(self)
         router.pump()

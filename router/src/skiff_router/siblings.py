@@ -1,0 +1,216 @@
+"""A worker's side of its router's other workers (workers.py): the links to them
+over their private Unix sockets, and for worker 0 the whole router's status,
+added up from what each worker reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from skiff_router import tls
+from skiff_router.actions import Direction
+from skiff_router.config import AdminTokenError, Endpoint, LinkConfig, Mode, read_admin_token
+from skiff_router.dialers import Dialer, Incoming
+from skiff_router.transports import LinkConn
+from skiff_router.workers import Seat, connected_socket, listening_socket
+
+if TYPE_CHECKING:
+    from skiff_router.runtime import Router
+
+log = logging.getLogger("workers")
+
+ASK_TIMEOUT = 2.0  # seconds a worker gets to answer worker 0
+MAX_ANSWER = 16 * 1024 * 1024
+
+
+@dataclass
+class WorkerReport:
+    """What one other worker said (``status`` and ``flows``), or why it said nothing."""
+
+    index: int
+    status: dict[str, Any] | None = None
+    flows: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+class Workers:
+    """This worker's links to the other workers of its router and, for worker 0,
+    the reports gathered from them."""
+
+    def __init__(self, router: Router, seat: Seat) -> None:
+        self.router = router
+        self.seat = seat
+        self.server: asyncio.AbstractServer | None = None
+        self.dialers: dict[int, Dialer] = {}
+        self.error: str | None = None
+        self.reports: list[WorkerReport] = []
+
+    @property
+    def linked(self) -> bool:
+        # An edge carries no flows for other routers: each edge worker uses its own
+        # uplinks, and the interior routers reach each worker directly.
+        return self.router.cfg.mode is Mode.INTERIOR
+
+    async def start(self) -> None:
+        if not self.linked:
+            return
+        router = self.router
+        loop = asyncio.get_running_loop()
+        try:
+            self.server = await loop.create_unix_server(
+                lambda: LinkConn(router, Incoming(worker=True), "worker", Direction.INCOMING),
+                sock=listening_socket(self.seat.link_socket(self.seat.index)),
+            )
+        except OSError as exc:
+            # The later workers dial this one: without the socket, flows that land
+            # elsewhere reach this worker's links only through other workers.
+            self.error = tls.describe(exc)
+            log.error("worker socket: %s", self.error)
+        # Each pair of workers is linked once: the later one dials the earlier.
+        for j in range(self.seat.index):
+            cfg = LinkConfig(
+                name=f"worker-{j}",
+                peer=router.cfg.site,
+                cost=1,
+                endpoints=(Endpoint(f"worker-{j}", 0),),
+                ca="",
+                cert="",
+                key="",
+            )
+            d = Dialer(cfg, worker_socket=self.seat.link_socket(j))
+            self.dialers[j] = d
+            d.task = router.spawn(router.run_dialer(d))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        router = self.router
+        for d in self.dialers.values():
+            d.stopped = True
+            if d.conn is not None and d.conn.handle:
+                router.core.close_link(d.conn.handle, "router stopping")
+        router.pump()
+        for d in self.dialers.values():
+            if d.task is not None:
+                d.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await d.task
+        self.dialers.clear()
+
+    def links_status(self) -> list[dict[str, Any]]:
+        """This worker's links to the other workers."""
+        out = []
+        for j, d in sorted(self.dialers.items()):
+            out.append({"worker": j, "direction": "outgoing", "state": d.state.value})
+        for lc in self.router.links.values():
+            owner = lc.owner
+            if isinstance(owner, Incoming) and owner.worker and owner.peer is not None:
+                out.append({"router": owner.peer, "direction": "incoming", "state": "up"})
+        return out
+
+    # -- worker 0: the whole router ----------------------------------------------------------
+
+    async def gather(self) -> None:
+        """Ask every other worker for its status and flows (worker 0 only)."""
+        if not self.seat.primary:
+            return
+        token = None
+        token_file = self.router.cfg.admin.token_file
+        if token_file is not None:
+            with contextlib.suppress(AdminTokenError):
+                token = read_admin_token(token_file)
+        self.reports = list(
+            await asyncio.gather(
+                *(self._ask(k, token) for k in range(1, self.seat.count)),
+            )
+        )
+
+    async def _ask(self, index: int, token: str | None) -> WorkerReport:
+        path = self.seat.admin_socket(index)
+        try:
+            async with asyncio.timeout(ASK_TIMEOUT):
+                status = await _get(path, "/v1/status", token)
+                flows = await _get(path, "/v1/flows", token)
+        except (TimeoutError, OSError, ValueError) as exc:
+            return WorkerReport(index, error=tls.describe(exc) or "no answer")
+        return WorkerReport(index, status=status, flows=flows)
+
+
+async def _get(path: str, target: str, token: str | None) -> Any:
+    """GET over a worker's private admin socket; the JSON body."""
+    reader, writer = await asyncio.open_unix_connection(
+        sock=connected_socket(path), limit=MAX_ANSWER
+    )
+    try:
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: worker\r\n{auth}\r\n".encode())
+        await writer.drain()
+        raw = await reader.read(MAX_ANSWER)
+    finally:
+        writer.close()
+    head, _sep, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head.split(b"\r\n", 1)[0].decode("latin-1", "replace"))
+    return json.loads(body)
+
+
+def whole_router(
+    own: dict[str, Any], own_worker_links: list[dict[str, Any]], reports: list[WorkerReport]
+) -> dict[str, Any]:
+    """Worker 0's status with the other workers' added: flows, bytes and connector
+    counts summed, links listed with their worker, and a ``workers`` section."""
+    st = dict(own)
+    st["links"] = [{**lk, "worker": 0} for lk in own["links"]]
+    flows = dict(own["flows"])
+    keys = {k: {**v, "bytes": dict(v["bytes"])} for k, v in own["routing_keys"].items()}
+    connectors = {c["name"]: dict(c) for c in own["connectors"]}
+    workers = [_worker_entry(0, own, own_worker_links)]
+    for rep in reports:
+        other = rep.status
+        if other is None:
+            workers.append({"index": rep.index, "state": "down", "error": rep.error})
+            continue
+        workers.append(_worker_entry(rep.index, other, other.get("worker_links") or []))
+        st["links"] += [{**lk, "worker": rep.index} for lk in other["links"]]
+        for name in ("open", "total", "retried"):
+            flows[name] += other["flows"][name]
+        for key, v in other["routing_keys"].items():
+            if key in keys:
+                for direction in ("out", "back"):
+                    keys[key]["bytes"][direction] += v["bytes"][direction]
+        for c in other["connectors"]:
+            if c["name"] in connectors:
+                connectors[c["name"]]["flows"] += c["flows"]
+    st["flows"] = flows
+    st["routing_keys"] = keys
+    st["connectors"] = list(connectors.values())
+    st["workers"] = workers
+    return st
+
+
+def _worker_entry(index: int, st: dict[str, Any], links: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "state": "up",
+        "router_id": st["router_id"],
+        "pid": st.get("pid"),
+        "ready": st["ready"],
+        "flows_open": st["flows"]["open"],
+        "flows_total": st["flows"]["total"],
+        "links_up": sum(1 for lk in st["links"] if lk["state"] == "up"),
+        "worker_links": links,
+    }
+
+
+def whole_router_flows(
+    own: list[dict[str, Any]], reports: list[WorkerReport]
+) -> list[dict[str, Any]]:
+    out = [{**f, "worker": 0} for f in own]
+    for rep in reports:
+        out += [{**f, "worker": rep.index} for f in rep.flows or []]
+    return out
