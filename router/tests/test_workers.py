@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,10 +88,12 @@ class LongFlow:
             return False
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 @pytest.mark.timeout(180)
 def test_workers_share_ports_carry_flows_each_and_survive_a_killed_worker(
-    tmp_path: Path,
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("SKIFF_ROUTER_LOOP", loop)  # the workers inherit it
     east = Site.create(tmp_path, "east", accept=True)
     west = Site.create(tmp_path, "west")
     west.link_to(east)
@@ -112,6 +115,7 @@ def test_workers_share_ports_carry_flows_each_and_survive_a_killed_worker(
                     west, lambda s: s["routing_keys"].get("echo", {}).get("reachable"), "key"
                 )
                 st = await status(west)
+                assert st["event_loop"] == loop
                 ids = [w["router_id"] for w in st["workers"]]
                 assert ids == ["west", "west/w1"]
                 # The workers are linked to each other over their private sockets.
@@ -133,6 +137,17 @@ def test_workers_share_ports_carry_flows_each_and_survive_a_killed_worker(
                     ("east", 2),
                     ("west", 2),
                 ]
+
+                out = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, "-m", "skiff_router", "status", "--admin", west.admin_url],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                assert out.returncode == 0, out.stderr
+                assert "workers:" in out.stdout and "west/w1" in out.stdout, out.stdout
 
                 # The workers' private link socket takes no other process, even one of
                 # the same user on the same host: it would be a link without TLS.

@@ -211,6 +211,23 @@ def format_status(s: dict[str, Any]) -> str:
     def dash(v: Any) -> str:
         return "-" if v is None else str(v)
 
+    if s.get("workers"):
+        section(
+            "workers",
+            ["worker", "router id", "pid", "state", "flows open", "flows total", "links up"],
+            [
+                [
+                    str(w["index"]),
+                    dash(w.get("router_id")),
+                    dash(w.get("pid")),
+                    w["state"] + (f": {w['error']}" if w.get("error") else ""),
+                    dash(w.get("flows_open")),
+                    dash(w.get("flows_total")),
+                    dash(w.get("links_up")),
+                ]
+                for w in s["workers"]
+            ],
+        )
     section(
         "links",
         ["name", "direction", "peer", "cost", "state", "endpoint", "error"],
