@@ -51,7 +51,10 @@ def test_default_count_follows_affinity_and_the_cgroup_quota(
 ) -> None:
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
     quota = tmp_path / "cpu.max"
-    count = lambda: workers.default_count(str(quota))  # noqa: E731
+
+    def count() -> int:
+        return workers.default_count(str(quota))
+
     assert count() == 8  # no cgroup file: the affinity decides
     quota.write_text("max 100000\n")
     assert count() == 8

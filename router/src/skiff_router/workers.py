@@ -69,8 +69,8 @@ class Seat:
         return range(self.count)
 
 
-def seat_from_env(environ: Mapping[str, str] = os.environ) -> Seat | None:
-    raw = environ.get(SEAT_ENV)
+def seat_from_env(environ: Mapping[str, str] | None = None) -> Seat | None:
+    raw = (os.environ if environ is None else environ).get(SEAT_ENV)
     if not raw:
         return None
     try:
