@@ -1,9 +1,12 @@
 """Route convergence: 10 routers in a ring with chords, a listener on r0 and a connector on
-r5 reachable over several paths. SIGKILL a router on the current best path and time how
-long until a new flow from r0's listener gets its echo back through another path."""
+r5 reachable over several paths. SIGKILL a router on the current best path (or SIGSTOP it:
+a silent partition, its sockets open and mute) and time how long until a new flow from
+r0's listener gets its echo back through another path. The signal goes to the router's
+whole process group: the router and its workers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,6 +32,7 @@ CONVERGE_LIMIT = 15.0  # give up after this long
 class Convergence:
     seconds: float
     killed: str
+    signal: str
     path_before: list[str]
     path_after: list[str]
     failed_probes: int
@@ -77,7 +81,9 @@ def _wait_converged(sites: dict[str, RouterSite], port: int) -> None:
     raise BenchError("the 10-router mesh did not converge")
 
 
-def convergence(procs: Procs, workdir: Path, tag: str) -> Convergence:
+def convergence(
+    procs: Procs, workdir: Path, tag: str, how: signal.Signals = signal.SIGKILL
+) -> Convergence:
     echo = EchoServer.start(procs, f"mesh-echo-{tag}")
     sites = {f"r{i}": RouterSite.create(workdir, f"r{i}", accept=True) for i in range(ROUTERS)}
     for a, b, cost in edges():
@@ -85,6 +91,7 @@ def convergence(procs: Procs, workdir: Path, tag: str) -> Convergence:
     port = sites[SOURCE].listen(KEY)
     sites[DEST].connect(KEY, echo.port)
     procs_by_site = {}
+    victim_pid = 0
     try:
         for name, site in sites.items():
             procs_by_site[name] = start_router(procs, f"mesh-{tag}-{name}", site.write_config())
@@ -94,13 +101,14 @@ def convergence(procs: Procs, workdir: Path, tag: str) -> Convergence:
         before = best_path(sites)
         victim = before[-2]  # farthest intermediate router from the listener
         t0 = time.monotonic()
-        os.kill(procs_by_site[victim].pid, signal.SIGKILL)
+        victim_pid = procs_by_site[victim].pid
+        os.killpg(victim_pid, how)  # started in a session of its own (Procs)
         failed = 0
         while not probe(port):
             failed += 1
             if time.monotonic() - t0 > CONVERGE_LIMIT:
                 raise BenchError(
-                    f"no new flow succeeded {CONVERGE_LIMIT:.0f}s after killing {victim}"
+                    f"no new flow succeeded {CONVERGE_LIMIT:.0f}s after {how.name} of {victim}"
                 )
             time.sleep(POLL_INTERVAL)
         elapsed = time.monotonic() - t0
@@ -109,8 +117,11 @@ def convergence(procs: Procs, workdir: Path, tag: str) -> Convergence:
             after = best_path(sites)
         except (OSError, BenchError):
             after = ["?"]  # converged for new flows; the status walk is only for the record
-        return Convergence(elapsed, victim, before, after, failed)
+        return Convergence(elapsed, victim, how.name, before, after, failed)
     finally:
+        if how is signal.SIGSTOP and victim_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(victim_pid, signal.SIGCONT)  # so that it can be stopped
         for p in procs_by_site.values():
             procs.stop(p, grace=2.0)
         procs.stop(echo.proc)

@@ -129,6 +129,8 @@ def make_figures() -> dict[str, Figure]:
         Figure("new_flows_parallel_32", "flows/s", "ratio >= 3.0", _at_least(3.0)),
         Figure("idle_flow_rss", "KiB/flow/router", "skiff <= 16 (absolute)", _absolute_at_most(16)),
         Figure("route_convergence", "s", "skiff <= 3 (absolute)", _absolute_at_most(3.0)),
+        # The same with the router SIGSTOPped: only the keepalive tells its neighbours.
+        Figure("partition_convergence", "s", "skiff <= 5 (absolute)", _absolute_at_most(5.0)),
         # 100 routing keys, 1,000 flows open over them (10 each), p50 on one key.
         Figure("latency_p50_100_keys", "us", "ratio <= 1.3", _at_most(1.3)),
     ]
@@ -267,14 +269,16 @@ def many_keys_figure(fig: Figure, procs: Procs, work: Path, s: Settings, rep: in
         procs.stop(echo.proc)
 
 
-def convergence_figure(fig: Figure, procs: Procs, work: Path, rep: int) -> None:
-    d = work / f"mesh-{rep}"
+def convergence_figure(
+    fig: Figure, procs: Procs, work: Path, rep: int, how: signal.Signals = signal.SIGKILL
+) -> None:
+    d = work / f"mesh-{how.name.lower()}-{rep}"
     d.mkdir()
 
     def one() -> float:
-        res = mesh.convergence(procs, d, str(rep))
+        res = mesh.convergence(procs, d, str(rep), how)
         fig.notes.append(
-            f"rep {rep}: killed {res.killed}; path {'-'.join(res.path_before)} -> "
+            f"rep {rep}: {res.signal} {res.killed}; path {'-'.join(res.path_before)} -> "
             f"{'-'.join(res.path_after)}; {res.failed_probes} failed probes"
         )
         return res.seconds
@@ -344,6 +348,8 @@ def run(s: Settings, work: Path, only: set[str] | None) -> tuple[list[dict[str, 
             for rep in range(s.convergence_reps):
                 log(f"route convergence, repetition {rep + 1}/{s.convergence_reps}")
                 convergence_figure(figs["route_convergence"], procs, work, rep)
+                log(f"silent partition, repetition {rep + 1}/{s.convergence_reps}")
+                convergence_figure(figs["partition_convergence"], procs, work, rep, signal.SIGSTOP)
     meta = {
         "reps": s.reps,
         "quick": s.short,

@@ -213,3 +213,78 @@ def test_workers_share_ports_carry_flows_each_and_survive_a_killed_worker(
         assert _processes_with(str(west.dir)) == []
 
     run(main())
+
+
+@pytest.mark.timeout(120)
+def test_edge_workers_each_use_their_own_uplink(tmp_path: Path) -> None:
+    """An edge router's workers are not linked to each other (an edge carries no
+    flows for others): each dials the interior itself and its flows take its own
+    uplink."""
+    hub = Site.create(tmp_path, "hub", accept=True)
+    edge = Site.create(tmp_path, "edge")
+    edge.link_to(hub)
+    edge.extra.update(mode="edge", workers=WORKERS)
+    hub.extra["workers"] = 1
+
+    async def main() -> None:
+        async with tcp_server(echo_handler) as echo:
+            hub.connect("echo", echo)
+            port = edge.listen("echo")
+            with (
+                process(_cmd(hub), tmp_path / "hub.log"),
+                process(_cmd(edge), tmp_path / "edge.log"),
+            ):
+
+                def uplinks_up(st: dict) -> bool:
+                    ws = st.get("workers") or []
+                    return len(ws) == WORKERS and all(w.get("links_up") == 1 for w in ws)
+
+                await poll_status(edge, uplinks_up, "every edge worker's uplink")
+                st = await status(edge)
+                assert all(w["worker_links"] == [] for w in st["workers"])
+                hst = await status(hub)
+                peers = {lk["peer_router"] for lk in hst["links"]}
+                assert peers == {"edge", "edge/w1"}, hst["links"]
+                for i in range(200):
+                    payload = os.urandom(500) + i.to_bytes(4, "big")
+                    assert await asyncio.wait_for(echo_roundtrip(port, payload), 20) == payload
+                    st = await status(edge)
+                    if i >= 8 and all(w["flows_total"] > 0 for w in st["workers"]):
+                        break
+                assert all(w["flows_total"] > 0 for w in st["workers"]), st["workers"]
+
+    run(main())
+
+
+@pytest.mark.timeout(120)
+def test_two_routers_with_workers_never_share_a_port(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let a second router of the same user bind the first one's
+    ports (and take its connections): the port claim refuses it as a taken port."""
+    first = Site.create(tmp_path, "first", accept=True)
+    second = Site.create(tmp_path, "second", accept=True)
+    port = first.listen("k")
+    second.listen("k", port=port)
+    second.link_port = first.link_port
+    for site in (first, second):
+        site.extra["workers"] = WORKERS
+        site.connect("k", 9)
+
+    async def main() -> None:
+        with process(_cmd(first), tmp_path / "first.log"):
+            await poll_status(first, _all_up, "first: every worker up")
+            with process(_cmd(second), tmp_path / "second.log"):
+
+                def refused(st: dict) -> bool:
+                    listener = st["listeners"][0]
+                    return listener["state"] == "error" and st["link_access"]["state"] == "error"
+
+                await poll_status(second, refused, "second: refused both ports")
+                st = await status(second)
+                for error in (st["listeners"][0]["error"], st["link_access"]["error"]):
+                    assert "address already in use" in error.lower(), error
+                    assert "another router" in error, error
+                # The first router still has both ports, all its workers up and ready.
+                fst = await status(first)
+                assert _all_up(fst) and fst["listeners"][0]["state"] == "listening"
+
+    run(main())

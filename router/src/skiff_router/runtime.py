@@ -75,7 +75,7 @@ from skiff_router.siblings import Workers, whole_router, whole_router_flows
 from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
-from skiff_router.workers import Seat, connected_socket, is_sibling
+from skiff_router.workers import PortClaims, Seat, connected_socket, is_sibling
 
 log = logging.getLogger("router")
 llog = logging.getLogger("link")
@@ -192,6 +192,9 @@ class Router:
     def __init__(self, loaded: LoadedConfig, seat: Seat | None = None) -> None:
         self.seat = seat  # which worker process of its router this is (None: the only one)
         self.workers: Workers | None = None
+        # Workers share their ports; the claims keep other routers off them.
+        self.claims = PortClaims(seat.group) if seat is not None and seat.count > 1 else None
+        self._claimed: dict[asyncio.Server, int] = {}
         self.loaded = loaded  # the config file as last read successfully
         self.config_error: str | None = None
         self.overlay: OverlayState | None = None
@@ -281,11 +284,26 @@ class Router:
         else:
             await self.admin.start(self.cfg.admin.host, self.cfg.admin.port)
 
-    @property
-    def _reuse_port(self) -> bool:
-        """Workers share the listener and link ports; a lone router binds them alone
-        (so a second process on the same port is an error, not a silent share)."""
-        return self.seat is not None and self.seat.count > 1
+    async def _serve(self, factory: Any, host: str, port: int, **kw: Any) -> asyncio.Server:
+        """A listening socket: a lone router's alone (a second process on the port is
+        an error), the workers' shared (SO_REUSEPORT) once their group holds the port."""
+        loop = asyncio.get_running_loop()
+        if self.claims is None:
+            return await loop.create_server(factory, host, port, **kw)
+        self.claims.acquire(port)
+        try:
+            server = await loop.create_server(factory, host, port, reuse_port=True, **kw)
+        except BaseException:
+            self.claims.release(port)
+            raise
+        self._claimed[server] = port
+        return server
+
+    def _unserve(self, server: asyncio.Server) -> None:
+        server.close()
+        port = self._claimed.pop(server, None)
+        if port is not None and self.claims is not None:
+            self.claims.release(port)
 
     async def _start_network(self) -> None:
         cfg = self.cfg
@@ -372,6 +390,8 @@ class Router:
                 await self._retry_binds()
 
     async def _retry_binds(self) -> None:
+        if self.claims is not None:
+            self.claims.reclaim()
         for rt in list(self.listeners.values()):
             if rt.server is None and self.listeners.get(rt.cfg.name) is rt:
                 await self._bind_listener(rt)
@@ -647,16 +667,14 @@ class Router:
         acc = self.cfg.link_access
         if acc is None:
             return
-        loop = asyncio.get_running_loop()
         try:
             ctx = tls.server_context(acc)
-            self.access_server = await loop.create_server(
+            self.access_server = await self._serve(
                 lambda: LinkConn(self, Incoming(), "incoming", Direction.INCOMING),
                 acc.host,
                 acc.port,
                 ssl=ctx,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                reuse_port=self._reuse_port,
             )
         except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
@@ -669,7 +687,7 @@ class Router:
 
     async def _stop_access(self, keep_links: bool = False) -> None:
         if self.access_server is not None:
-            self.access_server.close()
+            self._unserve(self.access_server)
             self.access_server = None
         if keep_links:
             return
@@ -692,16 +710,10 @@ class Router:
 
     async def _bind_listener(self, rt: ListenerRt) -> None:
         cfg = rt.cfg
-        loop = asyncio.get_running_loop()
         try:
             ctx = rt.tls = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
-            rt.server = await loop.create_server(
-                lambda: LocalConn(self, listener=rt),
-                cfg.host,
-                cfg.port,
-                backlog=1024,
-                ssl=ctx,
-                reuse_port=self._reuse_port,
+            rt.server = await self._serve(
+                lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
             )
         except (OSError, ssl.SSLError) as exc:
             err = tls.describe(exc)
@@ -733,7 +745,7 @@ class Router:
     async def _stop_listener(self, name: str) -> None:
         rt = self.listeners.pop(name, None)
         if rt is not None and rt.server is not None:
-            rt.server.close()
+            self._unserve(rt.server)
             rt.server = None
 
     async def _connect(self, lid: int, key: str) -> None:

@@ -20,8 +20,10 @@ A worker that dies is started again; the others keep their flows.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -161,6 +163,93 @@ def is_sibling(sock: socket.socket | None, group: int) -> bool:
         return False
     pid, uid, _gid = struct.unpack("3i", raw)
     return uid == os.getuid() and pid != os.getpid() and _parent_of(pid) == group
+
+
+# -- ports: shared by the workers of one router, never by two routers --------------------
+
+
+class PortClaims:
+    """SO_REUSEPORT lets any process of the same user bind a port already bound
+    with it, so two routers with workers on one host would silently share a port
+    (and each other's connections). A port is therefore claimed for a worker
+    group: the first worker to bind it holds an abstract Unix socket named after
+    the port; a worker that finds the claim held by a process outside its group
+    is refused as if the port were taken. A claim whose holder ended is taken
+    again by a worker still bound to the port (``reclaim``, on the bind retry)."""
+
+    def __init__(self, group: int) -> None:
+        self.group = group
+        self.held: dict[int, socket.socket] = {}
+        self.unclaimed: set[int] = set()  # bound here, the claim held by a sibling
+        self.refs: dict[int, int] = {}
+
+    @staticmethod
+    def name(port: int) -> str:
+        return f"\0skiff-port-{port}"
+
+    def acquire(self, port: int) -> None:
+        """Before binding ``port``: raises OSError(EADDRINUSE) when another router holds it."""
+        if port not in self.refs and not self._take(port):
+            try:
+                probe = connected_socket(self.name(port))
+            except OSError:
+                # The holder went away in between: take the claim now.
+                if not self._take(port):
+                    raise self._taken(port) from None
+            else:
+                sibling = is_sibling(probe, self.group)
+                probe.close()
+                if not sibling:
+                    raise self._taken(port)
+                self.unclaimed.add(port)
+        self.refs[port] = self.refs.get(port, 0) + 1
+
+    def release(self, port: int) -> None:
+        n = self.refs.get(port, 0) - 1
+        if n > 0:
+            self.refs[port] = n
+            return
+        self.refs.pop(port, None)
+        self.unclaimed.discard(port)
+        sock = self.held.pop(port, None)
+        if sock is not None:
+            _drop_reader(sock)
+            sock.close()
+
+    def reclaim(self) -> None:
+        for port in list(self.unclaimed):
+            if self._take(port):
+                self.unclaimed.discard(port)
+
+    def _take(self, port: int) -> bool:
+        try:
+            sock = listening_socket(self.name(port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+        self.held[port] = sock
+        # Answer (by closing) whoever asks who holds it, so the backlog never fills.
+        asyncio.get_running_loop().add_reader(sock.fileno(), _close_callers, sock)
+        return True
+
+    @staticmethod
+    def _taken(port: int) -> OSError:
+        return OSError(
+            errno.EADDRINUSE, f"Address already in use (port {port}: another router's workers)"
+        )
+
+
+def _close_callers(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            conn, _addr = sock.accept()
+            conn.close()
+
+
+def _drop_reader(sock: socket.socket) -> None:
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        asyncio.get_running_loop().remove_reader(sock.fileno())
 
 
 # -- the parent: start, restart and stop the workers ---------------------------------------
