@@ -162,6 +162,10 @@ class SystemdPlatform(LocalPlatform):
             + f"ExecStart={self.exec_start()}\n"
             + "ExecReload=/bin/kill -HUP $MAINPID\n"
             + "Restart=on-failure\nRestartSec=1s\n"
+            # The router stops within STOP_GRACE (10 s) even with workers; systemd's 90 s
+            # default would keep a dead router's site down that long wherever the
+            # cgroup-empty notice is slow (systemd in a container).
+            + "TimeoutStopSec=15\n"
             + f"LimitNOFILE={ROUTER_NOFILE}\n"
             + f"StateDirectory=skiff/{self.site}\nStateDirectoryMode=0700\n"
             + f"WorkingDirectory={self.state_dir}\n"

@@ -42,7 +42,7 @@ log = logging.getLogger("workers")
 SEAT_ENV = "SKIFF_WORKER"  # "<index>/<count>/<group>", set by the parent for each worker
 RESTART_MIN = 0.5  # seconds before a dead worker is started again (doubling to RESTART_MAX)
 RESTART_MAX = 30.0
-STOP_GRACE = 10.0  # seconds the workers get to stop before they are killed
+STOP_GRACE = 10.0  # seconds the workers get to stop before they are killed (systemd: 15)
 POLL = 0.1
 
 
@@ -256,10 +256,13 @@ def _drop_reader(sock: socket.socket) -> None:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: end with the parent (no orphaned workers)."""
+    """In the child before exec: end with the parent. SIGKILL, not a graceful stop:
+    a parent that died unannounced was killed, and its workers must be gone at once
+    with it (the kernel closes their sockets, so peers see the links end; a service
+    manager finds the router's processes all gone and starts it again)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass(eq=False)
