@@ -80,6 +80,7 @@ class RouterSite:
     links: list[dict[str, Any]] = field(default_factory=list)
     listeners: list[dict[str, Any]] = field(default_factory=list)
     connectors: list[dict[str, Any]] = field(default_factory=list)
+    workers: int | None = None  # None: the router's default (one per CPU)
 
     @classmethod
     def create(cls, base: Path, name: str, *, accept: bool) -> RouterSite:
@@ -131,6 +132,8 @@ class RouterSite:
             "listeners": self.listeners,
             "connectors": self.connectors,
         }
+        if self.workers is not None:
+            cfg["workers"] = self.workers
         if self.ca is not None:
             cfg["link_access"] = {
                 "host": LOOPBACK,
