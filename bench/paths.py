@@ -27,6 +27,9 @@ STARTUP_TIMEOUT = 20.0
 # Where the routers import skiff_router from: None = the venv's install (the working tree,
 # editable); a directory = that tree first on PYTHONPATH (e.g. a snapshot of a commit).
 ROUTER_SRC: list[Path | None] = [None]
+# Worker processes of the two routers of the skiff path (None: the router's default,
+# one per CPU); `bench.run --workers N` sets it.
+PATH_WORKERS: list[int | None] = [None]
 
 
 @dataclass
@@ -177,6 +180,7 @@ def wait_keys(site: RouterSite, keys: list[str], proc: subprocess.Popen[Any]) ->
 def skiff(procs: Procs, workdir: Path, targets: Mapping[str, int]) -> PathUnderTest:
     a = RouterSite.create(workdir, "site-a", accept=False)
     b = RouterSite.create(workdir, "site-b", accept=True)
+    a.workers = b.workers = PATH_WORKERS[0]
     a.link_to(b)
     entries = {key: a.listen(key) for key in targets}
     for key, port in targets.items():

@@ -355,6 +355,8 @@ def run(s: Settings, work: Path, only: set[str] | None) -> tuple[list[dict[str, 
         "quick": s.short,
         "event_loop": event_loop,
         "router": router_source(),
+        # The path's routers: "auto" is the router's default, one worker per CPU.
+        "path_workers": paths.PATH_WORKERS[0] or f"auto ({os.cpu_count()} CPUs)",
     }
     return [f.row(meta) for f in figs.values() if f.samples], event_loop
 
@@ -430,7 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="directory holding skiff_router to benchmark (default: the installed one)",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes of the two routers of the skiff path (default: one per CPU)",
+    )
     args = ap.parse_args(argv)
+    paths.PATH_WORKERS[0] = args.workers
     for tool in ("haproxy", "stunnel4", "iperf3"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)

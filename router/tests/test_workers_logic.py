@@ -83,6 +83,8 @@ def _status(router_id: str, flows: tuple[int, int], bytes_out: int, links: int) 
         "router_id": router_id,
         "pid": 100 + len(router_id),
         "ready": True,
+        "not_ready": [],
+        "routers": [{"id": "east", "reachable": True}, {"id": "west", "reachable": True}],
         "links": [{"name": "west", "direction": "outgoing", "state": "up", "peer": "west"}] * links,
         "flows": {"open": flows[0], "total": flows[1], "retried": 0},
         "routing_keys": {"k": {"reachable": True, "bytes": {"out": bytes_out, "back": 1}}},
@@ -107,8 +109,27 @@ def test_one_router_adds_up_its_workers() -> None:
     assert st["workers"][1]["router_id"] == "east/w1"
     # The worker's own document is not changed in place.
     assert own["flows"]["total"] == 10 and own["routing_keys"]["k"]["bytes"]["out"] == 100
+    assert st["ready"] and st["routing_keys"]["k"]["reachable"]
+    assert all(r["reachable"] for r in st["routers"])
     flows = whole_router_flows([{"id": 1}], [WorkerReport(1, flows=[{"id": 1}]), WorkerReport(2)])
     assert flows == [{"id": 1, "worker": 0}, {"id": 1, "worker": 1}]
+
+
+def test_a_key_or_router_is_reachable_when_every_running_worker_reaches_it() -> None:
+    """A client may land on any worker: until each one that runs knows the key (or
+    the router), the whole router does not claim it, and is not ready until all are."""
+    own = _status("east", (0, 0), 0, 1)
+    late = _status("east/w1", (0, 0), 0, 1)
+    late["routing_keys"] = {}
+    late["routers"] = [{"id": "east", "reachable": True}]
+    late["ready"], late["not_ready"] = False, ["listener web: starting"]
+    st = whole_router(own, [], [WorkerReport(1, status=late)])
+    assert not st["routing_keys"]["k"]["reachable"]
+    assert {r["id"]: r["reachable"] for r in st["routers"]} == {"east": True, "west": False}
+    assert not st["ready"] and st["not_ready"] == ["worker 1: listener web: starting"]
+    # A worker that is down (being started again) takes no clients: it does not count.
+    st = whole_router(own, [], [WorkerReport(1, error="Connection refused")])
+    assert st["ready"] and st["routing_keys"]["k"]["reachable"]
 
 
 def _two_routers_with_workers() -> LinkStateDb:

@@ -841,6 +841,9 @@ class Router:
         changed = {p for p, sha in new_sha.items() if old_sha.get(p) != sha}
         self.loaded, self.effective, self._tls_sha = new, cfg, new_sha
         self.core.flow_timeouts = cfg.flow_timeouts  # read at the next look, nothing to restart
+        if cfg.workers != old.workers:
+            # The processes are started with the router; a reload cannot add or end one.
+            log.warning("workers: %s takes effect when the router restarts", cfg.workers or "auto")
         for op in reload_plan(old, cfg, changed):
             await self._carry_out(op)
         self.pump()

@@ -163,8 +163,13 @@ def whole_router(
     own: dict[str, Any], own_worker_links: list[dict[str, Any]], reports: list[WorkerReport]
 ) -> dict[str, Any]:
     """Worker 0's status with the other workers' added: flows, bytes and connector
-    counts summed, links listed with their worker, and a ``workers`` section."""
+    counts summed, links listed with their worker, and a ``workers`` section. A
+    routing key or router is reachable, and the router ready, only when it is so
+    for every worker that runs: a client may land on any of them, and a wait for
+    convergence must not end while one of them still refuses new flows."""
     st = dict(own)
+    st["not_ready"] = list(own["not_ready"])
+    routers = {r["id"]: dict(r) for r in own["routers"]}
     st["links"] = [{**lk, "worker": 0} for lk in own["links"]]
     flows = dict(own["flows"])
     keys = {k: {**v, "bytes": dict(v["bytes"])} for k, v in own["routing_keys"].items()}
@@ -177,17 +182,27 @@ def whole_router(
             continue
         workers.append(_worker_entry(rep.index, other, other.get("worker_links") or []))
         st["links"] += [{**lk, "worker": rep.index} for lk in other["links"]]
+        st["ready"] = st["ready"] and other["ready"]
+        st["not_ready"] += [f"worker {rep.index}: {why}" for why in other["not_ready"]]
+        seen = {r["id"]: r["reachable"] for r in other["routers"]}
+        for rid, r in routers.items():
+            r["reachable"] = r["reachable"] and seen.get(rid, False)
         for name in ("open", "total", "retried"):
             flows[name] += other["flows"][name]
-        for key, v in other["routing_keys"].items():
-            if key in keys:
-                for direction in ("out", "back"):
-                    keys[key]["bytes"][direction] += v["bytes"][direction]
+        for key, mine in keys.items():
+            v = other["routing_keys"].get(key)
+            if v is None:
+                mine["reachable"] = False  # that worker does not know the key yet
+                continue
+            mine["reachable"] = mine["reachable"] and v["reachable"]
+            for direction in ("out", "back"):
+                mine["bytes"][direction] += v["bytes"][direction]
         for c in other["connectors"]:
             if c["name"] in connectors:
                 connectors[c["name"]]["flows"] += c["flows"]
     st["flows"] = flows
     st["routing_keys"] = keys
+    st["routers"] = list(routers.values())
     st["connectors"] = list(connectors.values())
     st["workers"] = workers
     return st
