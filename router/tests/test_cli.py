@@ -127,6 +127,13 @@ def test_run_healthz_status_sighup(tmp_path: Path) -> None:
     cfg = site.write()
     with process([*CLI, "run", "--config", str(cfg)], tmp_path / "run.log") as proc:
         poll(lambda: get(site.admin_url + "/healthz") == b"ok", what="healthz")
+        # Reachable once every worker has learnt the key from the others.
+        poll(
+            lambda: json.loads(get(site.admin_url + "/v1/status"))["routing_keys"]["k"][
+                "reachable"
+            ],
+            what="key reachable",
+        )
         st = json.loads(get(site.admin_url + "/v1/status"))
         k = st["routing_keys"]["k"]
         assert (k["connectors"], k["listeners"], k["reachable"]) == (["solo"], ["solo"], True)

@@ -5,6 +5,10 @@ the target choice that keeps flows off a sibling hop."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +173,48 @@ def test_the_network_view_shows_each_router_once() -> None:
     assert routers["west"]["links"] == [{"to": "east", "cost": 1, "state": "up"}]
     assert net["routing_keys"]["k"]["connectors"] == ["east"]
     assert net["routing_keys"]["k"]["listeners"] == ["west"]
+
+
+HOLDER = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(b"\\0" + sys.argv[1].encode())  # the abstract name, without its leading NUL
+print("bound", flush=True)
+time.sleep(0.3)  # bound, not listening yet: as a sibling is between bind() and listen()
+s.listen(8)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def test_a_port_claim_waits_for_a_sibling_between_bind_and_listen() -> None:
+    """Workers bind a new port together on a reload: one may find the claim bound
+    but not yet listening. It must wait for it, not call the port taken."""
+
+    async def main() -> None:
+        port = 60000 + os.getpid() % 5000
+        name = workers.PortClaims.name(port)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, name[1:]], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+            # This process is the holder's parent: the holder is a worker of "our" group.
+            sibling = workers.PortClaims(group=os.getpid())
+            await sibling.acquire(port)
+            assert port in sibling.unclaimed and port not in sibling.held
+            # To a worker of another group, the same holder is another router.
+            stranger = workers.PortClaims(group=os.getpid() + 1)
+            with pytest.raises(OSError, match="another router's workers"):
+                await stranger.acquire(port)
+        finally:
+            holder.kill()
+            holder.wait()
+        # The holder gone, the port's claim is taken over (reclaim, on the bind retry).
+        await asyncio.sleep(0.05)
+        sibling.reclaim()
+        assert port in sibling.held and port not in sibling.unclaimed
+        sibling.release(port)
+        assert port not in sibling.held and port not in sibling.refs
+
+    asyncio.run(main())

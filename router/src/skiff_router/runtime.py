@@ -42,6 +42,7 @@ from skiff_router.config import (
     LinkConfig,
     ListenerConfig,
     LoadedConfig,
+    Mode,
     Overlay,
     load,
     load_overlay,
@@ -75,7 +76,13 @@ from skiff_router.siblings import Workers, whole_router, whole_router_flows
 from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
-from skiff_router.workers import PortClaims, Seat, connected_socket, is_sibling
+from skiff_router.workers import (
+    PortClaims,
+    Seat,
+    connected_socket,
+    is_sibling,
+    wait_for_worker0,
+)
 
 log = logging.getLogger("router")
 llog = logging.getLogger("link")
@@ -87,6 +94,7 @@ BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 5.0
 RETRY_BIND = 2.0  # retry listeners / link access that could not bind
+WORKER0_WAIT = 10.0  # seconds another worker waits for worker 0 before it starts anyway
 WATCH_INTERVAL = 1.0  # poll the config, overlay and TLS files for changes
 EVENTS_ADDRESS = "skiff.events"  # network-wide router events (multicast)
 MAX_PUMP_ROUNDS = 64
@@ -261,6 +269,11 @@ class Router:
         set_level(self.cfg.log_level)
         self.admin = AdminServer(self, self, self.cfg.admin.token_file)
         await self._start_admin()
+        if self.seat is not None and not self.seat.primary and self.cfg.mode is Mode.INTERIOR:
+            # Worker 0 first: until its admin port answers for the router, no other
+            # worker takes links or clients (a peer would learn of this router from a
+            # worker before its status can be read).
+            await wait_for_worker0(self.seat, WORKER0_WAIT)
         await self._start_network()
         self.in_force = self.loaded
         self._ticker = asyncio.create_task(self._tick())
@@ -290,7 +303,7 @@ class Router:
         loop = asyncio.get_running_loop()
         if self.claims is None:
             return await loop.create_server(factory, host, port, **kw)
-        self.claims.acquire(port)
+        await self.claims.acquire(port)
         try:
             server = await loop.create_server(factory, host, port, reuse_port=True, **kw)
         except BaseException:

@@ -44,6 +44,8 @@ RESTART_MIN = 0.5  # seconds before a dead worker is started again (doubling to 
 RESTART_MAX = 30.0
 STOP_GRACE = 10.0  # seconds the workers get to stop before they are killed (systemd: 15)
 POLL = 0.1
+CLAIM_TRIES = 50  # a port claim is looked at this often, CLAIM_PAUSE apart, before giving up
+CLAIM_PAUSE = 0.02
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,40 @@ def connected_socket(name: str) -> socket.socket:
     return sock
 
 
+async def wait_for_worker0(seat: Seat, timeout: float) -> bool:
+    """Wait (bounded) until worker 0 is up: its worker link socket, bound once its
+    admin port, listeners and links are, listens. Looked up in /proc/net/unix, not
+    connected to (that would be a link that never says HELLO). False on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wanted = "@" + seat.link_socket(0)[1:]
+    while loop.time() < deadline:
+        if wanted in listening_unix_names():
+            return True
+        await asyncio.sleep(0.05)
+    log.warning("worker 0 did not come up within %.0fs: starting anyway", timeout)
+    return False
+
+
+SO_ACCEPTCON = 0x10000  # /proc/net/unix flag of a listening socket
+
+
+def listening_unix_names(table: str = "/proc/net/unix") -> set[str]:
+    """Names of the listening Unix sockets of this network namespace (abstract
+    ones with a leading "@")."""
+    names = set()
+    try:
+        with open(table) as f:
+            next(f, None)  # the header
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and int(fields[3], 16) & SO_ACCEPTCON:
+                    names.add(fields[7])
+    except OSError:
+        pass
+    return names
+
+
 def _parent_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -187,22 +223,30 @@ class PortClaims:
     def name(port: int) -> str:
         return f"\0skiff-port-{port}"
 
-    def acquire(self, port: int) -> None:
+    async def acquire(self, port: int) -> None:
         """Before binding ``port``: raises OSError(EADDRINUSE) when another router holds it."""
-        if port not in self.refs and not self._take(port):
+        if port not in self.refs:
+            await self._claim(port)
+        self.refs[port] = self.refs.get(port, 0) + 1
+
+    async def _claim(self, port: int) -> None:
+        for _attempt in range(CLAIM_TRIES):
+            if self._take(port):
+                return
             try:
                 probe = connected_socket(self.name(port))
             except OSError:
-                # The holder went away in between: take the claim now.
-                if not self._take(port):
-                    raise self._taken(port) from None
-            else:
-                sibling = is_sibling(probe, self.group)
-                probe.close()
-                if not sibling:
-                    raise self._taken(port)
-                self.unclaimed.add(port)
-        self.refs[port] = self.refs.get(port, 0) + 1
+                # Bound by a sibling that has not called listen() yet (the workers
+                # bind together on a reload), or just released: look again.
+                await asyncio.sleep(CLAIM_PAUSE)
+                continue
+            sibling = is_sibling(probe, self.group)
+            probe.close()
+            if not sibling:
+                raise self._taken(port)
+            self.unclaimed.add(port)
+            return
+        raise self._taken(port)
 
     def release(self, port: int) -> None:
         n = self.refs.get(port, 0) - 1
