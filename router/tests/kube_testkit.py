@@ -56,6 +56,10 @@ def agent_for(
         "ttl": 3,
     }
     data.update(over)
+    proxy = data.get("proxy_ports")
+    while proxy and proxy["first"] <= data["health"]["port"] <= proxy["last"]:
+        # Two free ports drawn apart can fall together: the agent refuses that.
+        data["health"]["port"] = free_port()
     if config_path is not None:
         # From a file, as in the pod: a changed file's connectors apply while it runs.
         config_path.write_text(json.dumps(data))

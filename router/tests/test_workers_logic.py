@@ -88,7 +88,10 @@ def _status(router_id: str, flows: tuple[int, int], bytes_out: int, links: int) 
         "pid": 100 + len(router_id),
         "ready": True,
         "not_ready": [],
-        "routers": [{"id": "east", "reachable": True}, {"id": "west", "reachable": True}],
+        "routers": [
+            {"id": "east", "reachable": True, "cost": 0, "next_hop": None},
+            {"id": "west", "reachable": True, "cost": 1, "next_hop": "west"},
+        ],
         "links": [{"name": "west", "direction": "outgoing", "state": "up", "peer": "west"}] * links,
         "flows": {"open": flows[0], "total": flows[1], "retried": 0},
         "routing_keys": {"k": {"reachable": True, "bytes": {"out": bytes_out, "back": 1}}},
@@ -115,6 +118,13 @@ def test_one_router_adds_up_its_workers() -> None:
     assert own["flows"]["total"] == 10 and own["routing_keys"]["k"]["bytes"]["out"] == 100
     assert st["ready"] and st["routing_keys"]["k"]["reachable"]
     assert all(r["reachable"] for r in st["routers"])
+    # Worker 0 reaches west through worker 1 (cost 4); worker 1 has the link (cost 3).
+    own["routers"][1].update(cost=4, next_hop="east")
+    other["routers"][1].update(cost=3, next_hop="west")
+    st = whole_router(own, [], [WorkerReport(1, status=other)])
+    west = next(r for r in st["routers"] if r["id"] == "west")
+    assert (west["cost"], west["next_hop"]) == (3, "west")
+    assert own["routers"][1]["cost"] == 4  # worker 0's own document is left as it was
     flows = whole_router_flows([{"id": 1}], [WorkerReport(1, flows=[{"id": 1}]), WorkerReport(2)])
     assert flows == [{"id": 1, "worker": 0}, {"id": 1, "worker": 1}]
 
@@ -125,7 +135,7 @@ def test_a_key_or_router_is_reachable_when_every_running_worker_reaches_it() -> 
     own = _status("east", (0, 0), 0, 1)
     late = _status("east/w1", (0, 0), 0, 1)
     late["routing_keys"] = {}
-    late["routers"] = [{"id": "east", "reachable": True}]
+    late["routers"] = [{"id": "east", "reachable": True, "cost": 0, "next_hop": None}]
     late["ready"], late["not_ready"] = False, ["listener web: starting"]
     st = whole_router(own, [], [WorkerReport(1, status=late)])
     assert not st["routing_keys"]["k"]["reachable"]

@@ -166,7 +166,8 @@ def whole_router(
     counts summed, links listed with their worker, and a ``workers`` section. A
     routing key or router is reachable, and the router ready, only when it is so
     for every worker that runs: a client may land on any of them, and a wait for
-    convergence must not end while one of them still refuses new flows."""
+    convergence must not end while one of them still refuses new flows. A router's
+    cost and next hop are those of the worker with the cheapest path to it."""
     st = dict(own)
     st["not_ready"] = list(own["not_ready"])
     routers = {r["id"]: dict(r) for r in own["routers"]}
@@ -184,9 +185,13 @@ def whole_router(
         st["links"] += [{**lk, "worker": rep.index} for lk in other["links"]]
         st["ready"] = st["ready"] and other["ready"]
         st["not_ready"] += [f"worker {rep.index}: {why}" for why in other["not_ready"]]
-        seen = {r["id"]: r["reachable"] for r in other["routers"]}
+        seen = {r["id"]: r for r in other["routers"]}
         for rid, r in routers.items():
-            r["reachable"] = r["reachable"] and seen.get(rid, False)
+            theirs = seen.get(rid)
+            r["reachable"] = r["reachable"] and theirs is not None and theirs["reachable"]
+            # The router's path to it is its best worker's (one with a link of its own).
+            if r["reachable"] and theirs is not None and theirs["cost"] < r["cost"]:
+                r["cost"], r["next_hop"] = theirs["cost"], theirs["next_hop"]
         for name in ("open", "total", "retried"):
             flows[name] += other["flows"][name]
         for key, mine in keys.items():
