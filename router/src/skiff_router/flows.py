@@ -237,7 +237,11 @@ class Flows:
         topo = self._topo
         flow = self._new_flow(op.key, op.src, op.dest, via_worker=link.worker)
         self._link_end(flow, link, fid)
-        if len(link.flows) > self.max_link_flows:
+        # The cap is per peer. A link to another worker of this router carries the
+        # flows of every peer that came in at that worker, each capped there already:
+        # it has only the absolute bound.
+        cap = MAX_LINK_FLOWS if link.worker else self.max_link_flows
+        if len(link.flows) > cap:
             self._reset(flow, None, "too many flows")
             return
         if op.dest == topo.id:
