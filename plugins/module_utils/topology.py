@@ -90,15 +90,14 @@ def _check_platform(site: SiteVars) -> None:
         )
 
 
+def _is_count(value: Any, most: int) -> bool:
+    """A whole number 1..most (a YAML true is not 1)."""
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= most
+
+
 def _check_workers(site: SiteVars) -> None:
     workers = site.get("skiff_router_workers")
-    if workers is None:
-        return
-    if (
-        isinstance(workers, bool)
-        or not isinstance(workers, int)
-        or not 1 <= workers <= vocabulary.MAX_ROUTER_WORKERS
-    ):
+    if workers is not None and not _is_count(workers, vocabulary.MAX_ROUTER_WORKERS):
         site.problem(
             "skiff_router_workers",
             f"must be an integer 1..{vocabulary.MAX_ROUTER_WORKERS} (worker processes of the "
@@ -134,11 +133,7 @@ def _check_kubernetes(site: SiteVars) -> None:
             "router/Containerfile, see the README)",
         )
     replicas = site.get("skiff_router_replicas", 1)
-    if (
-        isinstance(replicas, bool)
-        or not isinstance(replicas, int)
-        or not 1 <= replicas <= vocabulary.MAX_KUBE_REPLICAS
-    ):
+    if not _is_count(replicas, vocabulary.MAX_KUBE_REPLICAS):
         site.problem(
             "skiff_router_replicas",
             f"must be an integer 1..{vocabulary.MAX_KUBE_REPLICAS} (router pods of the site), "

@@ -57,6 +57,19 @@ def _processes_with(text: str) -> list[int]:
     return found
 
 
+async def flows_on_every_worker(site: Site, port: int) -> dict:
+    """Echo flows through ``port`` until every worker of ``site`` carried some (the
+    kernel spreads new connections over the shared port; bounded). Its last status."""
+    for i in range(200):
+        payload = os.urandom(1000) + i.to_bytes(4, "big")
+        assert await asyncio.wait_for(echo_roundtrip(port, payload), 20) == payload
+        st = await status(site)
+        if i >= 8 and all(w["flows_total"] > 0 for w in st["workers"]):
+            break
+    assert all(w["flows_total"] > 0 for w in st["workers"]), st["workers"]
+    return st
+
+
 class LongFlow:
     """A client that sends a chunk, reads its echo, waits, then finishes."""
 
@@ -160,13 +173,7 @@ def test_workers_share_ports_carry_flows_each_and_survive_a_killed_worker(
 
                 # A flow on each worker: the kernel spreads new connections over the
                 # shared listener port (bounded number of tries).
-                for i in range(200):
-                    payload = os.urandom(1000) + i.to_bytes(4, "big")
-                    assert await asyncio.wait_for(echo_roundtrip(port, payload), 20) == payload
-                    st = await status(west)
-                    if i >= 8 and all(w["flows_total"] > 0 for w in st["workers"]):
-                        break
-                assert all(w["flows_total"] > 0 for w in st["workers"]), st["workers"]
+                st = await flows_on_every_worker(west, port)
                 assert st["flows"]["total"] == sum(w["flows_total"] for w in st["workers"])
 
                 # Long flows over both workers, then worker 1 is killed mid-transfer.
@@ -245,13 +252,7 @@ def test_edge_workers_each_use_their_own_uplink(tmp_path: Path) -> None:
                 hst = await status(hub)
                 peers = {lk["peer_router"] for lk in hst["links"]}
                 assert peers == {"edge", "edge/w1"}, hst["links"]
-                for i in range(200):
-                    payload = os.urandom(500) + i.to_bytes(4, "big")
-                    assert await asyncio.wait_for(echo_roundtrip(port, payload), 20) == payload
-                    st = await status(edge)
-                    if i >= 8 and all(w["flows_total"] > 0 for w in st["workers"]):
-                        break
-                assert all(w["flows_total"] > 0 for w in st["workers"]), st["workers"]
+                await flows_on_every_worker(edge, port)
 
     run(main())
 
