@@ -46,7 +46,6 @@ class Workers:
         self.seat = seat
         self.server: asyncio.AbstractServer | None = None
         self.dialers: dict[int, Dialer] = {}
-        self.error: str | None = None
         self.reports: list[WorkerReport] = []
 
     @property
@@ -68,8 +67,7 @@ class Workers:
         except OSError as exc:
             # The later workers dial this one: without the socket, flows that land
             # elsewhere reach this worker's links only through other workers.
-            self.error = tls.describe(exc)
-            log.error("worker socket: %s", self.error)
+            log.error("worker socket: %s", tls.describe(exc))
         # Each pair of workers is linked once: the later one dials the earlier.
         for j in range(self.seat.index):
             cfg = LinkConfig(

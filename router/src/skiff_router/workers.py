@@ -69,9 +69,6 @@ class Seat:
     def admin_socket(self, index: int) -> str:
         return f"\0skiff-{self.group}-admin-{index}"
 
-    def siblings(self) -> range:
-        return range(self.count)
-
 
 def seat_from_env(environ: Mapping[str, str] | None = None) -> Seat | None:
     raw = (os.environ if environ is None else environ).get(SEAT_ENV)
@@ -327,7 +324,6 @@ class Pool:
         self.group = os.getpid()
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
-        self.restarts = 0
 
     def _start(self, w: _Worker) -> None:
         env = {**os.environ, SEAT_ENV: f"{w.index}/{self.count}/{self.group}"}
@@ -376,7 +372,6 @@ class Pool:
                     )
                     w.backoff = min(w.backoff * 2, RESTART_MAX)
                 elif w.proc is None and not self.stopping and now >= w.due:
-                    self.restarts += 1
                     self._start(w)
             if self.stopping:
                 if all(w.proc is None for w in self.workers):
