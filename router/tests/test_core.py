@@ -44,12 +44,19 @@ class Net:
         return core
 
     def connect(
-        self, dialer: str, acceptor: str, cost: int = 1, expected: str | None = None
+        self,
+        dialer: str,
+        acceptor: str,
+        cost: int = 1,
+        expected: str | None = None,
+        replaces: tuple[int, ...] = (),
     ) -> tuple[int, int]:
         """The dialer expects the acceptor's site (its link's peer); the acceptor the
         dialer's site (what the client certificate names)."""
         d, a = self.cores[dialer], self.cores[acceptor]
-        hd = d.link_connected(acceptor, "outgoing", self.now, expected or a.site, cost)
+        hd = d.link_connected(
+            acceptor, "outgoing", self.now, expected or a.site, cost, replaces=replaces
+        )
         ha = a.link_connected("in", "incoming", self.now, d.site)
         self.wires[(dialer, hd)] = (acceptor, ha)
         self.wires[(acceptor, ha)] = (dialer, hd)
@@ -488,3 +495,87 @@ def test_half_closed_and_idle_flows_expire_active_ones_stay() -> None:
     for _second in range(100):
         net.tick(1.0)
     assert len(a.flows.by_id) == len(b.flows.by_id) == 1
+
+
+# -- make before break ----------------------------------------------------------------------
+
+
+def test_replaced_link_drains_its_flows_then_the_peer_closes_it() -> None:
+    """A newer link between the same routers takes every new flow, both ways; the old
+    one carries its flows to their end, and the peer, which saw DRAIN after every flow
+    the other side opened, closes it once it is empty."""
+    net, a, b = pair()
+    (old_a,) = list(a.topology.links)
+    old_b = net.wires[("a", old_a)][1]
+    la, lb = open_flow(net, a, b)
+    # The old link drains once the peer accepted the new one (its first update).
+    new_a, new_b = net.connect("a", "b", cost=5, replaces=(old_a,))
+    assert a.topology.links[old_a].proto.phase is LinkPhase.DRAINING
+    assert b.topology.links[old_b].proto.phase is LinkPhase.DRAINING
+    # Routes follow the link that stays: its cost is advertised now.
+    assert a.topology.neighbours() == {"b": 5}
+    assert b.topology.db.lsas["a"].links == (("b", 5),)
+    assert a.topology.link_to("b").handle == new_a  # type: ignore[union-attr]
+    assert b.topology.link_to("a").handle == new_b  # type: ignore[union-attr]
+    la2, lb2 = open_flow(net, a, b)
+    assert set(a.topology.links[new_a].flows) and set(a.topology.links[old_a].flows)
+    # The old flow still carries bytes both ways, and keepalives keep the link up.
+    for _tick in range(int(DEAD_AFTER) + 2):
+        net.tick(1.0)
+    send(a, la, b"old link")
+    send(b, lb, b"still here")
+    net.run()
+    assert delivered(net.take("b"), lb) == b"old link"
+    assert delivered(net.take("a"), la) == b"still here"
+    assert old_b in b.topology.links
+    a.flows.local_eof(la)
+    b.flows.local_eof(lb)
+    net.run()
+    net.tick(1.0)
+    assert old_a not in a.topology.links and old_b not in b.topology.links
+    assert a.topology.neighbours() == {"b": 5}
+    send(a, la2, b"new link")
+    net.run()
+    assert delivered(net.take("b"), lb2) == b"new link"
+
+
+def test_a_refused_new_link_drains_nothing() -> None:
+    """A peer that refuses the new link (here: it is not the site expected) closes it
+    before any update: the old link keeps taking new flows."""
+    net, a, b = pair()
+    (old_a,) = list(a.topology.links)
+    net.connect("a", "b", expected="elsewhere", replaces=(old_a,))
+    assert list(a.topology.links) == [old_a]
+    assert not a.topology.links[old_a].proto.draining
+    open_flow(net, a, b)
+
+
+def test_drain_to_a_peer_without_it_closes_the_old_link() -> None:
+    """A router from before DRAIN would close the link on the unknown frame: it is
+    not sent; the old link closes at once instead (break after make)."""
+    net, a, _b = pair()
+    (old_a,) = list(a.topology.links)
+    net.connect("a", "b")
+    a.topology.links[old_a].proto.peer_drains = False
+    a.drain_link(old_a)
+    net.run()
+    assert old_a not in a.topology.links
+    assert list(a.topology.neighbours()) == ["b"]
+
+
+def test_drain_frame_rules() -> None:
+    d = LinkProtocol("west", dialer=True, now=0)
+    a = LinkProtocol("east", dialer=False, now=0)
+    # Before HELLO, DRAIN is a protocol error like any frame.
+    (ev,) = a.receive_data(encode_frame(FrameType.DRAIN), 0)
+    assert isinstance(ev, LinkClosed) and "before HELLO" in ev.reason
+    a = LinkProtocol("east", dialer=False, now=0)
+    a.receive_data(out(d), 0)
+    d.receive_data(out(a), 0)
+    assert d.peer_drains and a.peer_drains
+    assert d.drain() and d.phase is LinkPhase.DRAINING and not d.drain()
+    evs = a.receive_data(out(d), 0)
+    assert a.phase is LinkPhase.DRAINING and a.drained_by_peer and len(evs) == 1
+    assert a.receive_data(encode_frame(FrameType.DRAIN), 0) == []  # a second: nothing
+    (ev,) = a.receive_data(encode_frame(FrameType.DRAIN, 0, b"x"), 0)
+    assert isinstance(ev, LinkClosed) and "DRAIN with a payload" in ev.reason

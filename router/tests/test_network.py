@@ -108,6 +108,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "error": None,
                         "peer_router": "east",
                         "source": "config",
+                        "draining": 0,
                     }
                 ]
                 assert st["routers"] == [

@@ -14,6 +14,7 @@ from skiff_router.plan import (
     ReloadAccessTls,
     ReloadConnectorTls,
     ReloadListenerTls,
+    ReplaceDialer,
     RestartAccess,
     RestartAdmin,
     RestartNetwork,
@@ -99,21 +100,21 @@ def test_connectors_and_services() -> None:
     ]
 
 
-def test_links_changed_redialed_new_started_removed_stopped() -> None:
+def test_links_changed_replaced_new_started_removed_stopped() -> None:
+    """A changed link is replaced make-before-break; only a removed one stops."""
     new = cfg(links=[link("east", cost=5), link("south")])
     ops = reload_plan(cfg(), new, set())
     assert ops == [
-        StopDialer("east"),
         StopDialer("north"),
-        StartDialer(new.links[0]),
         StartDialer(new.links[1]),
+        ReplaceDialer(new.links[0]),
     ]
 
 
-def test_changed_tls_files_redial_only_their_link_and_keep_access_links() -> None:
+def test_changed_tls_files_replace_only_their_link_and_keep_access_links() -> None:
     old = cfg()
     ops = reload_plan(old, old, {"/l/north/tls.key"})
-    assert ops == [StopDialer("north"), StartDialer(old.links[1])]
+    assert ops == [ReplaceDialer(old.links[1])]
     assert reload_plan(old, old, {"/etc/skiff/west/s.crt"}) == [ReloadAccessTls()]
     moved = cfg(link_access={**ACCESS, "port": 55672})
     assert reload_plan(old, moved, {"/etc/skiff/west/s.crt"}) == [RestartAccess()]
@@ -153,7 +154,7 @@ def test_identity_change_restarts_the_network() -> None:
     ):
         ops = reload_plan(old, new, set())
         assert ops[-1] == RestartNetwork()
-        assert not any(isinstance(op, StopListener | StopDialer) for op in ops)
+        assert not any(isinstance(op, StopListener | StopDialer | ReplaceDialer) for op in ops)
 
 
 def test_admin_and_log_level() -> None:

@@ -42,6 +42,7 @@ class FrameType(IntEnum):
     WINDOW = 10  # flow: u32 credit increment
     ACCEPT = 11  # flow: the destination's connector took the connection (travels back)
     MCAST = 12  # link: multicast message (origin, seq, address, payload), flooded
+    DRAIN = 13  # link: a newer link replaces this one; it takes no new flows
 
 
 LINK_FRAMES = frozenset(
@@ -52,6 +53,7 @@ LINK_FRAMES = frozenset(
         FrameType.LSA,
         FrameType.CLOSE,
         FrameType.MCAST,
+        FrameType.DRAIN,
     }
 )
 FLOW_FRAMES = frozenset(FrameType) - LINK_FRAMES
@@ -224,12 +226,16 @@ class Hello:
     site: str  # the site the router belongs to (replicas of one site share it)
     cost: int  # the dialer's configured link cost; the acceptor adopts it
     mode: Mode = Mode.INTERIOR
+    # The sender understands DRAIN (routers before it close a link on that frame).
+    drain: bool = True
 
 
 def encode_hello(h: Hello) -> bytes:
     d: dict[str, Any] = {"v": h.version, "id": h.router, "site": h.site, "cost": h.cost}
     if h.mode is not Mode.INTERIOR:
         d["mode"] = h.mode.value
+    if h.drain:
+        d["drain"] = True
     return _dump(d)
 
 
@@ -244,7 +250,7 @@ def decode_hello(payload: bytes) -> Hello:
     router = _router(d.get("id"), "HELLO.id")
     site = _site_of(d, router, "HELLO")
     cost = _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000)
-    return Hello(version, router, site, cost, Mode(mode))
+    return Hello(version, router, site, cost, Mode(mode), d.get("drain") is True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
 from skiff_router.config import FlowTimeouts, Mode, router_of_worker
 from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
-from skiff_router.link import LinkClosed, LinkUp
+from skiff_router.link import LinkClosed, LinkDraining, LinkUp
 from skiff_router.multicast import Multicast
 from skiff_router.targets import SiteChoice
 from skiff_router.topology import Link, Topology
@@ -86,12 +86,16 @@ class RouterCore:
         expected_site: str | None = None,
         cost: int = 1,
         worker: bool = False,
+        replaces: tuple[int, ...] = (),
     ) -> int:
         """A transport to another router (or to another worker of this router) is
-        up; returns the link handle."""
+        up; returns the link handle. It ``replaces`` older links (make before
+        break): they drain once the peer accepted this one."""
         self.clock.now = now
         topo = self.topology
-        return topo.add(name, Direction(direction), now, expected_site, cost, worker).handle
+        link = topo.add(name, Direction(direction), now, expected_site, cost, worker)
+        link.replaces = replaces
+        return link.handle
 
     def link_data(self, handle: int, data: bytes, now: float) -> None:
         self.clock.now = now
@@ -104,6 +108,12 @@ class RouterCore:
             if isinstance(ev, tuple):
                 if ev[0] is not _LSA:
                     topology.settle()  # frames after updates see their routes
+                elif link.replaces:
+                    # The peer's first update: it took our HELLO, so the link is
+                    # accepted (a refusal is a CLOSE instead). The old links drain.
+                    for old in link.replaces:
+                        self.drain_link(old)
+                    link.replaces = ()
                 try:
                     handlers[ev[0]](link, ev[1], ev[2])
                 except ProtocolError as exc:
@@ -112,6 +122,8 @@ class RouterCore:
                     break
             elif isinstance(ev, LinkUp):
                 self.topology.link_up(link)
+            elif isinstance(ev, LinkDraining):
+                self.topology.link_draining(link, "the peer replaced it")
             else:
                 assert isinstance(ev, LinkClosed)
                 self._close(link, ev, notify=True)
@@ -135,6 +147,19 @@ class RouterCore:
         if link is not None:
             self._close(link, link.proto.fail(reason, public), notify=True)
 
+    def drain_link(self, handle: int) -> None:
+        """A newer link to the same peer is up: this one takes no new flow and ends
+        when its last flow does (the peer closes it then; it knows every flow). A
+        peer that does not understand DRAIN gets the link closed at once."""
+        link = self.topology.links.get(handle)
+        if link is None or link.proto.draining:
+            return
+        if link.proto.drain():
+            self.outbox.dirty[handle] = link
+            self.topology.link_draining(link, "replaced by a newer link")
+        else:
+            self.close_link(handle, "replaced by a newer link", public="replaced")
+
     def _close(self, link: Link, ev: LinkClosed, notify: bool) -> None:
         if self.topology.remove(link, ev.reason, notify):
             self.flows.link_lost(link)
@@ -144,6 +169,9 @@ class RouterCore:
         self.clock.now = now
         for link in list(self.topology.links.values()):
             closed = link.proto.tick(now)
+            if closed is None and link.proto.drained_by_peer and not link.flows:
+                # Its flows have ended; none can start (both ends know it drains).
+                closed = link.proto.fail("replaced by a newer link, its flows ended", "replaced")
             if closed is not None:
                 self._close(link, closed, notify=True)
             elif link.proto.has_output:

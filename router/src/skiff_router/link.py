@@ -37,12 +37,16 @@ HELLO_TIMEOUT = 5.0
 class LinkPhase(Enum):
     HELLO = "hello"  # our HELLO sent, waiting for the peer's
     UP = "up"  # HELLOs exchanged: frames of every kind flow
+    # A newer link between the same routers replaced this one (make-before-break):
+    # its flows run to their end, no new flow starts on it.
+    DRAINING = "draining"
     CLOSED = "closed"  # closed by either side; nothing more is sent or read
 
 
 TRANSITIONS: dict[LinkPhase, frozenset[LinkPhase]] = {
     LinkPhase.HELLO: frozenset({LinkPhase.UP, LinkPhase.CLOSED}),
-    LinkPhase.UP: frozenset({LinkPhase.CLOSED}),
+    LinkPhase.UP: frozenset({LinkPhase.DRAINING, LinkPhase.CLOSED}),
+    LinkPhase.DRAINING: frozenset({LinkPhase.CLOSED}),
     LinkPhase.CLOSED: frozenset(),
 }
 
@@ -52,10 +56,12 @@ _TO_CORE = frozenset(FrameType) - {
     FrameType.PING,
     FrameType.PONG,
     FrameType.CLOSE,
+    FrameType.DRAIN,
 }
 _DATA = FrameType.DATA
 _OPEN = FrameType.OPEN
 _UP = LinkPhase.UP
+_DRAINING = LinkPhase.DRAINING
 _CLOSED = LinkPhase.CLOSED
 
 
@@ -72,9 +78,14 @@ class LinkClosed:
     reason: str  # detailed, for our log and status only
 
 
+@dataclass(frozen=True, slots=True)
+class LinkDraining:
+    """The peer replaced this link with a newer one (it sent DRAIN)."""
+
+
 # What receive_data returns: frames for the core as (type, flow id, payload)
 # tuples, in order with the link's own events.
-LinkEvent = LinkUp | LinkClosed | RawFrame
+LinkEvent = LinkUp | LinkClosed | LinkDraining | RawFrame
 
 
 class LinkProtocol:
@@ -102,6 +113,8 @@ class LinkProtocol:
         self.peer_site: str | None = None
         self.peer_mode = Mode.INTERIOR
         self.close_reason: str | None = None
+        self.peer_drains = False  # the peer understands DRAIN (its HELLO says so)
+        self.drained_by_peer = False  # DRAIN received: closing it when empty is ours
         self._decoder = FrameDecoder()
         self._out: list[bytes] = []  # header and payload pieces, joined once per write
         self._last_rx = now
@@ -121,7 +134,21 @@ class LinkProtocol:
 
     @property
     def up(self) -> bool:
-        return self.phase is _UP
+        """HELLOs exchanged and not closed: it carries frames (draining too)."""
+        return self.phase is _UP or self.phase is _DRAINING
+
+    @property
+    def draining(self) -> bool:
+        return self.phase is _DRAINING
+
+    def drain(self) -> bool:
+        """A newer link replaces this one: no new flow starts on it from either side.
+        False if the peer does not understand DRAIN (the caller closes the link)."""
+        if self.phase is not _UP or not self.peer_drains:
+            return False
+        self.send(FrameType.DRAIN)
+        self._to(_DRAINING)
+        return True
 
     @property
     def closed(self) -> bool:
@@ -171,7 +198,7 @@ class LinkProtocol:
         try:
             for frame in self._decoder.feed(data):
                 t, fid = frame[0], frame[1]
-                if self.phase is _UP and t in _TO_CORE:
+                if (self.phase is _UP or self.phase is _DRAINING) and t in _TO_CORE:
                     if fid:
                         self._check_flow_id(t, fid)
                     events.append(frame)
@@ -212,6 +239,13 @@ class LinkProtocol:
             if len(payload) > 8:
                 raise ProtocolError("PING payload too large")
             self.send(FrameType.PONG, 0, bytes(payload))
+        elif t is FrameType.DRAIN:
+            if payload:
+                raise ProtocolError("DRAIN with a payload")
+            if self.phase is _UP:  # a second DRAIN changes nothing
+                self._to(_DRAINING)
+                self.drained_by_peer = True
+                return LinkDraining()
         return None  # PONG: the time of arrival was all it carried
 
     def _hello(self, hello: Hello) -> LinkEvent:
@@ -233,6 +267,7 @@ class LinkProtocol:
                 "edge to edge link",
             )
         self.peer, self.peer_site, self.peer_mode = hello.router, site, peer_mode
+        self.peer_drains = hello.drain
         if not self.dialer:
             self.cost = hello.cost
         self._to(_UP)
@@ -247,7 +282,7 @@ class LinkProtocol:
             return self.fail("no HELLO from peer in time", "timeout")
         if now - self._last_rx > DEAD_AFTER:
             return self.fail(f"no traffic from peer for {now - self._last_rx:.1f}s", "timeout")
-        if self.phase is _UP and now - self._last_ping >= PING_INTERVAL:
+        if self.up and now - self._last_ping >= PING_INTERVAL:
             self.send(FrameType.PING)
             self._last_ping = now
         return None

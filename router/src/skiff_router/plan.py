@@ -101,6 +101,15 @@ class StartDialer:
 
 
 @dataclass(frozen=True)
+class ReplaceDialer:
+    """A link's settings or TLS files changed: make before break. The new link is
+    dialed while the old one keeps its flows; once the new one is up the old one
+    drains (no new flows) and closes when its last flow ends."""
+
+    cfg: LinkConfig
+
+
+@dataclass(frozen=True)
 class CheckLinkClients:
     """The accepted client certificates changed: incoming links whose certificate is
     no longer among them close (a deleted token is revoked)."""
@@ -120,6 +129,7 @@ Operation = (
     | ReloadConnectorTls
     | StopDialer
     | StartDialer
+    | ReplaceDialer
     | CheckLinkClients
 )
 
@@ -182,9 +192,13 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     def redial(lk: LinkConfig) -> bool:
         return bool(changed_files & {lk.ca, lk.cert, lk.key})
 
-    stopped = {n for n, x in was_k.items() if want_k.get(n) != x or redial(x)}
-    ops += [StopDialer(n) for n in was_k if n in stopped]
-    ops += [StartDialer(x) for n, x in want_k.items() if n not in was_k or n in stopped]
+    ops += [StopDialer(n) for n in was_k if n not in want_k]
+    ops += [StartDialer(x) for n, x in want_k.items() if n not in was_k]
+    ops += [
+        ReplaceDialer(x)
+        for n, x in want_k.items()
+        if n in was_k and (was_k[n] != x or redial(was_k[n]))
+    ]
     return ops
 
 

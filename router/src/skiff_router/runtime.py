@@ -59,6 +59,7 @@ from skiff_router.plan import (
     ReloadAccessTls,
     ReloadConnectorTls,
     ReloadListenerTls,
+    ReplaceDialer,
     RestartAccess,
     RestartAdmin,
     RestartNetwork,
@@ -216,6 +217,9 @@ class Router:
         self.locals: dict[int, LocalConn] = {}
         self.links: dict[int, LinkConn] = {}  # by core link handle
         self.dialers: dict[str, Dialer] = {}
+        # By link name: dialers a newer one replaced (make before break), kept until
+        # their link ends; they never redial.
+        self.replaced: dict[str, list[Dialer]] = {}
         self.listeners: dict[str, ListenerRt] = {}
         self._app_tls: dict[ConnectorConfig, ssl.SSLContext] = {}
         self.connectors = ConnectorChoice()
@@ -365,7 +369,7 @@ class Router:
             self.workers = None
         for name in list(self.listeners):
             await self._stop_listener(name)
-        for name in list(self.dialers):
+        for name in {*self.dialers, *self.replaced}:
             await self._stop_dialer(name)
         await self._stop_access()
         for h in list(self.core.topology.links):
@@ -571,17 +575,41 @@ class Router:
 
     async def _stop_dialer(self, name: str) -> None:
         d = self.dialers.pop(name, None)
-        if d is None or d.task is None:
-            return
-        d.stopped = True
-        conns = [lc for lc in self.links.values() if lc.owner is d]
+        await self.end_dialers(self.replaced.pop(name, []) + ([d] if d is not None else []))
+
+    async def end_dialers(self, dialers: list[Dialer], reason: str = "link removed") -> None:
+        """Stop dialers for good: close their links, end their tasks."""
+        for d in dialers:
+            d.stopped = True
+        conns = [lc for lc in self.links.values() if lc.owner in dialers]
         for lc in conns:
-            self.core.close_link(lc.handle, "link removed")
+            self.core.close_link(lc.handle, reason)
         self.pump()
-        d.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await d.task
+        for d in dialers:
+            if d.task is not None:
+                d.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await d.task
         await self._wait_links(conns)
+
+    async def _replace_dialer(self, cfg: LinkConfig) -> None:
+        """Make before break: the old link keeps its flows until the peer accepted the
+        new one (the core drains it then, ``replaced_links``); an old dialer without
+        a link up has nothing to keep and stops now."""
+        old = self.dialers.pop(cfg.name, None)
+        if old is not None and old.state is DialerState.UP:
+            old.stopped = True
+            self.replaced.setdefault(cfg.name, []).append(old)
+            llog.info("link %s changed: the old link stays until the new one is up", cfg.name)
+        elif old is not None:
+            await self.end_dialers([old], "link changed")
+        self._start_dialer(cfg)
+
+    def replaced_links(self, d: Dialer) -> tuple[int, ...]:
+        """The links a new connection of dialer ``d`` replaces (core handles)."""
+        if d.stopped or d.worker_socket is not None:
+            return ()
+        return tuple(o.conn.handle for o in self.replaced.get(d.cfg.name, ()) if o.conn)
 
     async def run_dialer(self, d: Dialer) -> None:
         loop = asyncio.get_running_loop()
@@ -626,6 +654,13 @@ class Router:
                 finally:
                     d.conn = None
                 d.to(DialerState.DOWN, reason)
+                if d.stopped:  # replaced by a newer dialer: its link has ended
+                    kept = self.replaced.get(cfg.name, [])
+                    if d in kept:
+                        kept.remove(d)
+                    if not kept:
+                        self.replaced.pop(cfg.name, None)
+                    return
                 if loop.time() - started > 10:
                     backoff = BACKOFF_MIN  # it ran for a while: retry quickly
                 break
@@ -903,6 +938,8 @@ class Router:
             await self._stop_dialer(op.name)
         elif isinstance(op, StartDialer):
             self._start_dialer(op.cfg)
+        elif isinstance(op, ReplaceDialer):
+            await self._replace_dialer(op.cfg)
 
     # -- status (RouterView) ----------------------------------------------------------------------
 
@@ -988,6 +1025,8 @@ class Router:
                     "error": d.error,
                     "peer_router": d.peer_router,
                     "source": self._source("links", d.cfg.name),
+                    # Older links of this name a change replaced, still carrying flows.
+                    "draining": len(self.replaced.get(d.cfg.name, ())),
                 }
             )
         for lc in self.links.values():
@@ -999,7 +1038,7 @@ class Router:
                         "direction": Direction.INCOMING.value,
                         "peer": owner.peer_site or owner.peer,
                         "cost": owner.cost,
-                        "state": DialerState.UP.value,
+                        "state": self._incoming_state(lc),
                         "endpoint": owner.endpoint,
                         "error": None,
                         "peer_mode": owner.mode.value,
@@ -1007,6 +1046,10 @@ class Router:
                     }
                 )
         return links
+
+    def _incoming_state(self, lc: LinkConn) -> str:
+        link = self.core.topology.links.get(lc.handle)
+        return link.proto.phase.value if link is not None else DialerState.UP.value
 
     def network(self) -> dict[str, Any]:
         """GET /v1/network: the whole network from link state (netgraph.py)."""

@@ -87,17 +87,7 @@ class Workers:
         if self.server is not None:
             self.server.close()
             self.server = None
-        router = self.router
-        for d in self.dialers.values():
-            d.stopped = True
-            if d.conn is not None and d.conn.handle:
-                router.core.close_link(d.conn.handle, "router stopping")
-        router.pump()
-        for d in self.dialers.values():
-            if d.task is not None:
-                d.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await d.task
+        await self.router.end_dialers(list(self.dialers.values()), "router stopping")
         self.dialers.clear()
 
     def links_status(self) -> list[dict[str, Any]]:

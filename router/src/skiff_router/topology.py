@@ -46,6 +46,7 @@ class Link:
     proto: LinkProtocol
     flows: dict[int, End] = field(default_factory=dict)  # flow id on this link -> end
     worker: bool = False  # to another worker process of this router (workers.py)
+    replaces: tuple[int, ...] = ()  # older links it drains once the peer accepted it
 
     @property
     def up(self) -> bool:
@@ -58,6 +59,11 @@ class Link:
     @property
     def cost(self) -> int:
         return self.proto.cost
+
+    @property
+    def rank(self) -> tuple[bool, int]:
+        """Lower is preferred: a draining link only while no other link joins the pair."""
+        return self.proto.draining, self.proto.cost
 
     @property
     def to_edge(self) -> bool:
@@ -170,20 +176,28 @@ class Topology:
             self._edge_lsas.pop(link.peer, None)
         self.originate()
 
+    def link_draining(self, link: Link, why: str) -> None:
+        log.info("link %s (%s) to %s draining: %s", link.name, link.direction, link.peer, why)
+        self.originate()  # the cost to the peer may now be another link's
+
     def neighbours(self, edges: bool = False) -> dict[str, int]:
-        """Up neighbours and the least cost to each (several links may join a pair);
+        """Up neighbours and the cost of the link each is reached by (``link_to``);
         interior routers list interiors only, edges separately (``edges=True``)."""
-        out: dict[str, int] = {}
+        best: dict[str, Link] = {}
         for link in self.links.values():
-            if link.up and link.peer and (self.edge or link.to_edge == edges):
-                out[link.peer] = min(link.cost, out.get(link.peer, link.cost))
-        return out
+            peer = link.peer
+            if link.up and peer and (self.edge or link.to_edge == edges):
+                held = best.get(peer)
+                if held is None or link.rank < held.rank:
+                    best[peer] = link
+        return {peer: link.cost for peer, link in best.items()}
 
     def link_to(self, router: str) -> Link | None:
-        """The cheapest up link to a neighbour."""
+        """The link new flows to a neighbour take: the cheapest up link, a draining
+        one (replaced by a newer link) only if no other is up."""
         best: Link | None = None
         for link in self.links.values():
-            if link.up and link.peer == router and (best is None or link.cost < best.cost):
+            if link.up and link.peer == router and (best is None or link.rank < best.rank):
                 best = link
         return best
 

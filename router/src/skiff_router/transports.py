@@ -253,8 +253,15 @@ class LinkConn(asyncio.Protocol):
             # of that site, and no other, may announce themselves over this link.
             self.expected_site = tls.peer_common_name(tr)
             self.fingerprint = tls.peer_fingerprint(tr)
+        replaces = () if isinstance(owner, Incoming) else router.replaced_links(owner)
         self.handle = self.core.link_connected(
-            self.name, self.direction, self._loop.time(), self.expected_site, self.cost, worker
+            self.name,
+            self.direction,
+            self._loop.time(),
+            self.expected_site,
+            self.cost,
+            worker,
+            replaces,
         )
         router.links[self.handle] = self
         if self.direction is Direction.INCOMING and not worker:
