@@ -38,6 +38,7 @@ CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 3650 - 1
 CLIENT_VALID_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
+BACKDATE = datetime.timedelta(minutes=5)  # not_before = time of issue - BACKDATE
 ORGANIZATION = "skiff"
 
 
@@ -116,7 +117,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         # A little back-dating tolerates clock skew between hosts.
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(now + datetime.timedelta(days=valid_days))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -267,12 +268,13 @@ def reissue_reason(
     hosts: Iterable[str] | None = None,
     now: datetime.datetime | None = None,
     renew_before: datetime.timedelta = RENEW_BEFORE,
+    rotate_before: datetime.datetime | None = None,
 ) -> str | None:
     """Why this certificate must be issued again, or None when it can stay.
 
     Checked in order: present and readable, key matches, signed by the current
     CA, SANs equal the wanted hosts (when given), not expiring within
-    `renew_before`.
+    `renew_before`, issued at or after `rotate_before` (a rotation asked for).
     """
     if not cert_pem or not key_pem:
         return "missing"
@@ -294,7 +296,37 @@ def reissue_reason(
         return "SANs differ from the link endpoints"
     if _not_after(cert) - (now or _now()) < renew_before:
         return f"expires within {renew_before.days} days"
+    if rotate_before is not None and _not_before(cert) + BACKDATE < rotate_before:
+        return f"issued before the rotation time {rotate_before:%Y-%m-%d %H:%M:%S} UTC"
     return None
+
+
+def rotation_time(
+    value: str | None, now: datetime.datetime | None = None
+) -> datetime.datetime | None:
+    """`rotate_before` / `skiff_rotate`: empty for none, `now`, or a past ISO 8601 time
+    with its zone. Credentials issued before it are issued again; a later run finds
+    them issued after it and leaves them (so a time kept in the inventory rotates once).
+    Raises ValueError saying what to write."""
+    if not value:
+        return None
+    now = now or _now()
+    if value == "now":
+        return now
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"'{value}' is neither 'now' nor an ISO 8601 time such as 2026-12-04T09:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        raise ValueError(f"'{value}' has no time zone: add Z (UTC) or an offset")
+    if when > now:
+        raise ValueError(
+            f"'{value}' is in the future: every run until then would issue the "
+            "credentials again; give a past time or 'now'"
+        )
+    return when.astimezone(datetime.UTC)
 
 
 def ca_reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, **kwargs: Any) -> str | None:

@@ -10,6 +10,7 @@ kept; in the platform's config store), and a running router.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import sys
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class SiteParams:
     # Sites that dial this one and are outside the run (--limit): what they depend on
     # (the CA, the link endpoint) must not change without them.
     outside_dialers: tuple[str, ...] = ()
+    # Issue the server certificate again if it was issued before this (`now`, ISO 8601).
+    rotate_before: str | None = None
     # Platform kubernetes: namespace, context, kubeconfig, apply, manifests_dir, ...
     kube: dict[str, Any] | None = None
 
@@ -282,6 +285,12 @@ class SiteRunner:
 
     # -- present ---------------------------------------------------------
 
+    def _rotation(self) -> datetime.datetime | None:
+        try:
+            return pki.rotation_time(self.params.rotate_before)
+        except ValueError as exc:
+            raise SkiffError(str(exc), field="rotate_before") from None
+
     def present(self) -> None:
         site = self.params.name
         wanted = normalize(self.params, self.default_python)
@@ -317,7 +326,11 @@ class SiteRunner:
                 "new CA"
                 if ca_reason
                 else pki.reissue_reason(
-                    server.cert_pem, server.key_pem, ca_cert_pem=ca.cert_pem, hosts=hosts
+                    server.cert_pem,
+                    server.key_pem,
+                    ca_cert_pem=ca.cert_pem,
+                    hosts=hosts,
+                    rotate_before=self._rotation(),
                 )
             )
             if server_reason:

@@ -52,6 +52,8 @@ class TokenParams:
     # Names whose tokens go to peers outside the inventory: a re-issue warns (someone
     # must hand the new token over before the old one stops linking).
     outside: tuple[str, ...] = ()
+    # Issue again every token issued before this time (`now` or ISO 8601).
+    rotate_before: str | None = None
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
@@ -110,6 +112,12 @@ class TokenRunner:
                 site=self.params.site, field=f"token '{self.params.name}'"
             ) from None
 
+    def _rotation(self) -> datetime | None:
+        try:
+            return pki.rotation_time(self.params.rotate_before, self.now)
+        except ValueError as exc:
+            raise SkiffError(str(exc), field="rotate_before") from None
+
     def present(self) -> Result:
         params, result = self.params, Result()
         if params.valid_days < 2:
@@ -132,7 +140,9 @@ class TokenRunner:
         kept = secrets.token(params.name)
         cert_pem, key_pem = kept.cert, kept.key
         stored = _parse_json(kept.info) or {}
-        reason = pki.reissue_reason(cert_pem, key_pem, ca_cert_pem=ca_pem, now=self.now)
+        reason = pki.reissue_reason(
+            cert_pem, key_pem, ca_cert_pem=ca_pem, now=self.now, rotate_before=self._rotation()
+        )
         if not reason and stored.get("endpoints") != metadata.link_endpoints:
             reason = "the link endpoints changed"
         if not reason and stored.get("site") != params.site:

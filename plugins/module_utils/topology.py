@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
+from ansible_collections.skiff.fleet.plugins.module_utils import pki, vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import PLATFORMS
 
 
@@ -103,6 +103,19 @@ def _check_workers(site: SiteVars) -> None:
             f"must be an integer 1..{vocabulary.MAX_ROUTER_WORKERS} (worker processes of the "
             f"router), or unset for one per CPU; got {workers!r}",
         )
+
+
+def _check_rotate(site: SiteVars) -> None:
+    value = site.get("skiff_rotate")
+    if value in (None, ""):
+        return
+    if not isinstance(value, str):
+        site.problem("skiff_rotate", f"must be 'now' or an ISO 8601 time; got {value!r}")
+        return
+    try:
+        pki.rotation_time(value)
+    except ValueError as exc:
+        site.problem("skiff_rotate", str(exc))
 
 
 def _check_kubernetes(site: SiteVars) -> None:
@@ -453,6 +466,7 @@ def problems_by_host(
             names[site.site_name] = site.host
         _check_platform(site)
         _check_workers(site)
+        _check_rotate(site)
         _check_link_access(site)
         _check_links(site, sites)
         _check_services(site, "skiff_listeners")

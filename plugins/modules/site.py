@@ -104,6 +104,16 @@ options:
     elements: str
     default: []
     version_added: 0.2.0
+  rotate_before:
+    description:
+      - Issue the server certificate again if it was issued before this time,
+        whatever its expiry; V(now) or an ISO 8601 time with its zone (for
+        example V(2026-12-04T09:00:00Z)), never in the future. A time kept in
+        the inventory rotates once; a later run finds the certificate issued
+        after it. Links already up stay up; new handshakes use the new one.
+      - The role passes C(skiff_rotate).
+    type: str
+    version_added: 0.2.0
   replicas:
     description:
       - Router pods of a O(platform=kubernetes) site (1-16). Each pod is a router
@@ -411,6 +421,7 @@ def argument_spec() -> dict:
         "router_user": {"type": "str", "default": "skiff"},
         "image": {"type": "str"},
         "outside_dialers": {"type": "list", "elements": "str", "default": []},
+        "rotate_before": {"type": "str"},
         "replicas": {"type": "int", "default": 1},
         "workers": {"type": "int"},
         "kube": {

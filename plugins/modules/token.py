@@ -85,6 +85,16 @@ options:
     elements: str
     default: []
     version_added: 0.2.0
+  rotate_before:
+    description:
+      - Issue a token again if its certificate was issued before this time,
+        whatever its expiry; V(now) or an ISO 8601 time with its zone (for
+        example V(2026-12-04T09:00:00Z)), never in the future. The previous
+        certificate still links for one day and a dialing site's router dials
+        the new link before it lets the old one go, so no flow drops.
+      - The role passes C(skiff_rotate).
+    type: str
+    version_added: 0.2.0
   valid_days:
     description: Lifetime of a newly issued client certificate, in days.
     type: int
@@ -177,6 +187,7 @@ def argument_spec() -> dict:
         "valid_days": {"type": "int", "default": 365},
         "prune": {"type": "bool", "default": False},
         "outside": {"type": "list", "elements": "str", "default": []},
+        "rotate_before": {"type": "str"},
     }
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -146,6 +147,64 @@ def test_second_run_changes_nothing(fleet) -> None:
     forced = run_playbook(fleet["inventory"], "site.yml", "-e", "skiff_wait_when_unchanged=true")
     assert forced.returncode == 0, forced.output[-4000:]
     assert _wait_task(forced.output).count("ok: [") == 3
+
+
+def _status(fleet, site: str) -> dict:
+    import urllib.request
+
+    port = fleet["hosts"][site]["skiff_admin_port"]
+    token = (fleet["base_dir"] / site / "admin" / "token").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.load(response)
+
+
+def test_rotate_now_replaces_credentials_without_dropping_an_open_flow(fleet) -> None:
+    """-e skiff_rotate=now issues every server certificate and token again; each
+    dialing site dials its new link before it lets the old one go, so a flow open
+    across both links (north -> west -> east) keeps every byte."""
+    base = fleet["base_dir"]
+    files = [
+        base / "east" / "tls" / "server.crt",
+        base / "west" / "links" / "east" / "tls.crt",
+        base / "north" / "links" / "west" / "tls.crt",
+    ]
+    before = [f.read_bytes() for f in files]
+    with socket.create_connection(("127.0.0.1", fleet["ports"]["north"]), timeout=30) as flow:
+        sent = received = b""
+        for round_ in range(2):
+            chunk = os.urandom(256 * 1024)
+            flow.sendall(chunk)
+            sent += chunk
+            while len(received) < len(sent):
+                received += flow.recv(65536)
+            if round_ == 0:
+                rotated = run_playbook(fleet["inventory"], "site.yml", "-e", "skiff_rotate=now")
+                assert rotated.returncode == 0, rotated.output[-4000:]
+                assert [f.read_bytes() for f in files] != before
+                assert all(f.read_bytes() != b for f, b in zip(files, before, strict=True))
+                # The old links still carry the open flow; new flows took the new ones.
+                # (Each worker of a router dials the link: one of them carries the flow.)
+                for site, link in (("north", "west"), ("west", "east")):
+                    links = _status(fleet, site)["links"]
+                    out = [x for x in links if x["direction"] == "outgoing"]
+                    assert {(x["name"], x["state"]) for x in out} == {(link, "up")}, links
+                    assert sum(x["draining"] for x in out) == 1, links
+        assert received == sent
+        flow.shutdown(socket.SHUT_WR)
+        assert flow.recv(1) == b""
+    deadline = time.monotonic() + 20
+    while any(
+        x.get("draining") for site in ("north", "west") for x in _status(fleet, site)["links"]
+    ):
+        assert time.monotonic() < deadline, "the old links did not close after their flow"
+        time.sleep(0.3)
+    payload = os.urandom(512 * 1024)
+    assert echo_through(fleet["ports"]["north"], payload) == payload
+    again = run_playbook(fleet["inventory"], "site.yml")
+    assert again.changed() == {"east": 0, "west": 0, "north": 0}, again.output[-4000:]
 
 
 def test_limited_run_still_links_to_sites_outside_it(fleet) -> None:

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import datetime
 import json
 import stat
+import time
 
 import pytest
 from cryptography import x509
@@ -166,6 +168,27 @@ def test_endpoint_change_reissues_server_cert_and_reloads(tmp_path, services, fl
     assert san.get_values_for_type(x509.DNSName) == ["east.example"]
     assert fleet[paths.root].calls[-1] == "reload"
     assert "stop" not in fleet[paths.root].calls
+
+
+def test_rotate_before_reissues_the_server_cert_once_and_reloads(tmp_path, services, fleet):
+    """skiff_rotate: the server certificate issued before the rotation time is issued
+    again under the same CA and the router reloads (links up stay); the same time on
+    a later run changes nothing."""
+    run_site(params(tmp_path, **ACCEPTING), False, **services)
+    paths = SitePaths(tmp_path / "east")
+    ca_before, cert_before = paths.ca_cert.read_bytes(), paths.server_cert.read_bytes()
+    time.sleep(1.1)  # the rotation time has whole seconds: one after the issue
+    at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rotating = params(tmp_path, rotate_before=at, **ACCEPTING)
+    result = run_site(rotating, False, **services)
+    assert any("issued before the rotation time" in a for a in result.actions)
+    assert "reload the router" in result.actions and "stop" not in fleet[paths.root].calls
+    assert paths.ca_cert.read_bytes() == ca_before
+    assert paths.server_cert.read_bytes() != cert_before
+    assert not run_site(rotating, True, **services).changed
+    assert not run_site(rotating, False, **services).changed
+    with pytest.raises(SkiffError, match="rotate_before: 'soon' is neither"):
+        run_site(params(tmp_path, rotate_before="soon", **ACCEPTING), False, **services)
 
 
 def test_failed_restart_brings_back_the_previous_config(tmp_path, services, fleet):

@@ -4,6 +4,7 @@ import base64
 import datetime
 import json
 import stat
+import time
 
 import pytest
 
@@ -275,3 +276,36 @@ def test_a_reissued_token_keeps_its_previous_certificate_for_a_day(east, service
     result = run_token(tparams(east), False, now=after, **services)
     assert result.actions == ["accept links only with the client certificates of the tokens kept"]
     assert config_of(east)["link_clients"] == [{"name": "west", "sha256": new}]
+
+
+def test_rotate_before_issues_again_once_and_keeps_the_old_certificate_a_day(east, services):
+    """skiff_rotate: a token issued before the rotation time is issued again (the
+    previous certificate still links for a day, so the dialer's make-before-break
+    has time); a later run with the same time keeps the new one; `now` rotates."""
+    first = run_token(tparams(east), False, **services)
+    time.sleep(1.1)  # the rotation time has whole seconds: one after the issue
+    at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    check = run_token(tparams(east, rotate_before=at), True, **services)
+    assert check.changed and "issued before the rotation time" in check.actions[0]
+    rotated = run_token(tparams(east, rotate_before=at), False, **services)
+    assert rotated.changed and rotated.values["token"] != first.values["token"]
+    old = first.values["token_info"]["sha256_fingerprint"]
+    assert [c["sha256"] for c in config_of(east)["link_clients"]][1] == old
+    later = run_token(tparams(east, rotate_before=at), False, **services)
+    assert not later.changed and later.values["token"] == rotated.values["token"]
+    assert run_token(tparams(east, rotate_before="now"), False, **services).changed
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("tomorrow", "neither 'now' nor an ISO 8601 time"),
+        ("2026-12-04T09:00:00", "no time zone"),
+        ("2999-01-01T00:00:00Z", "is in the future"),
+    ],
+)
+def test_bad_rotate_before_names_the_field(east, services, value, message):
+    with pytest.raises(SkiffError) as err:
+        run_token(tparams(east, rotate_before=value), False, **services)
+    assert "rotate_before" in str(err.value)
+    assert message in err.value.message

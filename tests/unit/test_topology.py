@@ -436,3 +436,19 @@ def test_edge_routers_carry_no_transit() -> None:
     assert served_keys(sites, "e") == {"k"}
     interior = dict(sites, e=NetSite("e", links=("a", "b")))
     assert served_keys(interior, "a") == {"k"}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("soon", "skiff_rotate: 'soon' is neither 'now' nor an ISO 8601 time"),
+        ("2026-01-01T00:00:00", "skiff_rotate: '2026-01-01T00:00:00' has no time zone"),
+        ("2999-01-01T00:00:00Z", "skiff_rotate: '2999-01-01T00:00:00Z' is in the future"),
+        (True, "skiff_rotate: must be 'now' or an ISO 8601 time"),
+    ],
+)
+def test_skiff_rotate_is_checked_before_anything_runs(value, problem) -> None:
+    found = problems_after(lambda f: f["north"].update(skiff_rotate=value))
+    assert len(found) == 1 and found[0].startswith(f"host 'north': {problem}"), found
+    for good in ("", "now", "2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"):
+        assert problems_after(lambda f, v=good: f["north"].update(skiff_rotate=v)) == []
