@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils.topology import (
+    credential_routers,
     dialers,
     network_of,
 )
@@ -32,6 +33,17 @@ def skiff_network(host: str, hostvars: Any, site_hosts: list[str]) -> list[str]:
 def skiff_site_names(hosts: list[str], hostvars: Any) -> list[str]:
     """Site names of inventory hosts (skiff_site_name, else the inventory name)."""
     return [str(hostvars[host].get("skiff_site_name") or host) for host in hosts]
+
+
+def skiff_credential_routers(hosts: list[str], hostvars: Any) -> dict[str, int]:
+    """Site name -> how many routers of that site may hold its token at once
+    (skiff.fleet.token's ``routers``)."""
+    names = ("skiff_platform", "skiff_router_replicas", "skiff_site_name")
+    plain = _plain(hostvars, list(hosts), names)
+    return {
+        str(plain[host].get("skiff_site_name") or host): credential_routers(plain[host])
+        for host in hosts
+    }
 
 
 def skiff_link_items(
@@ -100,6 +112,7 @@ class FilterModule:
             "dialers": skiff_dialers,
             "network": skiff_network,
             "site_names": skiff_site_names,
+            "credential_routers": skiff_credential_routers,
             "link_items": skiff_link_items,
             "links_leaving": skiff_links_leaving,
             "changed_in_run": skiff_changed_in_run,

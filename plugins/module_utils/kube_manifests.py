@@ -411,7 +411,7 @@ def deployment(spec: KubeSite) -> dict[str, Any]:
             "selector": {"matchLabels": selector_labels(spec)},
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": vocabulary.KUBE_ROLLOUT_SURGE},
             },
             "template": {
                 "metadata": {

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation
+from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation, vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.apply import ConfigApplier, Result
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
@@ -54,6 +54,9 @@ class TokenParams:
     outside: tuple[str, ...] = ()
     # Issue again every token issued before this time (`now` or ISO 8601).
     rotate_before: str | None = None
+    # Token name -> routers that may hold a link with it at once (a name absent keeps
+    # what its token.json says: 1 for a new token).
+    routers: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
@@ -64,6 +67,7 @@ class TokenParams:
             values["names"] = tuple(params["names"])
         values["prune"] = bool(params.get("prune"))
         values["outside"] = tuple(params.get("outside") or ())
+        values["routers"] = dict(params.get("routers") or {})
         return cls(**values)
 
 
@@ -71,6 +75,8 @@ PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
 # A re-issued token's previous certificate still links for this long: the dialing
 # site keeps its link until it has the new token (the same playbook run, normally).
 SUPERSEDED_GRACE = timedelta(days=1)
+# The most routers one token may serve at once: a kubernetes site's replicas and surge.
+MAX_ROUTERS = vocabulary.MAX_KUBE_REPLICAS + vocabulary.KUBE_ROLLOUT_SURGE
 
 
 def _parse_json(data: bytes | None) -> dict[str, Any] | None:
@@ -149,6 +155,7 @@ class TokenRunner:
             reason = "token.json does not match"
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
+        routers = self._routers(params, stored.get("routers", 1))
         if not reason and cert_pem and key_pem:  # reissue_reason() found both
             token = Token(
                 params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
@@ -156,6 +163,13 @@ class TokenRunner:
             )  # fmt: skip
             result.values = {"token": token.encode(), "token_info": before}
             result.diff = {"before": before, "after": before}
+            if stored.get("routers", 1) != routers:
+                result.act(f"let {routers} routers of site '{params.name}' hold its token at once")
+                result.diff = {"before": {**before, "routers": stored.get("routers", 1)},
+                               "after": {**before, "routers": routers}}  # fmt: skip
+                if not self.check_mode:
+                    record = dump_json(self._with_routers(stored, routers))
+                    secrets.put_token(params.name, replace(kept, info=record))
             return result
 
         result.act(
@@ -191,6 +205,7 @@ class TokenRunner:
             "not_after": info["not_after"],
             **({"superseded": superseded} if superseded else {}),
         }
+        stored = self._with_routers(stored, routers)
         secrets.put_token(
             params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(stored))
         )
@@ -202,6 +217,22 @@ class TokenRunner:
         result.values = {"token": token.encode(), "token_info": after}
         result.diff = {"before": before, "after": after}
         return result
+
+    @staticmethod
+    def _routers(params: TokenParams, kept: Any) -> int:
+        count = params.routers.get(params.name, kept)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_ROUTERS:
+            raise SkiffError(
+                f"routers of '{params.name}': must be an integer 1..{MAX_ROUTERS}, got {count!r}",
+                field="routers",
+            )
+        return count
+
+    @staticmethod
+    def _with_routers(stored: dict[str, Any], routers: int) -> dict[str, Any]:
+        """token.json says how many routers may hold the token when it is not one."""
+        out = {k: v for k, v in stored.items() if k != "routers"}
+        return {**out, "routers": routers} if routers != 1 else out
 
     def _superseded(self, cert_pem: bytes | None) -> dict[str, Any] | None:
         """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more."""
@@ -257,12 +288,15 @@ def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]
     for name in secrets.token_names():
         kept = secrets.token(name)
         fingerprint = _fingerprint(kept.cert)
+        info = _parse_json(kept.info) or {}
+        routers = info.get("routers", 1)
+        count = {"routers": routers} if isinstance(routers, int) and routers > 1 else {}
         if fingerprint is not None:
-            out.append({"name": name, "sha256": fingerprint})
-        superseded = (_parse_json(kept.info) or {}).get("superseded") or {}
+            out.append({"name": name, "sha256": fingerprint, **count})
+        superseded = info.get("superseded") or {}
         until = superseded.get("not_after")
         if isinstance(until, int) and until > now.timestamp() and superseded.get("sha256"):
-            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until})
+            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until, **count})
     return out
 
 

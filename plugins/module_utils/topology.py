@@ -492,6 +492,18 @@ def dialers(hostvars: dict[str, dict[str, Any]], site_hosts: list[str], host: st
     return found
 
 
+def credential_routers(site_vars: dict[str, Any]) -> int:
+    """Routers of a dialing site that may hold a link with one of its tokens at once:
+    one, or on kubernetes one per replica and those a rollout adds before it ends one
+    (each pod is a router of its own)."""
+    if site_vars.get("skiff_platform") != "kubernetes":
+        return 1
+    replicas = site_vars.get("skiff_router_replicas") or 1
+    if not _is_count(replicas, vocabulary.MAX_KUBE_REPLICAS):
+        return 1  # the fleet check names it
+    return int(replicas) + vocabulary.KUBE_ROLLOUT_SURGE
+
+
 def network_of(hostvars: dict[str, dict[str, Any]], site_hosts: list[str], host: str) -> list[str]:
     """Site names of every site linked to `host`'s site, directly or not (itself included).
 

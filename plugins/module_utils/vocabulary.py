@@ -72,6 +72,8 @@ DEFAULT_KUBE_LINK_ACCESS = "clusterip"
 KUBE_LINK_PORT = 55671
 # Router pods of a kubernetes site: every replica links to every other one.
 MAX_KUBE_REPLICAS = 16
+# A kubernetes rollout starts this many new router pods before it ends an old one.
+KUBE_ROLLOUT_SURGE = 1
 # Worker processes of one router (the router's `workers`; unset: one per CPU it may use).
 MAX_ROUTER_WORKERS = 64
 KUBE_AGENT_HEALTH_PORT = 9192

@@ -95,6 +95,19 @@ options:
       - The role passes C(skiff_rotate).
     type: str
     version_added: 0.2.0
+  routers:
+    description:
+      - How many routers of a dialing site may hold a link made with its token at
+        once, by token name (at most 17; a name left out keeps its count, 1 for a
+        new token). A site's router is one
+        router whatever its workers and links; a C(kubernetes) site with replicas
+        runs one router per pod, and a rollout adds one before it ends one. Another
+        router that presents the token while these hold links is refused and logged
+        (a copied token cannot link beside the site it was issued to). The role sets
+        it with the P(skiff.fleet.credential_routers#filter) filter.
+    type: dict
+    default: {}
+    version_added: 0.2.0
   valid_days:
     description: Lifetime of a newly issued client certificate, in days.
     type: int
@@ -188,6 +201,7 @@ def argument_spec() -> dict:
         "prune": {"type": "bool", "default": False},
         "outside": {"type": "list", "elements": "str", "default": []},
         "rotate_before": {"type": "str"},
+        "routers": {"type": "dict", "default": {}},
     }
 
 

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -23,10 +24,27 @@ from skiff_router import eventloop
 T = TypeVar("T")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below the kernel's ephemeral range (32768 and up):
+    a port from that range may become any outgoing connection's source port before
+    the test binds it. Each port is handed out once per run."""
+    if len(_HANDED_OUT) > 8000:
+        _HANDED_OUT.clear()
+    for _attempt in range(1000):
+        port = random.randint(10000, 19999)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port in 10000-19999")
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

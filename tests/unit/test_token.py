@@ -309,3 +309,30 @@ def test_bad_rotate_before_names_the_field(east, services, value, message):
         run_token(tparams(east, rotate_before=value), False, **services)
     assert "rotate_before" in str(err.value)
     assert message in err.value.message
+
+
+def test_routers_per_token_reach_the_router_and_survive_a_reissue(east, services):
+    """`routers`: how many routers of the dialing site may hold its token at once
+    (a kubernetes site's replicas and surge). Kept in token.json: a call that does not
+    name the token keeps it; the router's list carries it."""
+    first = run_token(tparams(east), False, **services)
+    assert "routers" not in config_of(east)["link_clients"][0]
+    check = run_token(tparams(east, routers={"west": 3}), True, **services)
+    assert (
+        check.changed and check.actions[0] == "let 3 routers of site 'west' hold its token at once"
+    )
+    assert "routers" not in config_of(east)["link_clients"][0]
+    more = run_token(tparams(east, routers={"west": 3}), False, **services)
+    assert more.changed and more.values["token"] == first.values["token"]  # not re-issued
+    assert more.diff["before"]["routers"] == 1 and more.diff["after"]["routers"] == 3
+    assert config_of(east)["link_clients"][0]["routers"] == 3
+    assert not run_token(tparams(east, routers={"west": 3}), False, **services).changed
+    assert not run_token(tparams(east), False, **services).changed  # not named: kept
+    rotated = run_token(tparams(east, rotate_before="now"), False, **services)
+    assert rotated.values["token"] != first.values["token"]
+    assert [c.get("routers") for c in config_of(east)["link_clients"]] == [3, 3]
+    assert run_token(tparams(east, routers={"west": 1}), False, **services).changed
+    assert "routers" not in config_of(east)["link_clients"][0]
+    for bad in (0, 18, True, "2"):
+        with pytest.raises(SkiffError, match=r"routers of 'west': must be an integer 1..17"):
+            run_token(tparams(east, routers={"west": bad}), False, **services)

@@ -452,3 +452,22 @@ def test_skiff_rotate_is_checked_before_anything_runs(value, problem) -> None:
     assert len(found) == 1 and found[0].startswith(f"host 'north': {problem}"), found
     for good in ("", "now", "2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"):
         assert problems_after(lambda f, v=good: f["north"].update(skiff_rotate=v)) == []
+
+
+def test_credential_routers_count_a_kubernetes_sites_pods_and_its_rollout() -> None:
+    from ansible_collections.skiff.fleet.plugins.filter.topology import (
+        skiff_credential_routers,
+    )
+
+    hostvars = {
+        "west-host": {"skiff_site_name": "west"},
+        "shop": {"skiff_platform": "kubernetes", "skiff_router_replicas": 3},
+        "cart": {"skiff_platform": "kubernetes"},
+        "odd": {"skiff_platform": "kubernetes", "skiff_router_replicas": 99},
+    }
+    assert skiff_credential_routers(list(hostvars), hostvars) == {
+        "west": 1,
+        "shop": 4,
+        "cart": 2,
+        "odd": 1,  # the fleet check names the bad count
+    }

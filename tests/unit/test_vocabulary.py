@@ -117,6 +117,9 @@ def test_router_constants_are_the_vocabulary():
     assert router_config.LOG_LEVELS == vocabulary.LOG_LEVELS
     assert router_config.MODES == vocabulary.ROUTER_MODES
     assert router_config.MAX_WORKERS == vocabulary.MAX_ROUTER_WORKERS
+    # The most routers a token may serve (a kubernetes site's replicas and surge).
+    most = vocabulary.MAX_KUBE_REPLICAS + vocabulary.KUBE_ROLLOUT_SURGE
+    assert most <= router_config.MAX_CREDENTIAL_ROUTERS
     assert router_config.DISTRIBUTIONS == vocabulary.DISTRIBUTIONS
     assert router_config.Admin() == router_config.Admin(
         vocabulary.DEFAULT_ADMIN_HOST, vocabulary.DEFAULT_ADMIN_PORT

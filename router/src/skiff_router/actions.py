@@ -78,6 +78,17 @@ class McastDeliver:
     message: Mcast
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialHeld:
+    """A router (``holder``: its run, or its id if older) now holds a link made
+    with this client certificate here (``held``), or holds none any more: the
+    other workers of this router must see it (workers.CredentialMarks)."""
+
+    fingerprint: str
+    holder: str
+    held: bool
+
+
 Action = (
     ConnectLocal
     | Deliver
@@ -87,6 +98,7 @@ Action = (
     | LinkEstablished
     | CloseLink
     | McastDeliver
+    | CredentialHeld
 )
 
 

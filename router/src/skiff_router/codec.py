@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -26,6 +27,7 @@ HEADER_SIZE = HEADER.size
 MAX_DATA = 64 * 1024  # largest DATA payload a sender produces
 MAX_PAYLOAD = MAX_DATA + 1024  # accepted payload limit: 64 KiB + margin for control frames
 MAX_FLOW_ID = 0xFFFFFFFF
+INSTANCE_RE = re.compile(r"^[0-9a-f]{8,64}$")
 _WINDOW = struct.Struct("!I")
 
 
@@ -228,6 +230,9 @@ class Hello:
     mode: Mode = Mode.INTERIOR
     # The sender understands DRAIN (routers before it close a link on that frame).
     drain: bool = True
+    # This run of the sending router, shared by its workers and links (random at
+    # start): a credential is bound to the routers holding it. "" from older routers.
+    instance: str = ""
 
 
 def encode_hello(h: Hello) -> bytes:
@@ -236,6 +241,8 @@ def encode_hello(h: Hello) -> bytes:
         d["mode"] = h.mode.value
     if h.drain:
         d["drain"] = True
+    if h.instance:
+        d["instance"] = h.instance
     return _dump(d)
 
 
@@ -250,7 +257,10 @@ def decode_hello(payload: bytes) -> Hello:
     router = _router(d.get("id"), "HELLO.id")
     site = _site_of(d, router, "HELLO")
     cost = _int(d.get("cost", 1), "HELLO.cost", 1, 1_000_000)
-    return Hello(version, router, site, cost, Mode(mode), d.get("drain") is True)
+    instance = d.get("instance", "")
+    if not isinstance(instance, str) or (instance and not INSTANCE_RE.match(instance)):
+        raise ProtocolError("HELLO.instance: invalid")
+    return Hello(version, router, site, cost, Mode(mode), d.get("drain") is True, instance)
 
 
 @dataclass(frozen=True, slots=True)

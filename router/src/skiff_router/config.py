@@ -170,12 +170,16 @@ class LinkClient:
     name: str
     sha256: str
     not_after: int | None = None
+    # Routers that may hold a link with it at once (credentials.py): the dialing
+    # site's replicas, and one more for a rollout's extra pod.
+    routers: int = 1
 
     def accepts(self, fingerprint: str, now: float) -> bool:
         return self.sha256 == fingerprint and (self.not_after is None or now < self.not_after)
 
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_CREDENTIAL_ROUTERS = 64
 
 
 @dataclass(frozen=True)
@@ -505,7 +509,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
 def _link_clients(c: _Checker, value: Any) -> tuple[LinkClient, ...]:
     out: list[LinkClient] = []
     for path, item in c.items(value, "link_clients"):
-        d = c.obj(item, path, {"name", "sha256"}, {"not_after"})
+        d = c.obj(item, path, {"name", "sha256"}, {"not_after", "routers"})
         if d is None:
             continue
         sha = d.get("sha256")
@@ -518,7 +522,17 @@ def _link_clients(c: _Checker, value: Any) -> tuple[LinkClient, ...]:
         ):
             c.err(f"{path}.not_after", "must be unix seconds (an integer)")
             continue
-        out.append(LinkClient(c.string(d, "name", path), sha, not_after))
+        routers = d.get("routers", 1)
+        if isinstance(routers, bool) or not isinstance(routers, int):
+            routers = 0
+        if not 1 <= routers <= MAX_CREDENTIAL_ROUTERS:
+            c.err(
+                f"{path}.routers",
+                f"must be an integer 1..{MAX_CREDENTIAL_ROUTERS} (routers that may link "
+                "with this certificate at once)",
+            )
+            continue
+        out.append(LinkClient(c.string(d, "name", path), sha, not_after, routers))
     return tuple(out)
 
 

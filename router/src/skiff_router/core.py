@@ -26,6 +26,7 @@ from typing import Any
 from skiff_router.actions import Direction, Outbox
 from skiff_router.codec import FrameType, ProtocolError
 from skiff_router.config import FlowTimeouts, Mode, router_of_worker
+from skiff_router.credentials import Credential, CredentialUse
 from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
 from skiff_router.link import LinkClosed, LinkDraining, LinkUp
 from skiff_router.multicast import Multicast
@@ -47,6 +48,7 @@ class RouterCore:
         site: str = "",
         wall: Callable[[], float] = time.time,
         max_local_flows: int = MAX_LINK_FLOWS,
+        instance: str = "",
     ) -> None:
         self.id = router_id
         self.site = site or router_id  # several routers (replicas) may share a site
@@ -58,7 +60,10 @@ class RouterCore:
         self.flow_timeouts = FlowTimeouts()  # the runtime sets the config's
         self._expired_at = now
         self.outbox = Outbox()
-        self.topology = Topology(router_id, self.site, mode, seq, self.outbox, wall)
+        self.topology = Topology(
+            router_id, self.site, mode, seq, self.outbox, wall, instance=instance
+        )
+        self.credentials = CredentialUse(self.outbox)
         self.sites = SiteChoice()
         self.flows = Flows(
             self.topology, self.sites, self.outbox, self.clock, max_local=max_local_flows
@@ -87,14 +92,17 @@ class RouterCore:
         cost: int = 1,
         worker: bool = False,
         replaces: tuple[int, ...] = (),
+        credential: Credential | None = None,
     ) -> int:
         """A transport to another router (or to another worker of this router) is
         up; returns the link handle. It ``replaces`` older links (make before
-        break): they drain once the peer accepted this one."""
+        break): they drain once the peer accepted this one. An incoming link's
+        ``credential`` is bound at its HELLO (credentials.py)."""
         self.clock.now = now
         topo = self.topology
         link = topo.add(name, Direction(direction), now, expected_site, cost, worker)
         link.replaces = replaces
+        link.credential = credential
         return link.handle
 
     def link_data(self, handle: int, data: bytes, now: float) -> None:
@@ -121,6 +129,10 @@ class RouterCore:
                     self._close(link, link.proto.fail(reason, "protocol error"), notify=True)
                     break
             elif isinstance(ev, LinkUp):
+                refusal = self._bind(link, ev)
+                if refusal is not None:
+                    self._close(link, link.proto.fail(refusal, "credential in use"), notify=True)
+                    break
                 self.topology.link_up(link)
             elif isinstance(ev, LinkDraining):
                 self.topology.link_draining(link, "the peer replaced it")
@@ -160,7 +172,19 @@ class RouterCore:
         else:
             self.close_link(handle, "replaced by a newer link", public="replaced")
 
+    def _bind(self, link: Link, up: LinkUp) -> str | None:
+        """Before anything is sent to the peer beyond its HELLO: is its router one of
+        those the link's client certificate may serve (credentials.py)?"""
+        if link.credential is None:
+            return None
+        c = link.credential
+        return self.credentials.admit(
+            c.fingerprint, c.allowed, up.instance, up.peer, link.handle, c.elsewhere
+        )
+
     def _close(self, link: Link, ev: LinkClosed, notify: bool) -> None:
+        if link.credential is not None:
+            self.credentials.release(link.credential.fingerprint, link.handle)
         if self.topology.remove(link, ev.reason, notify):
             self.flows.link_lost(link)
             self.topology.link_removed(link)

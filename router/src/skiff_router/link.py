@@ -71,6 +71,7 @@ class LinkUp:
     cost: int
     mode: Mode  # the peer's mode
     site: str  # the peer's site
+    instance: str = ""  # the peer router's run (its HELLO's; "" from older routers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class LinkProtocol:
         cost: int = 1,
         mode: Mode = Mode.INTERIOR,
         site: str = "",
+        instance: str = "",
     ) -> None:
         self.local_id = local_id  # our router id
         self.site = site or local_id
@@ -111,6 +113,7 @@ class LinkProtocol:
         self.phase = LinkPhase.HELLO
         self.peer: str | None = None  # the peer's router id, once up
         self.peer_site: str | None = None
+        self.peer_instance = ""
         self.peer_mode = Mode.INTERIOR
         self.close_reason: str | None = None
         self.peer_drains = False  # the peer understands DRAIN (its HELLO says so)
@@ -124,7 +127,7 @@ class LinkProtocol:
         # two sides never collide. Ids only grow; a link carries < 2**31 flows.
         self._next_id = 1 if dialer else 2
         self._peer_max = 0  # highest flow id the peer has opened
-        hello = Hello(PROTOCOL_VERSION, local_id, self.site, cost, mode)
+        hello = Hello(PROTOCOL_VERSION, local_id, self.site, cost, mode, instance=instance)
         self.send(FrameType.HELLO, 0, encode_hello(hello))
 
     def _to(self, phase: LinkPhase) -> None:
@@ -268,10 +271,11 @@ class LinkProtocol:
             )
         self.peer, self.peer_site, self.peer_mode = hello.router, site, peer_mode
         self.peer_drains = hello.drain
+        self.peer_instance = hello.instance
         if not self.dialer:
             self.cost = hello.cost
         self._to(_UP)
-        return LinkUp(hello.router, self.cost, peer_mode, site)
+        return LinkUp(hello.router, self.cost, peer_mode, site, hello.instance)
 
     # -- time -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import socket
 import ssl
 import time
@@ -26,6 +27,7 @@ from skiff_router.actions import (
     CloseLink,
     CloseLocal,
     ConnectLocal,
+    CredentialHeld,
     Deliver,
     DeliverEof,
     Direction,
@@ -50,6 +52,7 @@ from skiff_router.config import (
     overlay_clashes,
 )
 from skiff_router.core import RouterCore
+from skiff_router.credentials import Credential
 from skiff_router.dialers import Dialer, DialerState, Incoming
 from skiff_router.log import set_level
 from skiff_router.netgraph import network_graph
@@ -78,6 +81,8 @@ from skiff_router.targets import Connector, ConnectorChoice, KeyChoice
 from skiff_router.transports import LinkConn, LocalConn
 from skiff_router.view import Subscriber
 from skiff_router.workers import (
+    INSTANCE_ENV,
+    CredentialMarks,
     PortClaims,
     Seat,
     connected_socket,
@@ -204,6 +209,9 @@ class Router:
         # Workers share their ports; the claims keep other routers off them.
         self.claims = PortClaims(seat.group) if seat is not None and seat.count > 1 else None
         self._claimed: dict[asyncio.Server, int] = {}
+        self.credential_marks = (
+            CredentialMarks(seat) if seat is not None and seat.count > 1 else None
+        )
         self.loaded = loaded  # the config file as last read successfully
         self.config_error: str | None = None
         self.overlay: OverlayState | None = None
@@ -213,6 +221,7 @@ class Router:
         # its sha256, so a caller that sees the new sha256 also sees the new
         # listeners' bind results, never a half-applied state.
         self.in_force: LoadedConfig | None = None
+        self.instance = os.environ.get(INSTANCE_ENV) or secrets.token_hex(8)
         self.core = RouterCore(loaded.config.router_id, 0.0, mode=loaded.config.mode)
         self.locals: dict[int, LocalConn] = {}
         self.links: dict[int, LinkConn] = {}  # by core link handle
@@ -331,6 +340,7 @@ class Router:
             mode=cfg.mode,
             site=cfg.site,
             max_local_flows=limits.local_flow_budget(limits.raise_fd_limit()),
+            instance=self.instance,
         )
         self.core.flow_timeouts = cfg.flow_timeouts
         self.connectors = ConnectorChoice()
@@ -352,6 +362,8 @@ class Router:
             if t is not None:
                 t.cancel()
         await self._stop_network()
+        if self.credential_marks is not None:
+            self.credential_marks.close()
         if self.admin is not None:
             await self.admin.stop()
         for subs in self.subscribers.values():
@@ -521,6 +533,9 @@ class Router:
                 sub.offer(a.message)
         elif cls is LinkEstablished:
             self._link_established(a)
+        elif cls is CredentialHeld:
+            if self.credential_marks is not None:
+                self.credential_marks.mark(a.fingerprint, a.holder, a.held)
         elif cls is CloseLink:
             lc = self.links.get(a.link)
             if lc is not None:
@@ -670,6 +685,20 @@ class Router:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, BACKOFF_MAX)
             d.to(DialerState.CONNECTING)
+
+    def credential_of(self, fingerprint: str | None) -> Credential | None:
+        """What an incoming link's client certificate binds it to (None: not bound,
+        as without a list or for the replicas' certificate)."""
+        clients = self.cfg.link_clients
+        if fingerprint is None or clients is None:
+            return None
+        now = time.time()
+        allowed = [c.routers for c in clients if c.accepts(fingerprint, now)]
+        if not allowed:
+            return None
+        marks = self.credential_marks
+        elsewhere = marks.elsewhere(fingerprint) if marks is not None else frozenset()
+        return Credential(fingerprint, max(allowed), elsewhere)
 
     def client_refusal(self, fingerprint: str | None) -> str | None:
         """Why an incoming link with this client certificate is refused (None: it is
@@ -1115,6 +1144,8 @@ class Router:
                 "error": self.access_error,
                 "clients": None if cfg.link_clients is None else len(cfg.link_clients),
                 "refused_credentials": self.refused_credentials,
+                # A certificate presented by more routers than it may serve at once.
+                "credentials_in_use": core.credentials.refused,
             },
             "links": self.links_status(),
             "routers": core.topology.routers_status(),

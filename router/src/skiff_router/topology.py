@@ -17,6 +17,7 @@ from skiff_router.link import LinkProtocol
 from skiff_router.routing import LinkStateDb
 
 if TYPE_CHECKING:
+    from skiff_router.credentials import Credential
     from skiff_router.flows import End
 
 log = logging.getLogger("core")
@@ -47,6 +48,9 @@ class Link:
     flows: dict[int, End] = field(default_factory=dict)  # flow id on this link -> end
     worker: bool = False  # to another worker process of this router (workers.py)
     replaces: tuple[int, ...] = ()  # older links it drains once the peer accepted it
+    # Incoming: what its client certificate binds it to (credentials.py); None: not
+    # bound (no list of accepted certificates, the replicas' certificate).
+    credential: Credential | None = None
 
     @property
     def up(self) -> bool:
@@ -79,8 +83,10 @@ class Topology:
         seq: int,
         outbox: Outbox,
         wall: Callable[[], float] = time.time,
+        instance: str = "",
     ) -> None:
         self.id = router_id
+        self.instance = instance  # this run of the router, in every HELLO
         self.site = site
         self.mode = mode
         self.edge = mode is Mode.EDGE
@@ -123,6 +129,7 @@ class Topology:
             cost=cost,
             mode=self.mode,
             site=self.site,
+            instance=self.instance,
         )
         link = Link(h, name, direction, proto, worker=worker)
         self.links[h] = link

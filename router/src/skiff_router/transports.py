@@ -254,6 +254,11 @@ class LinkConn(asyncio.Protocol):
             self.expected_site = tls.peer_common_name(tr)
             self.fingerprint = tls.peer_fingerprint(tr)
         replaces = () if isinstance(owner, Incoming) else router.replaced_links(owner)
+        bound = (
+            None
+            if worker or self.direction is not Direction.INCOMING
+            else (router.credential_of(self.fingerprint))
+        )
         self.handle = self.core.link_connected(
             self.name,
             self.direction,
@@ -262,6 +267,7 @@ class LinkConn(asyncio.Protocol):
             self.cost,
             worker,
             replaces,
+            bound,
         )
         router.links[self.handle] = self
         if self.direction is Direction.INCOMING and not worker:

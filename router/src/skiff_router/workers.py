@@ -26,6 +26,7 @@ import ctypes
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
 import struct
@@ -40,6 +41,9 @@ from skiff_router.config import MAX_WORKERS, worker_router_id
 log = logging.getLogger("workers")
 
 SEAT_ENV = "SKIFF_WORKER"  # "<index>/<count>/<group>", set by the parent for each worker
+# This run of the router (random hex, drawn by the parent): its workers share it, so
+# they count as one router where a credential is bound (credentials.py).
+INSTANCE_ENV = "SKIFF_INSTANCE"
 RESTART_MIN = 0.5  # seconds before a dead worker is started again (doubling to RESTART_MAX)
 RESTART_MAX = 30.0
 STOP_GRACE = 10.0  # seconds the workers get to stop before they are killed (systemd: 15)
@@ -281,6 +285,49 @@ class PortClaims:
         )
 
 
+class CredentialMarks:
+    """Which routers hold a link made with each client certificate, across the
+    workers of this router (credentials.py binds a certificate to its routers). A
+    worker marks each holder it has with a listening abstract socket named after the
+    certificate, the holder and itself; the others read the marks in
+    /proc/net/unix. A worker that dies loses its marks with its sockets."""
+
+    def __init__(self, seat: Seat) -> None:
+        self.seat = seat
+        self.marks: dict[tuple[str, str], socket.socket] = {}
+
+    def _prefix(self, fingerprint: str) -> str:
+        return f"skiff-{self.seat.group}-cred-{fingerprint[:32]}-"
+
+    def mark(self, fingerprint: str, holder: str, held: bool) -> None:
+        key = (fingerprint, holder)
+        if not held:
+            sock = self.marks.pop(key, None)
+            if sock is not None:
+                sock.close()
+            return
+        if key not in self.marks:
+            name = f"\0{self._prefix(fingerprint)}{holder}-w{self.seat.index}"
+            try:
+                self.marks[key] = listening_socket(name)
+            except OSError as exc:  # a mark is an aid; the link stays bound here
+                log.warning("cannot mark a credential holder for the other workers: %s", exc)
+
+    def elsewhere(self, fingerprint: str) -> frozenset[str]:
+        """Holders of links made with this certificate on the other workers."""
+        prefix, own = "@" + self._prefix(fingerprint), f"-w{self.seat.index}"
+        return frozenset(
+            name[len(prefix) :].rsplit("-w", 1)[0]
+            for name in listening_unix_names()
+            if name.startswith(prefix) and not name.endswith(own)
+        )
+
+    def close(self) -> None:
+        for sock in self.marks.values():
+            sock.close()
+        self.marks.clear()
+
+
 def _close_callers(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         while True:
@@ -322,11 +369,16 @@ class Pool:
         self.argv = argv
         self.count = count
         self.group = os.getpid()
+        self.instance = secrets.token_hex(8)
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
 
     def _start(self, w: _Worker) -> None:
-        env = {**os.environ, SEAT_ENV: f"{w.index}/{self.count}/{self.group}"}
+        env = {
+            **os.environ,
+            SEAT_ENV: f"{w.index}/{self.count}/{self.group}",
+            INSTANCE_ENV: self.instance,
+        }
         w.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
         w.started = time.monotonic()
         log.info("worker %d started (pid %d)", w.index, w.proc.pid)
