@@ -156,7 +156,7 @@ def test_a_copied_token_is_refused_by_every_worker_while_its_site_is_linked(
                         and all("credential in use" in (lk["error"] or "") for lk in s["links"]),
                         "the copy refused",
                     )
-                    for _ in range(4):
+                    for _round in range(4):
                         payload = b"w" * 200_000
                         assert await asyncio.wait_for(echo_roundtrip(port, payload), 20) == payload
                     est = await status(east)
