@@ -34,6 +34,7 @@ from demo_show import Answer, ask, render  # noqa: E402
 from kube_play import (  # noqa: E402
     LOCK,
     Kubelet,
+    admin_headers,
     build_image,
     podman,
     rendered,
@@ -173,7 +174,10 @@ def router_container() -> str | None:
 
 
 def shop_status() -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{SHOP_ADMIN}/v1/status", timeout=5) as answer:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{SHOP_ADMIN}/v1/status", headers=admin_headers(STATE / "gitops", "shop")
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
         return json.load(answer)
 
 

@@ -214,6 +214,7 @@ class KubeApi:
         content_type: str = "application/json",
         what: str = "",
         raw: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """One API call; the parsed JSON answer (bytes with `raw`). Errors become SkiffErrors."""
         client = self.client
@@ -222,7 +223,11 @@ class KubeApi:
                 path,
                 method,
                 query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={
+                    "Content-Type": content_type,
+                    "Accept": "application/json",
+                    **(headers or {}),
+                },
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -361,13 +366,17 @@ class KubeApi:
             raise
         return True
 
-    def proxy_get(self, pod: str, port: int, path: str) -> bytes:
-        """GET through the API server's pod proxy (no route to the pod network needed)."""
+    def proxy_get(
+        self, pod: str, port: int, path: str, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """GET through the API server's pod proxy (no route to the pod network needed).
+        ``headers`` go to the pod (the proxy keeps all but Authorization)."""
         return self.request(
             "GET",
             f"{self.path('Pod', pod)}:{port}/proxy/{path.lstrip('/')}",
             what=f"reading {path} of pod {pod}",
             raw=True,
+            headers=headers,
         )
 
     # -- the namespace ------------------------------------------------------------------------

@@ -34,15 +34,21 @@ SECRET_CA = "skiff-ca"
 SECRET_SERVER = "skiff-server"
 SECRET_LINKS = "skiff-links"
 SECRET_TOKENS = "skiff-tokens"
-SECRETS = (SECRET_CA, SECRET_SERVER, SECRET_LINKS, SECRET_TOKENS)
-# Mounted in the router container, hence what a refresh must make the kubelet sync.
-MOUNTED_SECRETS = (SECRET_SERVER, SECRET_LINKS)
+SECRET_ADMIN = "skiff-admin"  # the router's admin token (key ADMIN_TOKEN_KEY)
+SECRETS = (SECRET_CA, SECRET_SERVER, SECRET_LINKS, SECRET_TOKENS, SECRET_ADMIN)
+# Mounted in the pod, hence what a refresh must make the kubelet sync.
+MOUNTED_SECRETS = (SECRET_SERVER, SECRET_LINKS, SECRET_ADMIN)
+ADMIN_TOKEN_KEY = "token"
+# The pod proxy of the API server drops Authorization: the router takes this header too.
+ADMIN_TOKEN_HEADER = "X-Skiff-Admin-Token"
 
 CONFIG_KEY = "router.json"
 AGENT_CONFIG_KEY = "agent.json"
 CONFIG_DIR = "/etc/skiff/config"
 SERVER_DIR = "/etc/skiff/server"
 LINKS_DIR = "/etc/skiff/links"
+ADMIN_DIR = "/etc/skiff/admin"
+ADMIN_TOKEN_PATH = f"{ADMIN_DIR}/{ADMIN_TOKEN_KEY}"
 RUN_DIR = "/run/skiff"
 OVERLAY_PATH = f"{RUN_DIR}/overlay.json"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -212,6 +218,7 @@ def agent_config(spec: KubeSite) -> dict[str, Any]:
         "namespace": spec.namespace,
         "overlay": OVERLAY_PATH,
         "router_admin": f"http://127.0.0.1:{spec.admin_port}",
+        "router_admin_token_file": ADMIN_TOKEN_PATH,
         "health": {"host": "0.0.0.0", "port": AGENT_HEALTH_PORT},
     }
     if spec.selector_connectors:
@@ -307,6 +314,7 @@ def _router_container(spec: KubeSite) -> dict[str, Any]:
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "server", "mountPath": SERVER_DIR, "readOnly": True},
             {"name": "links", "mountPath": LINKS_DIR, "readOnly": True},
+            {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
             {"name": "run", "mountPath": RUN_DIR},
         ],
     }
@@ -338,6 +346,7 @@ def _agent_container(spec: KubeSite) -> dict[str, Any]:
         "securityContext": dict(_CONTAINER_SECURITY),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "admin-token", "mountPath": ADMIN_DIR, "readOnly": True},
             {"name": "run", "mountPath": RUN_DIR},
             {"name": "kube-api-access", "mountPath": SA_TOKEN_DIR, "readOnly": True},
         ],
@@ -353,6 +362,10 @@ def _volumes() -> list[dict[str, Any]]:
                                       "optional": True}},
         {"name": "links", "secret": {"secretName": SECRET_LINKS, "defaultMode": 0o440,
                                      "optional": True}},
+        # Group-readable for the pod's fsGroup (the router's own group, which the
+        # router's token check allows); without it the admin API refuses everything.
+        {"name": "admin-token", "secret": {"secretName": SECRET_ADMIN, "defaultMode": 0o440,
+                                           "optional": True}},
         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
         {
             # The agent's API credential, mounted in the agent container only.

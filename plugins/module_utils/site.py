@@ -410,7 +410,12 @@ class SiteRunner:
         result.values = {
             "site_dir": str(paths.root),
             "admin_url": admin_url(wanted.sections["admin"]),
-            "admin_token_file": str(paths.root / token_path) if token_path else None,
+            # In the site directory (a relative path), not one in a pod (kubernetes).
+            "admin_token_file": (
+                str(paths.root / token_path)
+                if token_path and not token_path.startswith("/")
+                else None
+            ),
             "ca_certificate": ca.cert_pem.decode() if ca.cert_pem and not ca_reason else None,
             "link_endpoints": wanted.metadata.link_endpoints,
         }

@@ -365,9 +365,10 @@ admin_token_file:
       creates it, and replaces it when it is missing, shorter than 16 characters or
       readable by others. Send it as C(Authorization: Bearer <token>); the
       C(skiff-router status --config) command reads it itself.
-    - Null on platform C(kubernetes), whose router has no admin token yet (the
-      kubelet's probes and the agent beside the router reach its admin port; see
-      the README's trust model).
+    - Null on platform C(kubernetes), whose token is in the Secret C(skiff-admin)
+      of the site's namespace, mounted into the router pod; through the API
+      server's pod proxy (which drops C(Authorization)) send it as
+      C(X-Skiff-Admin-Token).
   returned: state is present
   type: str
   sample: /var/lib/skiff/east/admin/token

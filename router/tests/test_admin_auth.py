@@ -22,9 +22,14 @@ TOKEN = "s3cret-admin-token-0123456789"
 
 
 def request(
-    url: str, token: str | None = None, method: str = "GET", body: bytes | None = None
+    url: str,
+    token: str | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+    header: str = "Authorization",
 ) -> tuple[int, dict[str, str], bytes]:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    value = f"Bearer {token}" if header == "Authorization" else token
+    headers = {header: value} if token is not None and value is not None else {}
     req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
@@ -101,6 +106,9 @@ def test_token_changes_apply_at_once_and_a_bad_file_opens_nothing(
     ) as proc:
         poll(lambda: get(url + "/healthz") == b"ok", what="healthz")
         assert request(url + "/v1/status", TOKEN)[0] == 200
+        # The same token in the header a Kubernetes API server's pod proxy passes on.
+        assert request(url + "/v1/status", TOKEN, header="X-Skiff-Admin-Token")[0] == 200
+        assert request(url + "/v1/status", "wrong" * 5, header="X-Skiff-Admin-Token")[0] == 401
         # Rotated: the old token stops working at the next request.
         write_token(token_file, "the-next-token-abcdefghij")
         assert request(url + "/v1/status", TOKEN)[0] == 401
@@ -121,10 +129,18 @@ def test_token_changes_apply_at_once_and_a_bad_file_opens_nothing(
 def test_check_config_refuses_an_unusable_token_file(tmp_path: Path, site: Site) -> None:
     cfg = site.write()
     assert cli("check-config", str(cfg)).returncode == 0
-    (site.dir / "admin" / "token").chmod(0o640)
+    token = site.dir / "admin" / "token"
+    token.chmod(0o640)
+    os.chown(token, -1, os.getgid() + 1)  # its group is not the router's: refused
     out = cli("check-config", str(cfg))
     assert out.returncode == 2
     assert "admin.token_file" in out.stdout and "chmod 0600" in out.stdout
+    # The router's own group may read it (a Kubernetes Secret volume, the pod's fsGroup);
+    # others never.
+    os.chown(token, -1, os.getgid())
+    assert cli("check-config", str(cfg)).returncode == 0
+    token.chmod(0o644)
+    assert cli("check-config", str(cfg)).returncode == 2
     write_token(site.dir / "admin" / "token", "x" * 15)
     out = cli("check-config", str(cfg))
     assert out.returncode == 2 and "fewer than 16 characters" in out.stdout

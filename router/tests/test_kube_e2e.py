@@ -105,11 +105,27 @@ def test_annotation_at_one_site_gives_a_working_proxy_at_the_other(
         east = Site.create(tmp_path, "east", accept=True)
         west = Site.create(tmp_path, "west")
         west.link_to(east)
+        # Each router's admin API needs its token, as in the pod (the Secret
+        # skiff-admin, which the agent reads too).
+        tokens = {}
+        for site in (east, west):
+            tokens[site.name] = site.dir / "admin" / "token"
+            tokens[site.name].parent.mkdir()
+            tokens[site.name].write_text(f"{site.name}-admin-token-0123456789\n")
+            tokens[site.name].chmod(0o600)
+            site.extra["admin"] = {
+                "host": "127.0.0.1", "port": site.admin_port, "token_file": "admin/token"
+            }  # fmt: skip
         async with tcp_server() as backend, kube_routers(east, west) as rs:
             srv.put("services", "east", service("web", [backend]))  # not exposed yet
             first = free_port()
             east_agent = agent_for(
-                srv, tmp_path, "east", east.admin_port, overlay=overlay_path(east)
+                srv,
+                tmp_path,
+                "east",
+                east.admin_port,
+                overlay=overlay_path(east),
+                router_admin_token_file=str(tokens["east"]),
             )
             west_agent = agent_for(
                 srv,
@@ -118,6 +134,7 @@ def test_annotation_at_one_site_gives_a_working_proxy_at_the_other(
                 west.admin_port,
                 overlay=overlay_path(west),
                 proxy_ports={"first": first, "last": first + 9},
+                router_admin_token_file=str(tokens["west"]),
             )
             async with agents(east_agent, west_agent):
                 await until(

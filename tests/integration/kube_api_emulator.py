@@ -20,6 +20,7 @@ the layer that would have to sit on top of it.
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import hashlib
@@ -244,6 +245,13 @@ class KubeApiServer:
                     "query": parse_qs(url.query),
                     "content_type": self.headers.get("Content-Type", ""),
                     "body": body,
+                    # What the pod proxy passes on: every header but Authorization (the
+                    # API server's own credential, dropped as a real API server does).
+                    "pod_headers": {
+                        k.lower(): v
+                        for k, v in self.headers.items()
+                        if k.lower() != "authorization"
+                    },
                 }
                 try:
                     if self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -297,7 +305,9 @@ class KubeApiServer:
         self._fault(method, kind, name or "", ns)
         key = (kind, ns, name or "")
         if match["sub"] == "proxy":
-            return self._proxy(ns, name, int(match["port"] or 80), match["rest"] or "/")
+            return self._proxy(
+                ns, name, int(match["port"] or 80), match["rest"] or "/", request["pod_headers"]
+            )
         if match["sub"] == "log":
             return 200, b"router started\n-----BEGIN PRIVATE KEY-----\nlink west up\n"
         if method == "GET" and name:
@@ -540,7 +550,9 @@ class KubeApiServer:
         state = self.pod_state.setdefault((ns, pod), PodState())
         state.synced = dict((config or {}).get("data") or {})
 
-    def _proxy(self, ns: str, pod: str, port: int, path: str) -> tuple[int, Any]:
+    def _proxy(
+        self, ns: str, pod: str, port: int, path: str, headers: dict[str, str]
+    ) -> tuple[int, Any]:
         obj = self.objects.get(("Pod", ns, pod))
         if obj is None or obj["status"]["phase"] != "Running":
             raise Refused(503, status(503, "ServiceUnavailable", "no endpoints available"))
@@ -559,6 +571,13 @@ class KubeApiServer:
             raise Refused(
                 503, status(503, "ServiceUnavailable", f"dial tcp :{port}: connection refused")
             )
+        if config.get("admin", {}).get("token_file"):
+            # The router's admin token check, with the token of the mounted Secret.
+            secret = self.objects.get(("Secret", ns, "skiff-admin")) or {}
+            token = base64.b64decode((secret.get("data") or {}).get("token", "")).strip()
+            given = headers.get("x-skiff-admin-token", "").encode()
+            if not token or given != token:
+                return 401, b"this endpoint needs the admin token: Authorization: Bearer <token>\n"
         router_id = f"{config['site']}.{pod}"  # SKIFF_ROUTER_ID_SUFFIX: the pod name
         return 200, {
             "site": config["site"], "router_id": router_id,

@@ -114,12 +114,12 @@ def untransformed(played: dict[str, Any], rendered: dict[str, Any]) -> dict[str,
 
 def rendered(manifests: Path, site: str) -> tuple[dict, dict[str, dict[str, bytes]]]:
     """A render-only site's Deployment, and the data of the objects its router mounts
-    (the ConfigMap, the server and links Secrets) by name."""
+    (the ConfigMap, the server, links and admin token Secrets) by name."""
     documents = km.from_yaml((manifests / f"{site}.yaml").read_bytes())
     deployment = next(d for d in documents if d["kind"] == "Deployment")
     config_map = next(d for d in documents if d["kind"] == "ConfigMap")
     data = {km.ROUTER: {k: v.encode() for k, v in config_map["data"].items()}}
-    for name in (km.SECRET_SERVER, km.SECRET_LINKS):
+    for name in km.MOUNTED_SECRETS:
         path = manifests / f"{site}.secrets" / f"{name}.yaml"
         data[name] = km.secret_data(km.from_yaml(path.read_bytes())[0]) if path.exists() else {}
     return deployment, data
@@ -148,6 +148,13 @@ class Kubelet:
             tmp.replace(directory / key)
         for stale in set(p.name for p in directory.iterdir()) - set(data):
             (directory / stale).unlink()
+
+
+def admin_headers(manifests: Path, site: str) -> dict[str, str]:
+    """The header that carries a render-only site's admin token (from its Secret), as
+    a client reaching the pod through the API server's pod proxy sends it."""
+    token = rendered(manifests, site)[1][km.SECRET_ADMIN][km.ADMIN_TOKEN_KEY]
+    return {km.ADMIN_TOKEN_HEADER: token.decode().strip()}
 
 
 def container_state(container: str) -> tuple[str, int]:

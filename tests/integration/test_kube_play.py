@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from kube_play import (
     CONTAINERS_CONF,
     LOCK,
     Kubelet,
+    admin_headers,
     build_image,
     container_state,
     podman,
@@ -78,9 +80,10 @@ while data := conn.recv(65536):
 """
 
 
-def status(port: int, token_file: Path | None = None) -> dict:
-    """/v1/status; a local site's admin token from its token file (a kubernetes site has none)."""
-    headers = {}
+def status(port: int, token_file: Path | None = None, headers: dict | None = None) -> dict:
+    """/v1/status; a local site's admin token from its token file, a kubernetes site's
+    in the given headers (its Secret's, in the header the pod proxy passes on)."""
+    headers = dict(headers or {})
     if token_file is not None:
         headers["Authorization"] = "Bearer " + token_file.read_text().strip()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/status", headers=headers)
@@ -176,8 +179,14 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
             assert east_run.returncode == 0, east_run.output[-6000:]
             assert rendered(manifests, "shop")[0] == deployment
             config = json.loads(data[km.ROUTER][km.CONFIG_KEY])
+            # The pod's admin API needs the token of its Secret (mounted 0440 for the
+            # pod's group); the probes' endpoints stay open.
+            shop_token = admin_headers(manifests, "shop")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                status(shop_admin)
+            assert refused.value.code == 401
             shop_status = wait_for(
-                lambda: (s := status(shop_admin))["ready"]
+                lambda: (s := status(shop_admin, headers=shop_token))["ready"]
                 and s["routing_keys"].get("east-echo", {}).get("reachable")
                 and s,
                 "shop's router ready and east's service reachable",
@@ -225,7 +234,8 @@ def test_kube_site_as_a_pod_linked_with_a_local_site(tmp_path):
                 kubelet.project(name, files, 0o444 if name == km.ROUTER else 0o440)
             new_sha = hashlib.sha256(new_data[km.ROUTER][km.CONFIG_KEY]).hexdigest()
             changed = wait_for(
-                lambda: (s := status(shop_admin))["config"]["sha256"] == new_sha and s,
+                lambda: (s := status(shop_admin, headers=shop_token))["config"]["sha256"] == new_sha
+                and s,
                 "the new config in force in the running pod",
                 timeout=30,
             )

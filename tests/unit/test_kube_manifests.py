@@ -276,15 +276,19 @@ def test_only_the_agent_holds_an_api_credential():
         "/etc/skiff/config": "config",
         "/etc/skiff/server": "server",
         "/etc/skiff/links": "links",
+        "/etc/skiff/admin": "admin-token",
         "/run/skiff": "run",
     }
+    # Both read the router's admin token; the agent calls the router's admin API.
+    assert mounts["agent"]["/etc/skiff/admin"] == "admin-token"
+    assert km.agent_config(OPTIONS["clusterip"])["router_admin_token_file"] == km.ADMIN_TOKEN_PATH
     assert mounts["agent"]["/var/run/secrets/kubernetes.io/serviceaccount"] == "kube-api-access"
     assert mounts["agent"]["/run/skiff"] == "run"
     assert "server" not in mounts["agent"].values() and "links" not in mounts["agent"].values()
     projected = next(v for v in pod["volumes"] if v["name"] == "kube-api-access")["projected"]
     assert "serviceAccountToken" in projected["sources"][0]
     secret_names = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert secret_names == {"skiff-server", "skiff-links"}  # never skiff-ca, skiff-tokens
+    assert secret_names == {"skiff-server", "skiff-links", "skiff-admin"}  # never the CA, tokens
     assert "readinessProbe" not in agent  # the agent never makes the router unready
     assert router["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert router["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -8,6 +8,7 @@ to do, and leaves every object as it was.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import sys
@@ -90,7 +91,7 @@ def test_four_steps_against_the_api(api, tmp_path, kubeconfig):
     assert api.kinds("east") == sorted(
         [("ConfigMap", "skiff-router"), ("Deployment", "skiff-router"),
          ("Role", "skiff-agent"), ("RoleBinding", "skiff-agent"),
-         ("Secret", "skiff-ca"), ("Secret", "skiff-server"),
+         ("Secret", "skiff-admin"), ("Secret", "skiff-ca"), ("Secret", "skiff-server"),
          ("Service", "skiff-link"), ("ServiceAccount", "skiff-agent"),
          ("Pod", f"skiff-router-{api.router_pods('east')[0]['metadata']['name'].split('-')[2]}-0")]
     )  # fmt: skip
@@ -108,6 +109,11 @@ def test_four_steps_against_the_api(api, tmp_path, kubeconfig):
     config = json.loads(api.get("ConfigMap", "east", "skiff-router")["data"]["router.json"])
     assert config["link_access"]["cert"] == "/etc/skiff/server/tls.crt"
     assert config["admin"]["host"] == "0.0.0.0"
+    # The admin API needs the token of the skiff-admin Secret, mounted in the pod.
+    assert config["admin"]["token_file"] == "/etc/skiff/admin/token"
+    token = api.get("Secret", "east", "skiff-admin")["data"]["token"]
+    assert len(base64.b64decode(token).strip()) >= 32
+    assert result_token_not_in(applied, base64.b64decode(token).decode().strip())
     meta = json.loads((tmp_path / "base" / "east" / "site.json").read_text())
     assert meta["link_endpoints"] == [{"host": "skiff-link.east.svc", "port": 55671}]
 
@@ -248,8 +254,24 @@ def test_status_through_the_pod_proxy_and_log_without_secrets(api, tmp_path, kub
     )
     (status,) = platform.statuses()
     assert status["site"] == "east" and len(status["config"]["sha256"]) == 64
-    proxied = [r["path"] for r in api.requests if "/proxy/" in r["path"]]
-    assert proxied[-1].endswith(":9191/proxy/v1/status")
+    proxied = [r for r in api.requests if "/proxy/" in r["path"]]
+    assert proxied[-1]["path"].endswith(":9191/proxy/v1/status")
+    # The admin token goes in the header the pod proxy passes on (never Authorization,
+    # which carries the API credential and which the proxy drops); without it, 401.
+    token = base64.b64decode(api.get("Secret", "east", "skiff-admin")["data"]["token"]).strip()
+    assert proxied[-1]["pod_headers"]["x-skiff-admin-token"].encode() == token
+    pod = api.router_pods("east")[0]["metadata"]["name"]
+    with pytest.raises(SkiffError, match="401"):
+        platform.api.proxy_get(pod, 9191, "v1/status")
+    # A replaced token applies at the next request (the router reads its file each time).
+    api.objects[("Secret", "east", "skiff-admin")]["data"]["token"] = base64.b64encode(
+        b"another-admin-token-0123456789"
+    ).decode()
+    platform_module._INSTANCES.clear()  # the next module run
+    platform = platform_module.get_platform(
+        "kubernetes", SitePaths(tmp_path / "base/east"), metadata
+    )
+    assert platform.statuses()[0]["site"] == "east"
     assert platform.log_tail() == ["router started", "link west up"]
 
 
@@ -423,6 +445,12 @@ def rendered(tmp_path, **overrides) -> SiteParams:
     return SiteParams(**values)
 
 
+def result_token_not_in(result, token: str) -> bool:
+    """No secret in what a module returns or says."""
+    text = json.dumps([result.values, result.actions, result.diff, result.warnings], default=str)
+    return token not in text
+
+
 def test_render_only_is_stable_private_and_reads_its_state_back(tmp_path):
     import stat
 
@@ -433,7 +461,7 @@ def test_render_only_is_stable_private_and_reads_its_state_back(tmp_path):
     assert first.changed and "start the router" not in first.actions
     site_file = out / "east.yaml"
     secret_files = sorted(p.name for p in (out / "east.secrets").iterdir())
-    assert secret_files == ["skiff-ca.yaml", "skiff-server.yaml"]
+    assert secret_files == ["skiff-admin.yaml", "skiff-ca.yaml", "skiff-server.yaml"]
     assert stat.S_IMODE((out / "east.secrets").stat().st_mode) == 0o700
     for path in (out / "east.secrets").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -14,7 +14,9 @@ POST /v1/multicast/<address>     publish the body network-wide
 GET  /v1/multicast/<address>     subscribe: a stream of JSON lines until the client leaves
 
 With ``admin.token_file`` set, every endpoint but /healthz, /readyz, /metrics and the
-console page answers 401 unless the request carries ``Authorization: Bearer <token>``.
+console page answers 401 unless the request carries ``Authorization: Bearer <token>``,
+or ``X-Skiff-Admin-Token: <token>`` (the Kubernetes API server's pod proxy, the way
+to a router pod's admin port from outside the cluster, drops ``Authorization``).
 The file is read at each such request, so replacing it takes effect at once.
 """
 
@@ -49,6 +51,7 @@ MCAST_PREFIX = "/v1/multicast/"
 # What probes, scrapers and a browser opening the console reach without the token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console", "/console/"})
 UNAUTHORIZED = b"this endpoint needs the admin token: Authorization: Bearer <token>\n"
+TOKEN_HEADER = "x-skiff-admin-token"  # the same token, where a proxy drops Authorization
 NO_METRICS = b"metrics need the prometheus-client Python package (pip install prometheus-client)\n"
 
 
@@ -135,6 +138,10 @@ class AdminServer:
                 if length < 0:
                     raise ValueError("negative length")
             elif name == "authorization":
+                scheme, _sep, given = value.strip().partition(" ")
+                if scheme.lower() == "bearer":
+                    authorization = given.strip()
+            elif name == TOKEN_HEADER:
                 authorization = value.strip()
         else:
             raise ValueError("too many headers")
@@ -186,7 +193,8 @@ class AdminServer:
             return 200, metrics.CONTENT_TYPE, metrics.render(self.registry)
         return 404, "text/plain", b"not found\n"
 
-    def _authorized(self, authorization: str) -> bool:
+    def _authorized(self, given: str) -> bool:
+        """``given``: the token the request carries (either header), "" if none."""
         if self.token_file is None:
             return True
         try:
@@ -195,10 +203,7 @@ class AdminServer:
             # Fail closed: an unreadable or loosened token file opens nothing.
             log.warning("admin request refused: %s", exc)
             return False
-        scheme, _sep, given = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(given.strip().encode(), token.encode())
+        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
     async def _stream(
         self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -116,14 +116,17 @@ class AdminTokenError(Exception):
 
 def read_admin_token(path: str) -> str:
     """The token in ``path``: at least ADMIN_TOKEN_MIN_LENGTH characters, in a file
-    that neither its group nor others may read (like an SSH key)."""
+    that others may not read (like an SSH key), nor its group unless that is the
+    router's own group (a Kubernetes Secret volume: root's file, the pod's fsGroup)."""
     try:
         with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
+            st = os.fstat(f.fileno())
             raw = f.read(4096)
     except OSError as exc:
         raise AdminTokenError(f"admin token file {path}: {exc.strerror}") from None
-    if mode & 0o077:
+    mode = st.st_mode
+    loose = 0o007 if st.st_gid == os.getgid() else 0o077
+    if mode & loose:
         raise AdminTokenError(
             f"admin token file {path} is mode {mode & 0o777:04o}: others may read it; chmod 0600"
         )

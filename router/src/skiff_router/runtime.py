@@ -132,6 +132,9 @@ class OverlayState:
     path: str
     in_force: Overlay = field(default_factory=Overlay)
     error: str | None = None
+    # What status reports: the overlay once every change it brought is carried out
+    # (as the config's sha256), so a caller that sees it sees its listeners bound.
+    applied: Overlay = field(default_factory=Overlay)
 
     def refresh(self, config: Config) -> None:
         """Re-read the file against ``config``. A valid overlay that does not clash
@@ -160,9 +163,9 @@ class OverlayState:
     def status(self) -> dict[str, Any]:
         return {
             "path": self.path,
-            "sha256": self.in_force.sha256,
+            "sha256": self.applied.sha256,
             "error": self.error,
-            **self.in_force.counts(),
+            **self.applied.counts(),
         }
 
 
@@ -289,6 +292,8 @@ class Router:
             await wait_for_worker0(self.seat, WORKER0_WAIT)
         await self._start_network()
         self.in_force = self.loaded
+        if self.overlay is not None:
+            self.overlay.applied = self.overlay.in_force
         self._ticker = asyncio.create_task(self._tick())
         self._watcher = asyncio.create_task(self._watch())
         log.info(
@@ -923,6 +928,8 @@ class Router:
             log.warning("workers: %s takes effect when the router restarts", cfg.workers or "auto")
         for op in reload_plan(old, cfg, changed):
             await self._carry_out(op)
+        if self.overlay is not None:
+            self.overlay.applied = self.overlay.in_force
         self.pump()
         if self.in_force is None or self.in_force.sha256 != new.sha256:
             log.info("reloaded config %s", new.path)

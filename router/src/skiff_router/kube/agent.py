@@ -31,6 +31,7 @@ from typing import Any
 from skiff_router import __version__
 from skiff_router import log as logsetup
 from skiff_router.codec import MAX_DATA
+from skiff_router.config import AdminTokenError, read_admin_token
 from skiff_router.kube.api import ApiError, KubeApi, in_cluster
 from skiff_router.kube.config import AgentConfig, AgentConfigError, live_update, load, parse
 from skiff_router.kube.exposure import ANNOUNCE_ADDRESS, AnnouncementBook, Problem, encode
@@ -197,9 +198,11 @@ class Watcher(threading.Thread):
 
 
 class RouterAdmin:
-    """The router's admin endpoint in the same pod (plain HTTP on loopback)."""
+    """The router's admin endpoint in the same pod (plain HTTP on loopback), with the
+    router's admin token when it has one (read at each request: it may be replaced)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token_file: str = "") -> None:
+        self.token_file = token_file
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 9191
         self.path = "/v1/multicast/" + urllib.parse.quote(ANNOUNCE_ADDRESS, safe="")
@@ -209,7 +212,7 @@ class RouterAdmin:
     def publish(self, payload: bytes) -> None:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
         try:
-            conn.request("POST", self.path, body=payload)
+            conn.request("POST", self.path, body=payload, headers=self._headers())
             resp = conn.getresponse()
             body = resp.read(4096)
             if resp.status != 200:
@@ -227,7 +230,7 @@ class RouterAdmin:
         with self._lock:
             self._stream = conn
         try:
-            conn.request("GET", self.path)
+            conn.request("GET", self.path, headers=self._headers())
             resp = conn.getresponse()
             if resp.status != 200:
                 raise OSError(f"router answered {resp.status}")
@@ -244,6 +247,14 @@ class RouterAdmin:
             with self._lock:
                 self._stream = None
             conn.close()
+
+    def _headers(self) -> dict[str, str]:
+        if not self.token_file:
+            return {}
+        try:
+            return {"Authorization": f"Bearer {read_admin_token(self.token_file)}"}
+        except AdminTokenError as exc:  # the router refuses, and says so: retried
+            raise OSError(str(exc)) from None
 
     def close(self) -> None:
         with self._lock:
@@ -368,7 +379,7 @@ class Agent:
         self.events: queue.Queue[Any] = queue.Queue()
         self.book = AnnouncementBook(cfg.site)
         self.overlay = OverlayFile(cfg.overlay)
-        self.admin = RouterAdmin(cfg.router_admin)
+        self.admin = RouterAdmin(cfg.router_admin, cfg.router_admin_token_file)
         notify = self._notify
         self.pods = self._pod_watcher() if cfg.connectors or cfg.siblings else None
         self.services = (

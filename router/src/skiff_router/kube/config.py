@@ -64,6 +64,8 @@ class AgentConfig:
     namespace: str
     overlay: str
     router_admin: str = "http://127.0.0.1:9191"
+    # The router's admin token (its admin.token_file, the same Secret): "" when it has none.
+    router_admin_token_file: str = ""
     health_host: str = "0.0.0.0"
     health_port: int = 9192
     router_pod_labels: dict[str, str] = field(default_factory=dict)
@@ -105,6 +107,7 @@ def validate(data: Any) -> AgentConfig:
         "namespace",
         "overlay",
         "router_admin",
+        "router_admin_token_file",
         "health",
         "router_pod_labels",
         "proxy_host",
@@ -136,6 +139,10 @@ def validate(data: Any) -> AgentConfig:
     admin = data.get("router_admin", "http://127.0.0.1:9191")
     if not isinstance(admin, str) or not re.match(r"^http://[^/\s]+:\d+/?$", admin):
         errors.append(("router_admin", "must be http://HOST:PORT (the router's admin endpoint)"))
+
+    token_file = data.get("router_admin_token_file", "")
+    if not isinstance(token_file, str) or (token_file and not token_file.startswith("/")):
+        errors.append(("router_admin_token_file", "must be an absolute path"))
 
     health = data.get("health") or {}
     health_host, health_port = "0.0.0.0", 9192
@@ -234,6 +241,7 @@ def validate(data: Any) -> AgentConfig:
         namespace=namespace,
         overlay=overlay,
         router_admin=admin.rstrip("/"),
+        router_admin_token_file=token_file,
         health_host=health_host,
         health_port=health_port,
         router_pod_labels=dict(labels),
