@@ -13,7 +13,7 @@ from test_core import Net, delivered, send
 from skiff_router.actions import ConnectLocal
 from skiff_router.codec import LINK_FRAMES, FrameDecoder, FrameType, decode_reason, encode_frame
 
-PUBLIC_CODES = {"protocol error", "timeout", "unexpected site", "closing"}
+PUBLIC_CODES = {"protocol error", "timeout", "unexpected site", "closing", "replaced"}
 
 
 @st.composite
