@@ -228,3 +228,31 @@ def test_a_port_claim_waits_for_a_sibling_between_bind_and_listen() -> None:
         assert port not in sibling.held and port not in sibling.refs
 
     asyncio.run(main())
+
+
+def test_worker_zero_asks_each_worker_once_for_what_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status or a metrics scrape asks each other worker for its status only, a
+    flow list for its flows only: one request per worker per answer."""
+    from types import SimpleNamespace
+
+    from skiff_router import siblings
+
+    asked: list[tuple[str, str]] = []
+
+    async def answer(path: str, target: str, token: str | None) -> object:
+        asked.append((path, target))
+        return {"flows": {}} if target == "/v1/status" else [{"id": 7}]
+
+    monkeypatch.setattr(siblings, "_get", answer)
+    router = SimpleNamespace(cfg=SimpleNamespace(admin=SimpleNamespace(token_file=None)))
+    seat = workers.Seat(0, 3, 4242)
+    group = siblings.Workers(router, seat)  # type: ignore[arg-type]
+    asyncio.run(group.gather())
+    assert asked == [(seat.admin_socket(1), "/v1/status"), (seat.admin_socket(2), "/v1/status")]
+    assert [r.status for r in group.reports] == [{"flows": {}}, {"flows": {}}]
+    asked.clear()
+    asyncio.run(group.gather(flows=True))
+    assert [target for _path, target in asked] == ["/v1/flows", "/v1/flows"]
+    assert whole_router_flows([], group.reports) == [{"id": 7, "worker": 1}, {"id": 7, "worker": 2}]

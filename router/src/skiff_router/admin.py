@@ -175,7 +175,7 @@ class AdminServer:
                 return 200, "text/plain", b"ready\n"
             return 503, "text/plain", ("not ready: " + "; ".join(why) + "\n").encode()
         if target in ("/v1/status", "/v1/flows", "/metrics"):
-            await self.view.refresh()
+            await self.view.refresh(flows=target == "/v1/flows")
         if target == "/v1/status":
             status: dict[str, Any] = self.view.status()
             return 200, "application/json", json.dumps(status, indent=2).encode() + b"\n"

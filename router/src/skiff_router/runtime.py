@@ -999,9 +999,9 @@ class Router:
             "config_reloads": self.reloads,
         }
 
-    async def refresh(self) -> None:
+    async def refresh(self, flows: bool = False) -> None:
         if self.workers is not None:
-            await self.workers.gather()
+            await self.workers.gather(flows)
 
     def flows_status(self) -> list[dict[str, Any]]:
         own = self.core.flows.status()

@@ -29,7 +29,8 @@ MAX_ANSWER = 16 * 1024 * 1024
 
 @dataclass
 class WorkerReport:
-    """What one other worker said (``status`` and ``flows``), or why it said nothing."""
+    """What one other worker said (its ``status``, or its ``flows``: what was asked),
+    or why it said nothing."""
 
     index: int
     status: dict[str, Any] | None = None
@@ -103,8 +104,9 @@ class Workers:
 
     # -- worker 0: the whole router ----------------------------------------------------------
 
-    async def gather(self) -> None:
-        """Ask every other worker for its status and flows (worker 0 only)."""
+    async def gather(self, flows: bool = False) -> None:
+        """Ask every other worker for its status, or its flows (worker 0 only): one
+        request each, for what the answer being made needs."""
         if not self.seat.primary:
             return
         token = None
@@ -114,19 +116,20 @@ class Workers:
                 token = read_admin_token(token_file)
         self.reports = list(
             await asyncio.gather(
-                *(self._ask(k, token) for k in range(1, self.seat.count)),
+                *(self._ask(k, token, flows) for k in range(1, self.seat.count)),
             )
         )
 
-    async def _ask(self, index: int, token: str | None) -> WorkerReport:
+    async def _ask(self, index: int, token: str | None, flows: bool) -> WorkerReport:
         path = self.seat.admin_socket(index)
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
-                status = await _get(path, "/v1/status", token)
-                flows = await _get(path, "/v1/flows", token)
+                answer = await _get(path, "/v1/flows" if flows else "/v1/status", token)
         except (TimeoutError, OSError, ValueError) as exc:
             return WorkerReport(index, error=tls.describe(exc) or "no answer")
-        return WorkerReport(index, status=status, flows=flows)
+        if flows:
+            return WorkerReport(index, flows=answer)
+        return WorkerReport(index, status=answer)
 
 
 async def _get(path: str, target: str, token: str | None) -> Any:

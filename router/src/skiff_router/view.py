@@ -44,9 +44,10 @@ class RouterView(Protocol):
     @property
     def router_id(self) -> str: ...
 
-    async def refresh(self) -> None:
-        """Gather what the next status, flows or metrics need from elsewhere (a
-        router's other worker processes); nothing for a lone process."""
+    async def refresh(self, flows: bool = False) -> None:
+        """Gather what the next status and metrics (or, with ``flows``, the next flow
+        list) need from elsewhere (a router's other worker processes); nothing for
+        a lone process."""
 
     def status(self) -> dict[str, Any]:
         """The ``/v1/status`` document (docs/design.md)."""
