@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from router_testkit import Site, run, tcp_server, wait_for
+from router_testkit import Site, free_port, run, tcp_server, wait_for
 from test_link_clients import fingerprint
 from test_network import TIMEOUT, echo_roundtrip, reachable, routers
 
@@ -189,5 +189,45 @@ def test_changed_cost_moves_new_flows_and_keeps_the_open_one(tmp_path: Path) -> 
                 await flow.finish()
                 await wait_for(lambda: incoming_states(e) == ["up"], TIMEOUT, "old link closed")
                 assert [x["cost"] for x in e.status()["links"]] == [7]
+
+    run(main())
+
+
+def test_a_moved_link_port_keeps_its_links_until_the_dialers_move(tmp_path: Path) -> None:
+    """The accepting site moves its link port: the links up stay (the new port takes
+    new links), and each dialer, once its config names the new port, replaces its
+    link make before break. The open flow never notices."""
+
+    async def main() -> None:
+        east = Site.create(tmp_path, "east", accept=True)
+        west = Site.create(tmp_path, "west")
+        west.link_to(east)
+        async with tcp_server() as echo_port:
+            east.connect("backend", echo_port)
+            lport = west.listen("backend")
+            async with routers(east, west) as rs:
+                e, w = rs["east"], rs["west"]
+                await wait_for(lambda: reachable(w, "backend"), TIMEOUT, "west linked")
+                flow = await Stream.open(lport)
+                await flow.roundtrip()
+                east.link_port = free_port()
+                east.write()
+                assert await e.reload()
+                await wait_for(
+                    lambda: e.status()["link_access"]["state"] == "listening", TIMEOUT, "moved"
+                )
+                assert incoming_states(e) == ["up"]  # the link up stayed
+                await flow.roundtrip()
+                west.links[0]["endpoints"] = [{"host": "127.0.0.1", "port": east.link_port}]
+                west.write()
+                assert await w.reload()
+                await wait_for(
+                    lambda: incoming_states(e) == ["draining", "up"], TIMEOUT, "new link up"
+                )
+                assert west_link(w)["endpoint"] == f"127.0.0.1:{east.link_port}"
+                assert await echo_roundtrip(lport, b"p" * 100_000) == b"p" * 100_000
+                await flow.roundtrip()
+                await flow.finish()
+                await wait_for(lambda: incoming_states(e) == ["up"], TIMEOUT, "old link closed")
 
     run(main())

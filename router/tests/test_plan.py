@@ -117,8 +117,10 @@ def test_changed_tls_files_replace_only_their_link_and_keep_access_links() -> No
     assert ops == [ReplaceDialer(old.links[1])]
     assert reload_plan(old, old, {"/etc/skiff/west/s.crt"}) == [ReloadAccessTls()]
     moved = cfg(link_access={**ACCESS, "port": 55672})
-    assert reload_plan(old, moved, {"/etc/skiff/west/s.crt"}) == [RestartAccess()]
+    # Moved: the links up stay until their dialers move too; removed: they close.
+    assert reload_plan(old, moved, {"/etc/skiff/west/s.crt"}) == [RestartAccess(keep_links=True)]
     assert reload_plan(old, cfg(link_access=None), set()) == [RestartAccess()]
+    assert reload_plan(cfg(link_access=None), old, set()) == [RestartAccess()]
 
 
 def test_changed_application_tls_files_reload_in_place(tmp_path: Path) -> None:
@@ -186,7 +188,7 @@ def test_a_sibling_certificate_keeps_the_link_port_open() -> None:
     assert ops == [CheckLinkClients()]
     assert reload_plan(cfg(link_access=siblings), cfg(link_access=siblings), set()) == []
     moved = cfg(link_access={**siblings, "port": 55672})
-    assert reload_plan(cfg(link_access=siblings), moved, set()) == [RestartAccess()]
+    assert reload_plan(cfg(link_access=siblings), moved, set()) == [RestartAccess(keep_links=True)]
 
 
 def test_a_replica_takes_its_router_id_from_the_environment() -> None:

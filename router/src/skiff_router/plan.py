@@ -66,7 +66,11 @@ class SetServices:
 
 @dataclass(frozen=True)
 class RestartAccess:
-    """Link access added, removed or moved: rebind (its incoming links close)."""
+    """Link access added, removed or moved: rebind. Removed, its incoming links close;
+    moved (``keep_links``), the links up stay until their dialers replace them with
+    links to the new address (make before break)."""
+
+    keep_links: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
 
     acc = new.link_access
     if _socket_of(acc) != _socket_of(old.link_access):
-        ops.append(RestartAccess())
+        ops.append(RestartAccess(keep_links=acc is not None and old.link_access is not None))
     elif acc is not None and changed_files & {acc.ca, acc.cert, acc.key}:
         ops.append(ReloadAccessTls())
     # Who may link is read at each accept; links made before are checked once more.

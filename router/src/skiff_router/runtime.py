@@ -958,7 +958,7 @@ class Router:
         elif isinstance(op, SetServices):
             self._set_services(op)
         elif isinstance(op, RestartAccess):
-            await self._stop_access()
+            await self._stop_access(keep_links=op.keep_links)
             await self._start_access()
         elif isinstance(op, ReloadAccessTls):
             llog.info("link access TLS files changed: reloading them")
