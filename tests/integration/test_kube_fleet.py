@@ -52,7 +52,8 @@ def test_render_only_site_in_a_fleet(tmp_path):
         assert first.returncode == 0, first.output[-6000:]
         files = {p: p.read_bytes() for p in manifests.rglob("*.yaml")}
         assert sorted(p.name for p in files) == [
-            "shop.yaml", "skiff-ca.yaml", "skiff-links.yaml", "skiff-server.yaml",
+            "shop.yaml", "skiff-admin.yaml", "skiff-ca.yaml", "skiff-links.yaml",
+            "skiff-server.yaml",
         ]  # fmt: skip
         documents = km.from_yaml(files[manifests / "shop.yaml"])
         services = [d["metadata"]["name"] for d in documents if d["kind"] == "Service"]
