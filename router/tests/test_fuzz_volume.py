@@ -98,7 +98,7 @@ class Wire:
         rng = self.rng
         router = rng.choice(["m", "a", "b", f"r{rng.randint(0, 5000)}"])
         seq = rng.choice([rng.randint(0, 1 << 40), (1 << 63) - 1, self.seq])
-        links = tuple(sorted({(f"r{rng.randint(0, 50)}", rng.randint(1, 9)) for _ in range(3)}))
+        links = tuple(sorted({(f"r{rng.randint(0, 50)}", rng.randint(1, 9)) for _link in range(3)}))
         lsa = Lsa(router, seq, links, frozenset({"k"}), frozenset(), site=router.split(".")[0])
         if rng.random() < 0.01:
             return json.dumps({"id": router, "seq": "bad"}).encode()
