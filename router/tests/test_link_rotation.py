@@ -15,6 +15,7 @@ from router_testkit import Site, free_port, run, tcp_server, wait_for
 from test_link_clients import fingerprint
 from test_network import TIMEOUT, echo_roundtrip, reachable, routers
 
+from skiff_router.cli import format_status
 from skiff_router.runtime import Router
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,7 @@ def test_rotated_credential_replaces_the_link_without_dropping_its_flow(tmp_path
                 )
                 lk = west_link(w)
                 assert (lk["state"], lk["draining"]) == ("up", 1)
+                assert "up (+1 draining)" in format_status(w.status())
                 # The key never stopped being reachable, and new flows take the new link.
                 assert reachable(w, "backend")
                 assert await echo_roundtrip(lport, b"n" * 300_000) == b"n" * 300_000

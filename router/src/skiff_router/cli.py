@@ -237,7 +237,7 @@ def format_status(s: dict[str, Any]) -> str:
                 lk["direction"],
                 lk["peer"],
                 str(lk["cost"]),
-                lk["state"],
+                lk["state"] + (f" (+{lk['draining']} draining)" if lk.get("draining") else ""),
                 dash(lk["endpoint"]),
                 dash(lk["error"]),
             ]
