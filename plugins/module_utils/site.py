@@ -73,6 +73,8 @@ class SiteParams:
     outside_dialers: tuple[str, ...] = ()
     # Issue the server certificate again if it was issued before this (`now`, ISO 8601).
     rotate_before: str | None = None
+    # Replace the site CA if it was made before this (then everything it signed too).
+    rotate_ca_before: str | None = None
     # Platform kubernetes: namespace, context, kubeconfig, apply, manifests_dir, ...
     kube: dict[str, Any] | None = None
 
@@ -285,11 +287,11 @@ class SiteRunner:
 
     # -- present ---------------------------------------------------------
 
-    def _rotation(self) -> datetime.datetime | None:
+    def _rotation(self, option: str = "rotate_before") -> datetime.datetime | None:
         try:
-            return pki.rotation_time(self.params.rotate_before)
+            return pki.rotation_time(getattr(self.params, option))
         except ValueError as exc:
-            raise SkiffError(str(exc), field="rotate_before") from None
+            raise SkiffError(str(exc), field=option) from None
 
     def present(self) -> None:
         site = self.params.name
@@ -309,7 +311,9 @@ class SiteRunner:
             result.act(f"set mode 0700 on {paths.root}")
 
         ca = secrets.ca()
-        ca_reason = pki.ca_reissue_reason(ca.cert_pem, ca.key_pem)
+        ca_reason = pki.ca_reissue_reason(
+            ca.cert_pem, ca.key_pem, rotate_before=self._rotation("rotate_ca_before")
+        )
         if ca_reason:
             result.act(
                 "create the site CA"

@@ -106,16 +106,17 @@ def _check_workers(site: SiteVars) -> None:
 
 
 def _check_rotate(site: SiteVars) -> None:
-    value = site.get("skiff_rotate")
-    if value in (None, ""):
-        return
-    if not isinstance(value, str):
-        site.problem("skiff_rotate", f"must be 'now' or an ISO 8601 time; got {value!r}")
-        return
-    try:
-        pki.rotation_time(value)
-    except ValueError as exc:
-        site.problem("skiff_rotate", str(exc))
+    for var in ("skiff_rotate", "skiff_rotate_ca"):
+        value = site.get(var)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            site.problem(var, f"must be 'now' or an ISO 8601 time; got {value!r}")
+            continue
+        try:
+            pki.rotation_time(value)
+        except ValueError as exc:
+            site.problem(var, str(exc))
 
 
 def _check_kubernetes(site: SiteVars) -> None:

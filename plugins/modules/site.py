@@ -114,6 +114,16 @@ options:
       - The role passes C(skiff_rotate).
     type: str
     version_added: 0.2.0
+  rotate_ca_before:
+    description:
+      - Replace the site CA if it was made before this time (V(now) or a past ISO
+        8601 time with its zone, as O(rotate_before)), and with it the server
+        certificate; the tokens it signed are issued again by M(skiff.fleet.token).
+        Links up stay; sites dialing this one replace their links once they have
+        the new tokens, so they must be in the same run (O(outside_dialers)).
+      - The role passes C(skiff_rotate_ca).
+    type: str
+    version_added: 0.2.0
   replicas:
     description:
       - Router pods of a O(platform=kubernetes) site (1-16). Each pod is a router
@@ -423,6 +433,7 @@ def argument_spec() -> dict:
         "image": {"type": "str"},
         "outside_dialers": {"type": "list", "elements": "str", "default": []},
         "rotate_before": {"type": "str"},
+        "rotate_ca_before": {"type": "str"},
         "replicas": {"type": "int", "default": 1},
         "workers": {"type": "int"},
         "kube": {

@@ -161,16 +161,26 @@ def _status(fleet, site: str) -> dict:
         return json.load(response)
 
 
-def test_rotate_now_replaces_credentials_without_dropping_an_open_flow(fleet) -> None:
-    """-e skiff_rotate=now issues every server certificate and token again; each
-    dialing site dials its new link before it lets the old one go, so a flow open
-    across both links (north -> west -> east) keeps every byte."""
+@pytest.mark.parametrize(
+    ("variable", "changed"),
+    [
+        # Every server certificate and token.
+        ("skiff_rotate", ["east/tls/server.crt", "west/links/east/tls.crt",
+                          "north/links/west/tls.crt"]),
+        # The CAs of both sites that accept links, and so everything they signed.
+        ("skiff_rotate_ca", ["east/ca/ca.crt", "west/ca/ca.crt", "west/links/east/ca.crt",
+                             "north/links/west/ca.crt", "east/tls/server.crt"]),
+    ],
+)  # fmt: skip
+def test_rotation_replaces_credentials_without_dropping_an_open_flow(
+    fleet, variable: str, changed: list[str]
+) -> None:
+    """-e skiff_rotate=now issues every server certificate and token again, and
+    skiff_rotate_ca=now replaces the CAs as well; each dialing site dials its new
+    link before it lets the old one go, so a flow open across both links
+    (north -> west -> east) keeps every byte."""
     base = fleet["base_dir"]
-    files = [
-        base / "east" / "tls" / "server.crt",
-        base / "west" / "links" / "east" / "tls.crt",
-        base / "north" / "links" / "west" / "tls.crt",
-    ]
+    files = [base / path for path in changed]
     before = [f.read_bytes() for f in files]
     with socket.create_connection(("127.0.0.1", fleet["ports"]["north"]), timeout=30) as flow:
         sent = received = b""
@@ -181,9 +191,8 @@ def test_rotate_now_replaces_credentials_without_dropping_an_open_flow(fleet) ->
             while len(received) < len(sent):
                 received += flow.recv(65536)
             if round_ == 0:
-                rotated = run_playbook(fleet["inventory"], "site.yml", "-e", "skiff_rotate=now")
+                rotated = run_playbook(fleet["inventory"], "site.yml", "-e", f"{variable}=now")
                 assert rotated.returncode == 0, rotated.output[-4000:]
-                assert [f.read_bytes() for f in files] != before
                 assert all(f.read_bytes() != b for f, b in zip(files, before, strict=True))
                 # The old links still carry the open flow; new flows took the new ones.
                 # (Each worker of a router dials the link: one of them carries the flow.)

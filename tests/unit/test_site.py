@@ -189,6 +189,15 @@ def test_rotate_before_reissues_the_server_cert_once_and_reloads(tmp_path, servi
     assert not run_site(rotating, False, **services).changed
     with pytest.raises(SkiffError, match="rotate_before: 'soon' is neither"):
         run_site(params(tmp_path, rotate_before="soon", **ACCEPTING), False, **services)
+    # The CA too, on its own option: a new CA, and a server certificate it signed.
+    ca_rotating = params(tmp_path, rotate_ca_before=at, **ACCEPTING)
+    result = run_site(ca_rotating, False, **services)
+    assert any(
+        a.startswith("replace the site CA (issued before the rotation") for a in result.actions
+    )
+    assert any("(new CA)" in a for a in result.actions)
+    assert paths.ca_cert.read_bytes() != ca_before
+    assert not run_site(ca_rotating, False, **services).changed
 
 
 def test_failed_restart_brings_back_the_previous_config(tmp_path, services, fleet):

@@ -450,6 +450,9 @@ def test_edge_routers_carry_no_transit() -> None:
 def test_skiff_rotate_is_checked_before_anything_runs(value, problem) -> None:
     found = problems_after(lambda f: f["north"].update(skiff_rotate=value))
     assert len(found) == 1 and found[0].startswith(f"host 'north': {problem}"), found
+    ca_problem = problem.replace("skiff_rotate:", "skiff_rotate_ca:")
+    found = problems_after(lambda f: f["north"].update(skiff_rotate_ca=value))
+    assert len(found) == 1 and found[0].startswith(f"host 'north': {ca_problem}"), found
     for good in ("", "now", "2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"):
         assert problems_after(lambda f, v=good: f["north"].update(skiff_rotate=v)) == []
 
