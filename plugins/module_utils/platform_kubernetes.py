@@ -38,7 +38,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from secrets import token_urlsafe
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
@@ -65,8 +64,10 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     SecretStore,
     SiteMetadata,
     SitePaths,
+    admin_token_text_problem,
     atomic_write,
     ensure_dir,
+    new_admin_token,
 )
 
 ROLLOUT_TIMEOUT = 300.0
@@ -327,15 +328,10 @@ class KubeSecretStore(SecretStore):
 
     def admin_token_problem(self) -> str | None:
         token = (self.admin_token() or b"").strip()
-        if not token:
-            return "missing"
-        if len(token) < vocabulary.ADMIN_TOKEN_MIN_LENGTH:
-            return f"shorter than {vocabulary.ADMIN_TOKEN_MIN_LENGTH} characters"
-        return None
+        return "missing" if not token else admin_token_text_problem(token)
 
     def put_new_admin_token(self) -> None:
-        token = token_urlsafe(32).encode() + b"\n"
-        self._put(km.SECRET_ADMIN, {km.ADMIN_TOKEN_KEY: token})
+        self._put(km.SECRET_ADMIN, {km.ADMIN_TOKEN_KEY: new_admin_token()})
 
     def sibling_reason(self) -> str | None:
         """Why the replicas' certificate must be issued (a site made before it existed)."""
@@ -867,7 +863,7 @@ class KubernetesPlatform(Platform):
         if not isinstance(admin, dict) or not admin.get("token_file"):
             return data
         stand_in = folder / "admin-token"
-        stand_in.write_bytes(token_urlsafe(32).encode())
+        stand_in.write_bytes(new_admin_token())
         stand_in.chmod(0o600)
         config["admin"] = dict(admin, token_file=str(stand_in))
         return json.dumps(config).encode()

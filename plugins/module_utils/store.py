@@ -384,6 +384,18 @@ class SecretStore(ABC):
         return {}
 
 
+def new_admin_token() -> bytes:
+    """A new admin token, as every platform stores it (32 random bytes, URL-safe)."""
+    return secrets.token_urlsafe(32).encode() + b"\n"
+
+
+def admin_token_text_problem(token: bytes) -> str | None:
+    """Why an admin token's text cannot be used (too short); None if it can."""
+    if len(token.strip()) < ADMIN_TOKEN_MIN_LENGTH:
+        return f"shorter than {ADMIN_TOKEN_MIN_LENGTH} characters"
+    return None
+
+
 def issued_listener_tls_paths(name: str) -> dict[str, str]:
     """`cert` and `key` of a listener's issued certificate, as the router config names
     them (relative to the config's directory)."""
@@ -554,14 +566,12 @@ class FileSecretStore(SecretStore):
         if mode & 0o077:
             # It may have been read while it was open to others: a new one, not a chmod.
             return f"mode {mode:04o} let others read it"
-        if len(token) < ADMIN_TOKEN_MIN_LENGTH:
-            return f"shorter than {ADMIN_TOKEN_MIN_LENGTH} characters"
-        return None
+        return admin_token_text_problem(token)
 
     def put_new_admin_token(self) -> None:
         ensure_dir(self.paths.root)
         ensure_dir(self.paths.admin_dir)
-        atomic_write(self.paths.admin_token, secrets.token_urlsafe(32).encode() + b"\n", KEY_MODE)
+        atomic_write(self.paths.admin_token, new_admin_token(), KEY_MODE)
 
     def listener_tls(self, name: str) -> CertPair:
         folder = self.paths.listener_dir(name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,14 +22,11 @@ from router_testkit import Site, echo_handler, run, tcp_server
 from test_cli import process
 from test_event_loops import poll_status, status
 from test_network import echo_roundtrip
+from test_workers import _cmd
 
 pytestmark = pytest.mark.integration
 
 BOUND = 30.0  # seconds: a guard for a loaded machine, not a measurement
-
-
-def _cmd(site: Site) -> list[str]:
-    return [sys.executable, "-m", "skiff_router", "run", "--config", str(site.write())]
 
 
 def _next_hop(st: dict, router: str) -> str | None:

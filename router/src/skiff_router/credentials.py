@@ -85,6 +85,3 @@ class CredentialUse:
                 self._out.actions.append(CredentialHeld(fingerprint, key, False))
         if not holders:
             self._holders.pop(fingerprint, None)
-
-    def holders(self, fingerprint: str) -> int:
-        return len(self._holders.get(fingerprint, {}))

@@ -113,7 +113,6 @@ class LinkProtocol:
         self.phase = LinkPhase.HELLO
         self.peer: str | None = None  # the peer's router id, once up
         self.peer_site: str | None = None
-        self.peer_instance = ""
         self.peer_mode = Mode.INTERIOR
         self.close_reason: str | None = None
         self.peer_drains = False  # the peer understands DRAIN (its HELLO says so)
@@ -271,7 +270,6 @@ class LinkProtocol:
             )
         self.peer, self.peer_site, self.peer_mode = hello.router, site, peer_mode
         self.peer_drains = hello.drain
-        self.peer_instance = hello.instance
         if not self.dialer:
             self.cost = hello.cost
         self._to(_UP)
