@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from skiff_router.grants import Grant
+
 try:
     import yaml
 except ImportError:  # PyYAML is optional: JSON configs (what skiff writes) need nothing
@@ -176,6 +178,8 @@ class LinkClient:
     # Routers that may hold a link with it at once (credentials.py): the dialing
     # site's replicas, and one more for a rollout's extra pod.
     routers: int = 1
+    # A one-time grant (grants.py): redeemed by the first sites that link with it.
+    grant: Grant | None = None
 
     def accepts(self, fingerprint: str, now: float) -> bool:
         return self.sha256 == fingerprint and (self.not_after is None or now < self.not_after)
@@ -183,6 +187,7 @@ class LinkClient:
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_CREDENTIAL_ROUTERS = 64
+MAX_GRANT_REDEMPTIONS = 100
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,9 @@ class Config:
     connectors: tuple[ConnectorConfig, ...] = ()
     overlay: str | None = None  # path of the overlay file (extra listeners, connectors, links)
     workers: int | None = None  # worker processes; None: one per CPU this router may use
+    # Where the router keeps what it must remember across restarts (the grants'
+    # redemptions); None: nowhere, so no grant may be accepted.
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -402,6 +410,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
             "connectors",
             "overlay",
             "workers",
+            "state_dir",
         },
     )
     if top is None:
@@ -485,6 +494,14 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
             workers = v
 
     link_clients = _link_clients(c, top["link_clients"]) if "link_clients" in top else None
+    state_dir = c.file(top, "state_dir", "") if top.get("state_dir") is not None else None
+    for i, client in enumerate(link_clients or ()):
+        if client.grant is not None and not state_dir:
+            c.err(
+                f"link_clients[{i}].grant",
+                "a grant needs state_dir (a directory the router may write), where its "
+                "redemptions are kept across restarts",
+            )
     overlay = c.file(top, "overlay", "") if top.get("overlay") is not None else None
     links = _links(c, top.get("links"))
     listeners = _listeners(c, top.get("listeners"))
@@ -506,13 +523,14 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
         connectors=connectors,
         workers=workers,
         overlay=overlay or None,
+        state_dir=state_dir or None,
     )
 
 
 def _link_clients(c: _Checker, value: Any) -> tuple[LinkClient, ...]:
     out: list[LinkClient] = []
     for path, item in c.items(value, "link_clients"):
-        d = c.obj(item, path, {"name", "sha256"}, {"not_after", "routers"})
+        d = c.obj(item, path, {"name", "sha256"}, {"not_after", "routers", "grant"})
         if d is None:
             continue
         sha = d.get("sha256")
@@ -535,8 +553,30 @@ def _link_clients(c: _Checker, value: Any) -> tuple[LinkClient, ...]:
                 "with this certificate at once)",
             )
             continue
-        out.append(LinkClient(c.string(d, "name", path), sha, not_after, routers))
+        grant = _grant(c, d["grant"], f"{path}.grant") if "grant" in d else None
+        out.append(LinkClient(c.string(d, "name", path), sha, not_after, routers, grant))
     return tuple(out)
+
+
+def _grant(c: _Checker, value: Any, path: str) -> Grant | None:
+    d = c.obj(value, path, {"redeem_by", "redemptions"}, set())
+    if d is None:
+        return None
+    redeem_by, redemptions = d.get("redeem_by"), d.get("redemptions")
+    if isinstance(redeem_by, bool) or not isinstance(redeem_by, int) or redeem_by < 0:
+        c.err(f"{path}.redeem_by", "must be unix seconds (an integer): the end of its window")
+        return None
+    if (
+        isinstance(redemptions, bool)
+        or not isinstance(redemptions, int)
+        or not 1 <= redemptions <= MAX_GRANT_REDEMPTIONS
+    ):
+        c.err(
+            f"{path}.redemptions",
+            f"must be an integer 1..{MAX_GRANT_REDEMPTIONS} (sites that may redeem it)",
+        )
+        return None
+    return Grant(redeem_by, redemptions)
 
 
 # -- the three lists (the config's, and the overlay's in the same schema) ------------------

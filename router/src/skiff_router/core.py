@@ -28,6 +28,7 @@ from skiff_router.codec import FrameType, ProtocolError
 from skiff_router.config import FlowTimeouts, Mode, router_of_worker
 from skiff_router.credentials import Credential, CredentialUse
 from skiff_router.flows import MAX_LINK_FLOWS, Clock, Flows
+from skiff_router.grants import GrantLedger, Refusal
 from skiff_router.link import LinkClosed, LinkDraining, LinkUp
 from skiff_router.multicast import Multicast
 from skiff_router.targets import SiteChoice
@@ -64,6 +65,9 @@ class RouterCore:
             router_id, self.site, mode, seq, self.outbox, wall, instance=instance
         )
         self.credentials = CredentialUse(self.outbox)
+        # Where one-time grants are redeemed (the runtime sets it from state_dir).
+        self.grants: GrantLedger | None = None
+        self._wall = wall
         self.sites = SiteChoice()
         self.flows = Flows(
             self.topology, self.sites, self.outbox, self.clock, max_local=max_local_flows
@@ -131,7 +135,7 @@ class RouterCore:
             elif isinstance(ev, LinkUp):
                 refusal = self._bind(link, ev)
                 if refusal is not None:
-                    self._close(link, link.proto.fail(refusal, "credential in use"), notify=True)
+                    self._close(link, link.proto.fail(refusal.detail, refusal.public), notify=True)
                     break
                 self.topology.link_up(link)
             elif isinstance(ev, LinkDraining):
@@ -172,15 +176,23 @@ class RouterCore:
         else:
             self.close_link(handle, "replaced by a newer link", public="replaced")
 
-    def _bind(self, link: Link, up: LinkUp) -> str | None:
-        """Before anything is sent to the peer beyond its HELLO: is its router one of
-        those the link's client certificate may serve (credentials.py)?"""
+    def _bind(self, link: Link, up: LinkUp) -> Refusal | None:
+        """Before anything is sent to the peer beyond its HELLO: may its site use the
+        link's client certificate (a grant it redeemed, grants.py), and is its router
+        one of those the certificate may serve (credentials.py)?"""
         if link.credential is None:
             return None
         c = link.credential
-        return self.credentials.admit(
+        if c.grant is not None:
+            if self.grants is None:
+                return Refusal("grant unavailable", f"grant '{c.name}': no state_dir here")
+            refused = self.grants.redeem(c.fingerprint, c.name, c.grant, up.site, self._wall())
+            if refused is not None:
+                return refused
+        in_use = self.credentials.admit(
             c.fingerprint, c.allowed, up.instance, up.peer, link.handle, c.elsewhere
         )
+        return None if in_use is None else Refusal("credential in use", in_use)
 
     def _close(self, link: Link, ev: LinkClosed, notify: bool) -> None:
         if link.credential is not None:

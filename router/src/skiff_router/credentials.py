@@ -15,6 +15,7 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 
 from skiff_router.actions import CredentialHeld, Outbox
+from skiff_router.grants import Grant
 
 log = logging.getLogger("link")
 
@@ -26,6 +27,8 @@ class Credential:
     fingerprint: str
     allowed: int  # routers that may hold a link with it at once
     elsewhere: frozenset[str] = frozenset()  # holders on the other workers, at connect
+    name: str = ""  # its token's name, for messages
+    grant: Grant | None = None  # a one-time grant (grants.py)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from skiff_router import __version__, eventloop, limits, tls
+from skiff_router import __version__, eventloop, grants, limits, tls
 from skiff_router.actions import (
     CloseLink,
     CloseLocal,
@@ -54,6 +54,7 @@ from skiff_router.config import (
 from skiff_router.core import RouterCore
 from skiff_router.credentials import Credential
 from skiff_router.dialers import Dialer, DialerState, Incoming
+from skiff_router.grants import GrantLedger
 from skiff_router.log import set_level
 from skiff_router.netgraph import network_graph
 from skiff_router.plan import (
@@ -348,6 +349,7 @@ class Router:
             instance=self.instance,
         )
         self.core.flow_timeouts = cfg.flow_timeouts
+        self.core.grants = GrantLedger(cfg.state_dir) if cfg.state_dir else None
         self.connectors = ConnectorChoice()
         self.connectors.configure(cfg.connectors)
         self._tls_sha = {p: _file_sha(p) for p in _tls_files(cfg)}
@@ -698,12 +700,17 @@ class Router:
         if fingerprint is None or clients is None:
             return None
         now = time.time()
-        allowed = [c.routers for c in clients if c.accepts(fingerprint, now)]
-        if not allowed:
+        matching = [c for c in clients if c.accepts(fingerprint, now)]
+        if not matching:
             return None
         marks = self.credential_marks
         elsewhere = marks.elsewhere(fingerprint) if marks is not None else frozenset()
-        return Credential(fingerprint, max(allowed), elsewhere)
+        # A certificate is listed once; a grant's terms come with its entry.
+        client = max(matching, key=lambda c: c.routers)
+        grant = client.grant
+        # Each site that redeems a grant may hold it with as many routers as a token's.
+        allowed = client.routers * (grant.redemptions if grant is not None else 1)
+        return Credential(fingerprint, allowed, elsewhere, client.name, grant)
 
     def client_refusal(self, fingerprint: str | None) -> str | None:
         """Why an incoming link with this client certificate is refused (None: it is
@@ -923,6 +930,8 @@ class Router:
         changed = {p for p, sha in new_sha.items() if old_sha.get(p) != sha}
         self.loaded, self.effective, self._tls_sha = new, cfg, new_sha
         self.core.flow_timeouts = cfg.flow_timeouts  # read at the next look, nothing to restart
+        if cfg.state_dir != old.state_dir:
+            self.core.grants = GrantLedger(cfg.state_dir) if cfg.state_dir else None
         if cfg.workers != old.workers:
             # The processes are started with the router; a reload cannot add or end one.
             log.warning("workers: %s takes effect when the router restarts", cfg.workers or "auto")
@@ -1153,6 +1162,9 @@ class Router:
                 "refused_credentials": self.refused_credentials,
                 # A certificate presented by more routers than it may serve at once.
                 "credentials_in_use": core.credentials.refused,
+                # One-time grants by name: window, limit, redeeming sites and state.
+                "grants": grants.status(core.grants, cfg.link_clients, time.time()),
+                "grants_refused": core.grants.refused if core.grants is not None else 0,
             },
             "links": self.links_status(),
             "routers": core.topology.routers_status(),

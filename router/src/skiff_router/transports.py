@@ -259,6 +259,9 @@ class LinkConn(asyncio.Protocol):
             if worker or self.direction is not Direction.INCOMING
             else (router.credential_of(self.fingerprint))
         )
+        if bound is not None and bound.grant is not None:
+            # A grant names no site: the sites that redeem it are recorded (grants.py).
+            self.expected_site = None
         self.handle = self.core.link_connected(
             self.name,
             self.direction,
