@@ -185,6 +185,15 @@ options:
             set, for a site that does not exist yet and so cannot issue one; the
             link is then reported as a change that the real run makes.
         type: str
+      token_file:
+        description:
+          - Instead of O(links[].token), a file on this host holding a token or a
+            grant (M(skiff.fleet.token) with O(skiff.fleet.token#module:dest)), for
+            example one a peer outside the inventory handed over. Linking redeems a
+            grant.
+          - It must be readable by its owner only (mode 0600), as it holds a private key.
+        type: path
+        version_added: 0.2.0
       cost:
         description: Routing cost of the link, an integer from 1 to 1000000.
         type: int

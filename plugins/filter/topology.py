@@ -85,6 +85,18 @@ def skiff_links_leaving(hosts: list[str], hostvars: Any, in_run: list[str]) -> l
     ]
 
 
+def skiff_external_tokens(entries: list[Any]) -> dict[str, Any]:
+    """skiff_external_tokens as skiff.fleet.token takes them: every name (`names`,
+    `outside`), and the grants' terms by name (`grants`)."""
+    names = [str(e["name"] if isinstance(e, dict) else e) for e in entries or []]
+    grants = {
+        str(e["name"]): {k: v for k, v in e.items() if k != "name"}
+        for e in entries or []
+        if isinstance(e, dict)
+    }
+    return {"names": names, "grants": grants}
+
+
 # Results that say a step changed something on a host.
 _STEP_RESULTS = (
     "skiff_site_result",
@@ -113,6 +125,7 @@ class FilterModule:
             "network": skiff_network,
             "site_names": skiff_site_names,
             "credential_routers": skiff_credential_routers,
+            "external_tokens": skiff_external_tokens,
             "link_items": skiff_link_items,
             "links_leaving": skiff_links_leaving,
             "changed_in_run": skiff_changed_in_run,

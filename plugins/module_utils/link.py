@@ -10,6 +10,8 @@ files whose content changed and redials that link only.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,9 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     SecretStore,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import Token, decode
+
+# A token is a few kilobytes; anything much larger is not one.
+MAX_TOKEN_FILE = 64 * 1024
 
 # -- the kind ---------------------------------------------------------------------------------
 
@@ -119,6 +124,7 @@ class LinkParams:
     base_dir: str = DEFAULT_BASE_DIR
     name: str | None = None
     token: str | None = None
+    token_file: str | None = None  # a token (or grant) handed over as a file on this host
     cost: int = 1
     state: str = "present"
     # The list form: items {name, token, cost, state}; `prune` removes links not listed.
@@ -146,6 +152,8 @@ class LinkParams:
             item["name"] = self.name
         if self.token is not None:
             item["token"] = self.token
+        if self.token_file is not None:
+            item["token_file"] = self.token_file
         return [item]
 
     def __repr__(self) -> str:  # tokens are secrets
@@ -190,6 +198,10 @@ def link_set(
                     raise SkiffError("is required when state is absent", field="name")
                 absent.append(validation.object_name(item["name"], "name"))
                 continue
+            if item.get("token_file"):
+                if item.get("token"):
+                    raise SkiffError("give token or token_file, not both", field="token_file")
+                item = {**item, "token": read_token_file(item["token_file"])}
             if not item.get("token"):
                 peer = item.get("peer")
                 if check_mode and peer:
@@ -224,6 +236,27 @@ def link_set(
     )
 
 
+def read_token_file(path: str) -> str:
+    """A token (or grant) handed over as a file: it holds a private key, so a file that
+    others may read is refused, as a world-readable key would be."""
+    try:
+        with open(path, encoding="ascii") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read(MAX_TOKEN_FILE + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise SkiffError(f"{path} cannot be read: {reason}", field="token_file") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise SkiffError(
+            f"{path} may be read by others (mode {stat.S_IMODE(mode):04o}) and holds a "
+            f"private key: chmod 600 {path} (and ask whether someone else read it)",
+            field="token_file",
+        )
+    if len(text) > MAX_TOKEN_FILE:
+        raise SkiffError(f"{path} is larger than a token can be", field="token_file")
+    return text.strip()
+
+
 def _check_token(site: str, token: Token) -> None:
     if token.site == site:
         raise SkiffError(
@@ -231,7 +264,7 @@ def _check_token(site: str, token: Token) -> None:
             "itself: use a token issued by the site to link to",
             field="token",
         )
-    if token.name != site:
+    if token.name != site and not token.grant:
         raise SkiffError(
             f"the token was issued to site '{token.name}', not '{site}'; the "
             f"accepting router would refuse it: issue a token named '{site}' "

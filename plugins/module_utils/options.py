@@ -70,6 +70,7 @@ CONNECTOR_ITEM: dict[str, dict[str, Any]] = {
 LINK_ITEM: dict[str, dict[str, Any]] = {
     "name": {"type": "str"},
     "token": {"type": "str", "no_log": True},
+    "token_file": {"type": "path"},
     "cost": {"type": "int", "default": vocabulary.DEFAULT_COST},
     "peer": {"type": "str"},
     "state": STATE,

@@ -76,6 +76,10 @@ class LocalPlatform(Platform):
     def secrets(self) -> SecretStore:
         return self._secrets
 
+    def router_sections(self, sections: dict[str, Any]) -> dict[str, Any]:
+        # What the router keeps across restarts (grant redemptions), beside its config.
+        return dict(sections, state_dir=str(self.paths.root / "state"))
+
     # -- process discovery -------------------------------------------------
 
     @property

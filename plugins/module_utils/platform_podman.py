@@ -116,6 +116,8 @@ class PodmanPlatform(SystemdPlatform):
             # --ulimit above the host's hard limit stops the container from starting.
             "--ulimit=host",
             f"--volume={root}:{root}:ro",
+            # Writable: where the router keeps grant redemptions (router config state_dir).
+            f"--volume={self.state_dir}:{self.state_dir}:rw",
             f"--label=skiff.site={self.site}",
             "--env=PYTHONUNBUFFERED=1",
         ]
@@ -162,7 +164,8 @@ class PodmanPlatform(SystemdPlatform):
             + f"Exec={self.router_args()}\n"
             + f"Network=host\nUser={uid}\nGroup={gid}\nReadOnly=true\nDropCapability=all\n"
             + "NoNewPrivileges=true\nUlimit=host\n"
-            + f"Volume={root}:{root}:ro\nLabel=skiff.site={self.site}\n"
+            + f"Volume={root}:{root}:ro\nVolume={self.state_dir}:{self.state_dir}:rw\n"
+            + f"Label=skiff.site={self.site}\n"
             + "Environment=PYTHONUNBUFFERED=1\n\n"
             + "[Service]\n"
             + f"ExecReload={self.podman} kill --signal HUP {self.container}\n"

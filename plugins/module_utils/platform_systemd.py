@@ -31,6 +31,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform_local import 
     LocalPlatform,
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
+    DIR_MODE,
     PUBLIC_MODE,
     SiteMetadata,
     SitePaths,
@@ -142,6 +143,10 @@ class SystemdPlatform(LocalPlatform):
                 field="router_python",
             )
 
+    def router_sections(self, sections: dict[str, Any]) -> dict[str, Any]:
+        # The unit's StateDirectory: the router keeps grant redemptions there.
+        return dict(sections, state_dir=self.state_dir)
+
     # -- the unit -----------------------------------------------------------
 
     def exec_start(self) -> str:
@@ -188,7 +193,7 @@ class SystemdPlatform(LocalPlatform):
             self.paths.listeners_dir,
             self.paths.admin_dir,
         )
-        wanted = [root, self.paths.ca_dir, *owned_dirs]
+        wanted = [root, self.paths.ca_dir, *owned_dirs, Path(self.state_dir)]
         for directory in owned_dirs:
             if directory.is_dir():
                 wanted.extend(sorted(directory.rglob("*")))
@@ -225,6 +230,8 @@ class SystemdPlatform(LocalPlatform):
         ]
         if not self._is_enabled():
             actions.append((f"enable {self.unit}", False))
+        if not Path(self.state_dir).is_dir():
+            actions.append((f"make the router's state directory {self.state_dir}", False))
         drift = self._ownership_drift()
         if drift:
             actions.append((f"give {self.user} the router's files ({len(drift)} paths)", False))
@@ -252,6 +259,8 @@ class SystemdPlatform(LocalPlatform):
             self._systemctl("daemon-reload")
         if not self._is_enabled():
             self._systemctl("enable", self.unit)
+        # StateDirectory makes it for a unit with User=; a container's unit has none.
+        Path(self.state_dir).mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self.fix_ownership()
 
     def uninstall(self) -> list[str]:

@@ -37,7 +37,9 @@ from ansible_collections.skiff.fleet.plugins.module_utils.vocabulary import (
 
 DEFAULT_BASE_DIR = "~/.local/state/skiff"
 # Sections of router.json owned by the site module; everything else belongs to another module.
-SITE_SECTIONS = ("site", "mode", "log_level", "workers", "admin", "link_access", "overlay")
+SITE_SECTIONS = (
+    "site", "mode", "log_level", "workers", "admin", "link_access", "overlay", "state_dir",
+)  # fmt: skip
 LIST_SECTIONS = ("links", "listeners", "connectors")
 
 DIR_MODE = 0o700
@@ -695,6 +697,7 @@ def canonical_order(config: dict[str, Any]) -> dict[str, Any]:
         "admin",
         "link_access",
         "overlay",
+        "state_dir",
         "links",
         "listeners",
         "connectors",

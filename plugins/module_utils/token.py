@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation, vocabulary
@@ -26,11 +28,13 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
 )
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     DEFAULT_BASE_DIR,
+    KEY_MODE,
     IssuedToken,
     SecretStore,
     SiteMetadata,
     SitePaths,
     SiteStore,
+    atomic_write,
     canonical_order,
     dump_json,
     site_lock,
@@ -57,6 +61,9 @@ class TokenParams:
     # Token name -> routers that may hold a link with it at once (a name absent keeps
     # what its token.json says: 1 for a new token).
     routers: dict[str, int] = field(default_factory=dict)
+    # Token name -> grant terms ({dest, redemptions, redeem_within}): a one-time grant,
+    # written to `dest`. The single form's `dest`, `redemptions`, `redeem_within`.
+    grants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_module(cls, params: dict[str, Any]) -> TokenParams:
@@ -68,7 +75,62 @@ class TokenParams:
         values["prune"] = bool(params.get("prune"))
         values["outside"] = tuple(params.get("outside") or ())
         values["routers"] = dict(params.get("routers") or {})
+        values["grants"] = dict(params.get("grants") or {})
+        if params.get("dest") is not None and params.get("name"):
+            values["grants"][params["name"]] = {
+                k: params[k] for k in GRANT_KEYS if params.get(k) is not None
+            }
         return cls(**values)
+
+
+GRANT_KEYS = ("dest", "redemptions", "redeem_within")
+
+
+@dataclass(frozen=True)
+class GrantTerms:
+    """A one-time grant's terms: the file it goes to, how many sites may redeem it and
+    the window for their first link, in minutes."""
+
+    dest: str
+    redemptions: int = vocabulary.DEFAULT_GRANT_REDEMPTIONS
+    redeem_within: int = vocabulary.DEFAULT_GRANT_WINDOW_MINUTES
+
+    @classmethod
+    def parse(cls, value: Any) -> GrantTerms:
+        if not isinstance(value, dict) or set(value) - set(GRANT_KEYS):
+            raise SkiffError(f"must be a mapping of {', '.join(GRANT_KEYS)}", field="grants")
+        dest = value.get("dest")
+        if not isinstance(dest, str) or not os.path.isabs(dest):
+            raise SkiffError(f"must be an absolute path on this host, got {dest!r}", field="dest")
+        terms = cls(dest, **{k: v for k, v in value.items() if k != "dest"})
+        for key, most in (
+            ("redemptions", vocabulary.MAX_GRANT_REDEMPTIONS),
+            ("redeem_within", vocabulary.MAX_GRANT_WINDOW_MINUTES),
+        ):
+            v = getattr(terms, key)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise SkiffError(f"must be an integer 1..{most}, got {v!r}", field=key)
+        return terms
+
+    def describe(self) -> str:
+        n, m = self.redemptions, self.redeem_within
+        return f"{n} redemption{'s' if n > 1 else ''} within {m} minute{'s' if m > 1 else ''}"
+
+    def record(self, issued: int) -> dict[str, Any]:
+        """As token.json keeps it."""
+        return {"issued": issued, "dest": self.dest, "redemptions": self.redemptions,
+                "redeem_within": self.redeem_within}  # fmt: skip
+
+
+def router_grant(record: Any) -> dict[str, int] | None:
+    """token.json's grant as the router config's `link_clients[].grant`."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        redeem_by = int(record["issued"]) + 60 * int(record["redeem_within"])
+        return {"redeem_by": redeem_by, "redemptions": int(record["redemptions"])}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
@@ -153,31 +215,40 @@ class TokenRunner:
             reason = "the link endpoints changed"
         if not reason and stored.get("site") != params.site:
             reason = "token.json does not match"
+        terms = self._grant_terms(metadata, config)
+        if not reason and (stored.get("grant") is None) != (terms is None):
+            reason = "it becomes a grant" if terms else "it is no longer a grant"
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
         routers = self._routers(params, stored.get("routers", 1))
         if not reason and cert_pem and key_pem:  # reissue_reason() found both
             token = Token(
                 params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
-                cert_pem.decode(), key_pem.decode(),
+                cert_pem.decode(), key_pem.decode(), grant=terms is not None,
             )  # fmt: skip
-            result.values = {"token": token.encode(), "token_info": before}
-            result.diff = {"before": before, "after": before}
-            if stored.get("routers", 1) != routers:
-                result.act(f"let {routers} routers of site '{params.name}' hold its token at once")
-                result.diff = {"before": {**before, "routers": stored.get("routers", 1)},
-                               "after": {**before, "routers": routers}}  # fmt: skip
+            issued = (stored.get("grant") or {}).get("issued", 0)
+            record = self._record(stored, routers, terms, issued)
+            after = self._info_of(record, cert_pem)
+            result.values = {"token": token.encode(), "token_info": after}
+            result.diff = {"before": before, "after": after}
+            if record != stored:
+                result.act(
+                    f"update grant '{params.name}': {terms.describe()}, {routers} router(s) "
+                    "of each site at once"
+                    if terms
+                    else f"let {routers} routers of site '{params.name}' hold its token at once"
+                )
                 if not self.check_mode:
-                    record = dump_json(self._with_routers(stored, routers))
-                    secrets.put_token(params.name, replace(kept, info=record))
+                    secrets.put_token(params.name, replace(kept, info=dump_json(record)))
             return result
 
         result.act(
-            f"issue token '{params.name}'"
+            f"issue {'grant' if terms else 'token'} '{params.name}'"
+            + (f" to {terms.dest}, {terms.describe()}" if terms else "")
             + ("" if reason == "missing" else f" (the previous one: {reason})")
         )
         if reason != "missing" and params.name in params.outside:
-            until = datetime.fromtimestamp((self._superseded(cert_pem) or {}).get(
+            until = datetime.fromtimestamp((self._superseded(cert_pem, stored) or {}).get(
                 "not_after", 0), UTC).strftime("%Y-%m-%d %H:%M UTC")  # fmt: skip
             result.warnings.append(
                 f"site {params.site}: token '{params.name}' goes to a peer outside the "
@@ -195,7 +266,7 @@ class TokenRunner:
         issuer = pki.Issued(ca_pem, ca_key)
         issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
         info = pki.describe(issued.cert_pem)
-        superseded = self._superseded(cert_pem)
+        superseded = self._superseded(cert_pem, stored)
         stored = {
             "v": VERSION,
             "site": params.site,
@@ -205,14 +276,18 @@ class TokenRunner:
             "not_after": info["not_after"],
             **({"superseded": superseded} if superseded else {}),
         }
-        stored = self._with_routers(stored, routers)
+        now = int((self.now or datetime.now(UTC)).timestamp())
+        stored = self._record(stored, routers, terms, now)
+        token = Token(
+            params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
+            issued.cert_pem.decode(), issued.key_pem.decode(), grant=terms is not None,
+        )  # fmt: skip
+        if terms is not None:
+            # The grant file first: a run that cannot write it keeps the previous token.
+            self._write_grant(terms, token)
         secrets.put_token(
             params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(stored))
         )
-        token = Token(
-            params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
-            issued.cert_pem.decode(), issued.key_pem.decode(),
-        )  # fmt: skip
         after = self._info_of(stored, issued.cert_pem)
         result.values = {"token": token.encode(), "token_info": after}
         result.diff = {"before": before, "after": after}
@@ -229,18 +304,60 @@ class TokenRunner:
         return count
 
     @staticmethod
-    def _with_routers(stored: dict[str, Any], routers: int) -> dict[str, Any]:
-        """token.json says how many routers may hold the token when it is not one."""
-        out = {k: v for k, v in stored.items() if k != "routers"}
-        return {**out, "routers": routers} if routers != 1 else out
+    def _record(
+        stored: dict[str, Any], routers: int, terms: GrantTerms | None, issued: int
+    ) -> dict[str, Any]:
+        """token.json with how many routers may hold the token (when not one) and the
+        grant's terms (`issued` starts its window)."""
+        out = {k: v for k, v in stored.items() if k not in ("routers", "grant")}
+        if routers != 1:
+            out["routers"] = routers
+        if terms is not None:
+            out["grant"] = terms.record(issued)
+        return out
 
-    def _superseded(self, cert_pem: bytes | None) -> dict[str, Any] | None:
-        """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more."""
+    def _grant_terms(self, metadata: SiteMetadata, config: dict[str, Any]) -> GrantTerms | None:
+        value = self.params.grants.get(self.params.name)
+        if value is None:
+            return None
+        terms = GrantTerms.parse(value)
+        if not config.get("state_dir"):
+            if metadata.platform == "kubernetes":
+                raise SkiffError(
+                    "a kubernetes site cannot issue grants yet: its router pods keep "
+                    "nothing across restarts, so a used grant could be redeemed again; "
+                    "issue a token without dest and hand it over instead",
+                    field="dest",
+                )
+            raise SkiffError(
+                "this site's router keeps no state yet (no state_dir in its config), "
+                "where grant redemptions are kept: run skiff.fleet.site for it first",
+                field="dest",
+            )
+        return terms
+
+    def _write_grant(self, terms: GrantTerms, token: Token) -> None:
+        dest = terms.dest
+        if not os.path.isdir(os.path.dirname(dest)):
+            raise SkiffError(
+                f"the directory of {dest} does not exist on this host; create it first",
+                field="dest",
+            )
+        try:
+            atomic_write(Path(dest), (token.encode() + "\n").encode(), KEY_MODE)
+        except OSError as exc:
+            raise SkiffError(f"cannot write {dest}: {exc.strerror}", field="dest") from None
+
+    def _superseded(self, cert_pem: bytes | None, stored: dict[str, Any]) -> dict[str, Any] | None:
+        """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more (on
+        a grant's terms if it was one: the sites that redeemed it keep their link)."""
         fingerprint = _fingerprint(cert_pem)
         if fingerprint is None:
             return None
         until = (self.now or datetime.now(UTC)) + SUPERSEDED_GRACE
-        return {"sha256": fingerprint, "not_after": int(until.timestamp())}
+        grant = router_grant(stored.get("grant"))
+        return {"sha256": fingerprint, "not_after": int(until.timestamp()),
+                **({"grant": grant} if grant else {})}  # fmt: skip
 
     @staticmethod
     def _info_of(stored: dict[str, Any], cert_pem: bytes) -> dict[str, Any]:
@@ -248,6 +365,8 @@ class TokenRunner:
             cert = pki.describe(cert_pem)
         except ValueError:
             cert = {}
+        grant = stored.get("grant")
+        terms = router_grant(grant)
         return {
             "name": stored.get("name"),
             "site": stored.get("site"),
@@ -255,7 +374,13 @@ class TokenRunner:
             "serial": cert.get("serial"),
             "not_after": cert.get("not_after"),
             "sha256_fingerprint": cert.get("sha256_fingerprint"),
-        }
+            "routers": stored.get("routers", 1),
+            **({"grant": {
+                "dest": grant.get("dest"),
+                "redemptions": terms["redemptions"],
+                "redeem_by": datetime.fromtimestamp(terms["redeem_by"], UTC).isoformat(),
+            }} if terms and isinstance(grant, dict) else {}),
+        }  # fmt: skip
 
     def absent(self) -> Result:
         result = Result()
@@ -291,12 +416,16 @@ def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]
         info = _parse_json(kept.info) or {}
         routers = info.get("routers", 1)
         count = {"routers": routers} if isinstance(routers, int) and routers > 1 else {}
+        grant = router_grant(info.get("grant"))
         if fingerprint is not None:
-            out.append({"name": name, "sha256": fingerprint, **count})
+            out.append({"name": name, "sha256": fingerprint, **count,
+                        **({"grant": grant} if grant else {})})  # fmt: skip
         superseded = info.get("superseded") or {}
         until = superseded.get("not_after")
         if isinstance(until, int) and until > now.timestamp() and superseded.get("sha256"):
-            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until, **count})
+            old = {"grant": superseded["grant"]} if superseded.get("grant") else {}
+            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until,
+                        **count, **old})  # fmt: skip
     return out
 
 

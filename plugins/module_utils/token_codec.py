@@ -31,6 +31,9 @@ class Token:
     ca: str
     cert: str
     key: str
+    # A one-time grant: its certificate names no site, the sites that redeem it by
+    # linking first are recorded at the issuing router (so `name` is the grant's).
+    grant: bool = False
 
     def encode(self) -> str:
         payload = {
@@ -41,6 +44,7 @@ class Token:
             "ca": self.ca,
             "cert": self.cert,
             "key": self.key,
+            **({"grant": True} if self.grant else {}),
         }
         raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -52,6 +56,7 @@ class Token:
             "name": self.name,
             "endpoints": self.endpoints,
             "certificate": pki.describe(self.cert.encode()),
+            "grant": self.grant,
         }
 
     def __repr__(self) -> str:  # a stray repr in a traceback must not leak the key
@@ -82,6 +87,8 @@ def decode(text: Any) -> Token:
     for name in ("site", "name", "ca", "cert", "key"):
         if not isinstance(payload.get(name), str) or not payload[name]:
             raise _bad(f"field '{name}' is missing or not a string")
+    if not isinstance(payload.get("grant", False), bool):
+        raise _bad("field 'grant' is not true or false")
     try:
         validate_site_name(payload["site"], field_name="site")
         endpoints = payload.get("endpoints")
@@ -109,4 +116,5 @@ def decode(text: Any) -> Token:
         ca=payload["ca"],
         cert=payload["cert"],
         key=payload["key"],
+        grant=payload.get("grant", False),
     )

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, vocabulary
+from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import PLATFORMS
+from ansible_collections.skiff.fleet.plugins.module_utils.token import GrantTerms
 
 
 def _implemented(platform: str) -> bool:
@@ -117,6 +119,64 @@ def _check_rotate(site: SiteVars) -> None:
             pki.rotation_time(value)
         except ValueError as exc:
             site.problem(var, str(exc))
+
+
+def _check_external(site: SiteVars, sites: dict[str, SiteVars]) -> None:
+    """Tokens and grants for peers outside the inventory, and links to them."""
+    inventory = {s.site_name for s in sites.values()}
+    tokens = site.get("skiff_external_tokens", [])
+    if not isinstance(tokens, list):
+        site.problem("skiff_external_tokens", "must be a list of names or {name, dest} grants")
+        tokens = []
+    seen: set[str] = set()
+    for index, entry in enumerate(tokens):
+        where = f"skiff_external_tokens[{index}]"
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if not vocabulary.is_object_name(name):
+            site.problem(where, f"needs a name like a site name (the peer's), got {name!r}")
+            continue
+        if name in seen or name in inventory:
+            what = "listed twice" if name in seen else "the name of a site of the inventory"
+            site.problem(where, f"'{name}' is {what}: give each peer its own name")
+        seen.add(str(name))
+        if not isinstance(entry, dict):
+            continue
+        if site.get("skiff_platform") == "kubernetes":
+            site.problem(
+                where, "a kubernetes site cannot issue grants yet (its pods keep no state); "
+                "give the name alone for a token",
+            )  # fmt: skip
+            continue
+        try:
+            GrantTerms.parse({k: v for k, v in entry.items() if k != "name"})
+        except SkiffError as exc:
+            site.problem(where if exc.field == "grants" else f"{where}.{exc.field}", exc.message)
+    links = site.get("skiff_external_links", [])
+    if not isinstance(links, list):
+        site.problem("skiff_external_links", "must be a list of {name, token_file, cost}")
+        return
+    names = {
+        str(link.get("to")) for link in site.get("skiff_links") or [] if isinstance(link, dict)
+    }
+    names = {sites[n].site_name if n in sites else n for n in names}
+    for index, link in enumerate(links):
+        where = f"skiff_external_links[{index}]"
+        if not isinstance(link, dict) or set(link) - {"name", "token_file", "cost"}:
+            site.problem(where, "must be a mapping of name, token_file and cost")
+            continue
+        name, path = link.get("name"), link.get("token_file")
+        if not vocabulary.is_object_name(name):
+            site.problem(f"{where}.name", f"must be a link name like a site name, got {name!r}")
+        elif name in names:
+            site.problem(f"{where}.name", f"'{name}' names another link of this site already")
+        names.add(str(name))
+        if not isinstance(path, str) or not path.startswith("/"):
+            site.problem(
+                f"{where}.token_file",
+                f"must be the absolute path of the token or grant file on the host, got {path!r}",
+            )
+        if not vocabulary.is_cost(link.get("cost", vocabulary.DEFAULT_COST)):
+            site.problem(f"{where}.cost", f"must be an integer >= {vocabulary.COST_MIN}")
 
 
 def _check_kubernetes(site: SiteVars) -> None:
@@ -470,6 +530,7 @@ def problems_by_host(
         _check_rotate(site)
         _check_link_access(site)
         _check_links(site, sites)
+        _check_external(site, sites)
         _check_services(site, "skiff_listeners")
         _check_services(site, "skiff_connectors")
         _check_intended(site)

@@ -76,6 +76,12 @@ MAX_KUBE_REPLICAS = 16
 KUBE_ROLLOUT_SURGE = 1
 # Worker processes of one router (the router's `workers`; unset: one per CPU it may use).
 MAX_ROUTER_WORKERS = 64
+# One-time grants (skiff.fleet.token with dest): sites that may redeem one, and the
+# window for a first link, in minutes (Skupper's AccessGrant defaults: 1, 15 minutes).
+DEFAULT_GRANT_REDEMPTIONS = 1
+MAX_GRANT_REDEMPTIONS = 100
+DEFAULT_GRANT_WINDOW_MINUTES = 15
+MAX_GRANT_WINDOW_MINUTES = 30 * 24 * 60
 KUBE_AGENT_HEALTH_PORT = 9192
 KUBE_PROXY_PORTS = (20000, 20999)
 

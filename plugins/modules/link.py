@@ -45,8 +45,19 @@ options:
   token:
     description:
       - Token issued by M(skiff.fleet.token) at the site to link to. Required when
-        O(state=present), unless O(links) is given.
+        O(state=present), unless O(token_file) or O(links) is given.
     type: str
+  token_file:
+    description:
+      - A file on this host holding the token, or a grant written by
+        M(skiff.fleet.token) with O(skiff.fleet.token#module:dest); linking redeems
+        a grant. The issuing site's router refuses a grant that is used up or past
+        its window, and the link's error says which (C(grant used),
+        C(grant expired)).
+      - It must be readable by its owner only (mode 0600), as it holds a private key.
+      - Not with O(token) or O(links).
+    type: path
+    version_added: 0.2.0
   cost:
     description:
       - Routing cost of the link, an integer from 1 to 1000000; traffic prefers
@@ -72,6 +83,11 @@ EXAMPLES = r"""
     site: west
     token: "{{ east_token }}"
     cost: 2
+
+- name: Redeem a grant that east's operators handed over as a file (mode 0600)
+  skiff.fleet.link:
+    site: partner
+    token_file: /etc/skiff/east.grant
 
 - name: Remove the link to east
   skiff.fleet.link:
@@ -147,9 +163,9 @@ def main() -> None:
     run_module(
         argument_spec(),
         lambda params, check_mode: run_link(LinkParams.from_module(params), check_mode),
-        mutually_exclusive=[("name", "links"), ("token", "links")],
+        mutually_exclusive=[("name", "links"), ("token", "links", "token_file")],
         required_if=[
-            ("state", "present", ("token", "links"), True),
+            ("state", "present", ("token", "token_file", "links"), True),
             ("state", "absent", ("name",)),
         ],
     )

@@ -108,6 +108,47 @@ options:
     type: dict
     default: {}
     version_added: 0.2.0
+  dest:
+    description:
+      - Issue a one-time grant instead of a token, and write it to this file on the
+        host the module runs on (an absolute path, mode 0600), for a peer outside
+        the inventory. Its certificate names no site; the first sites that link
+        with it (M(skiff.fleet.link) with O(skiff.fleet.link#module:token_file))
+        within O(redeem_within) minutes redeem it, up to O(redemptions) sites. A
+        site that redeemed it keeps linking with it for the certificate's life;
+        another site is refused with C(grant used), a new one after the window with
+        C(grant expired). The site's router keeps the redemptions in its state
+        directory, so a restart opens nothing again.
+      - >-
+        The file is written when the grant is issued, never again by a run that
+        keeps it; delete it once handed over. To issue a new grant use
+        O(rotate_before=now). A token turned into a grant, or back, is issued again.
+      - Not on C(kubernetes) sites, whose router pods keep no state.
+      - Not with O(names); see O(grants).
+    type: path
+    version_added: 0.2.0
+  redemptions:
+    description:
+      - With O(dest), how many sites may redeem the grant (1 to 100). A change
+        applies to the grant kept.
+    type: int
+    default: 1
+    version_added: 0.2.0
+  redeem_within:
+    description:
+      - With O(dest), the grant's window for a first link, in minutes from its
+        issue (1 to 43200). A change applies to the grant kept.
+    type: int
+    default: 15
+    version_added: 0.2.0
+  grants:
+    description:
+      - With O(names), the names that are grants, each with its O(dest) and
+        optionally O(redemptions) and O(redeem_within), as a mapping of name to
+        these. The role passes the dictionaries of C(skiff_external_tokens).
+    type: dict
+    default: {}
+    version_added: 0.2.0
   valid_days:
     description: Lifetime of a newly issued client certificate, in days.
     type: int
@@ -131,6 +172,12 @@ EXAMPLES = r"""
     site: west
     token: "{{ hostvars['east-host'].east_token.token }}"
   delegate_to: west-host
+
+- name: A grant for a partner outside the inventory, redeemable once within 15 minutes
+  skiff.fleet.token:
+    site: east
+    name: partner
+    dest: /root/partner.grant
 """
 
 RETURN = r"""
@@ -172,6 +219,18 @@ token_info:
     sha256_fingerprint:
       description: SHA-256 fingerprint of the client certificate.
       type: str
+    routers:
+      description: How many routers of a site may hold a link made with it at once.
+      type: int
+      version_added: 0.2.0
+    grant:
+      description:
+        - For a grant, its C(dest), C(redemptions) and C(redeem_by) (the end of
+          its window, ISO 8601). The issuing site's router reports who redeemed it
+          in C(/v1/status) (C(link_access.grants)).
+      type: dict
+      returned: for a grant
+      version_added: 0.2.0
 removed:
   description: With O(prune), the names of the tokens removed (revoked).
   returned: with O(names) and O(prune)
@@ -184,6 +243,7 @@ actions:
   elements: str
 """
 
+from ansible_collections.skiff.fleet.plugins.module_utils import vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.edge import (
     SITE_DIR_ARGUMENT_SPEC,
     run_module,
@@ -202,6 +262,10 @@ def argument_spec() -> dict:
         "outside": {"type": "list", "elements": "str", "default": []},
         "rotate_before": {"type": "str"},
         "routers": {"type": "dict", "default": {}},
+        "dest": {"type": "path"},
+        "redemptions": {"type": "int", "default": vocabulary.DEFAULT_GRANT_REDEMPTIONS},
+        "redeem_within": {"type": "int", "default": vocabulary.DEFAULT_GRANT_WINDOW_MINUTES},
+        "grants": {"type": "dict", "default": {}},
     }
 
 
@@ -210,7 +274,7 @@ def main() -> None:
         argument_spec(),
         lambda params, check_mode: run_token(TokenParams.from_module(params), check_mode),
         required_one_of=[("name", "names")],
-        mutually_exclusive=[("name", "names")],
+        mutually_exclusive=[("name", "names"), ("dest", "names")],
     )
 
 

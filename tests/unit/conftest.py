@@ -46,6 +46,10 @@ class FakePlatform(Platform):
         self._config = FileConfigStore(paths.config)
         self._secrets = FileSecretStore(paths)
 
+    def router_sections(self, sections):
+        # As the local platform: grant redemptions are kept beside the config.
+        return dict(sections, state_dir=str(self.paths.root / "state"))
+
     @property
     def config(self) -> ConfigStore:
         return self._config

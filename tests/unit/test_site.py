@@ -52,6 +52,7 @@ def test_create_then_idempotent(tmp_path, services, fleet):
             "cert": "tls/server.crt",
             "key": "tls/server.key",
         },
+        "state_dir": str(paths.root / "state"),
     }
     meta = json.loads(paths.metadata.read_text())
     assert meta["link_endpoints"] == [{"host": "127.0.0.1", "port": 55671}]

@@ -474,3 +474,56 @@ def test_credential_routers_count_a_kubernetes_sites_pods_and_its_rollout() -> N
         "cart": 2,
         "odd": 1,  # the fleet check names the bad count
     }
+
+
+@pytest.mark.parametrize(
+    ("host", "variable", "value", "problem"),
+    [
+        ("east", "skiff_external_tokens", ["Partner!"], "skiff_external_tokens[0]: needs a name"),
+        ("east", "skiff_external_tokens", ["acme", "acme"],
+         "skiff_external_tokens[1]: 'acme' is listed twice"),
+        ("east", "skiff_external_tokens", ["west"],
+         "skiff_external_tokens[0]: 'west' is the name of a site of the inventory"),
+        ("east", "skiff_external_tokens", [{"name": "acme", "dest": "acme.grant"}],
+         "skiff_external_tokens[0].dest: must be an absolute path on this host"),
+        ("east", "skiff_external_tokens", [{"name": "acme", "dest": "/x", "redemptions": 0}],
+         "skiff_external_tokens[0].redemptions: must be an integer 1..100, got 0"),
+        ("east", "skiff_external_tokens", [{"name": "acme", "dest": "/x", "ttl": 5}],
+         "skiff_external_tokens[0]: must be a mapping of dest, redemptions, redeem_within"),
+        ("north", "skiff_external_links", [{"name": "acme"}],
+         "skiff_external_links[0].token_file: must be the absolute path"),
+        ("north", "skiff_external_links", [{"name": "west", "token_file": "/t"}],
+         "skiff_external_links[0].name: 'west' names another link of this site already"),
+        ("north", "skiff_external_links", [{"name": "acme", "token_file": "/t", "cost": 0}],
+         "skiff_external_links[0].cost: must be an integer >= 1"),
+        ("north", "skiff_external_links", [{"name": "acme", "token_file": "/t", "to": "x"}],
+         "skiff_external_links[0]: must be a mapping of name, token_file and cost"),
+    ],
+)  # fmt: skip
+def test_external_tokens_and_links_are_checked_before_anything_runs(
+    host, variable, value, problem
+) -> None:
+    found = problems_after(lambda f: f[host].update({variable: value}))
+    assert len(found) == 1 and found[0].startswith(f"host '{host}': {problem}"), found
+
+
+def test_good_external_tokens_and_links_pass_and_split_for_the_token_module() -> None:
+    from ansible_collections.skiff.fleet.plugins.filter.topology import skiff_external_tokens
+
+    tokens = ["acme", {"name": "globex", "dest": "/root/globex.grant", "redemptions": 2}]
+    links = [{"name": "initech", "token_file": "/etc/skiff/initech.token", "cost": 3}]
+
+    def change(fleet):
+        fleet["east"]["skiff_external_tokens"] = tokens
+        fleet["north"]["skiff_external_links"] = links
+
+    assert problems_after(change) == []
+    assert skiff_external_tokens(tokens) == {
+        "names": ["acme", "globex"],
+        "grants": {"globex": {"dest": "/root/globex.grant", "redemptions": 2}},
+    }
+
+    def kube(fleet):
+        fleet["east"].update(skiff_platform="kubernetes", skiff_external_tokens=tokens)
+
+    assert any("cannot issue grants yet" in p for p in problems_after(kube))

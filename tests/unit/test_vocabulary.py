@@ -121,6 +121,7 @@ def test_router_constants_are_the_vocabulary():
     most = vocabulary.MAX_KUBE_REPLICAS + vocabulary.KUBE_ROLLOUT_SURGE
     assert most <= router_config.MAX_CREDENTIAL_ROUTERS
     assert router_config.DISTRIBUTIONS == vocabulary.DISTRIBUTIONS
+    assert router_config.MAX_GRANT_REDEMPTIONS == vocabulary.MAX_GRANT_REDEMPTIONS
     assert router_config.Admin() == router_config.Admin(
         vocabulary.DEFAULT_ADMIN_HOST, vocabulary.DEFAULT_ADMIN_PORT
     )
