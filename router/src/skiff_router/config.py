@@ -199,6 +199,9 @@ class LinkConfig:
     ca: str
     cert: str
     key: str
+    # The certificate that follows ``cert`` (same key, valid from shortly before
+    # ``cert`` expires): the dialer switches to it on its own, make before break.
+    next_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -585,7 +588,9 @@ def _grant(c: _Checker, value: Any, path: str) -> Grant | None:
 def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
     links: list[LinkConfig] = []
     for path, item in c.items(value, "links"):
-        d = c.obj(item, path, {"name", "peer", "endpoints", "ca", "cert", "key"}, {"cost"})
+        d = c.obj(
+            item, path, {"name", "peer", "endpoints", "ca", "cert", "key"}, {"cost", "next_cert"}
+        )
         if d is None:
             continue
         peer = c.string(d, "peer", path)
@@ -619,6 +624,7 @@ def _links(c: _Checker, value: Any) -> tuple[LinkConfig, ...]:
                 ca=c.file(d, "ca", path),
                 cert=c.file(d, "cert", path),
                 key=c.file(d, "key", path),
+                next_cert=c.file(d, "next_cert", path) or None,
             )
         )
     _unique(c, "links", [(f"links[{i}].name", lk.name) for i, lk in enumerate(links)])

@@ -41,6 +41,10 @@ class Dialer:
     conn: LinkConn | None = None
     # A link to another worker of this router: dialed over its private Unix socket.
     worker_socket: str | None = None
+    # When the link's next certificate (``next_cert``) becomes valid, unix seconds;
+    # and whether the connection up was made with it.
+    successor_from: int | None = None
+    on_successor: bool = False
 
     def to(self, state: DialerState, error: str | None = None) -> None:
         if state is not self.state:

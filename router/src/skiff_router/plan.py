@@ -194,7 +194,7 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     want_k = {x.name: x for x in new.links}
 
     def redial(lk: LinkConfig) -> bool:
-        return bool(changed_files & {lk.ca, lk.cert, lk.key})
+        return bool(changed_files & {lk.ca, lk.cert, lk.key, lk.next_cert})
 
     ops += [StopDialer(n) for n in was_k if n not in want_k]
     ops += [StartDialer(x) for n, x in want_k.items() if n not in was_k]

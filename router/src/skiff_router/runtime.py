@@ -193,7 +193,7 @@ def _tls_files(cfg: Config) -> list[str]:
     if cfg.link_access is not None:
         out += [cfg.link_access.ca, cfg.link_access.cert, cfg.link_access.key]
     for lk in cfg.links:
-        out += [lk.ca, lk.cert, lk.key]
+        out += [lk.ca, lk.cert, lk.key, *([lk.next_cert] if lk.next_cert else [])]
     for ls in cfg.listeners:
         if ls.tls is not None:
             out += [ls.tls.cert, ls.tls.key]
@@ -249,6 +249,7 @@ class Router:
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._renewing: set[str] = set()  # links being renewed (_renew_links)
         self._pumping = False
         self._write_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -421,6 +422,7 @@ class Router:
             await asyncio.sleep(TICK)
             self.core.tick(loop.time())
             self.pump()
+            self._renew_links()
             if loop.time() >= retry_at:
                 retry_at = loop.time() + RETRY_BIND
                 await self._retry_binds()
@@ -591,7 +593,7 @@ class Router:
     # -- links -------------------------------------------------------------------------------
 
     def _start_dialer(self, cfg: LinkConfig) -> None:
-        d = Dialer(cfg)
+        d = Dialer(cfg, successor_from=tls.valid_from(cfg.next_cert))
         self.dialers[cfg.name] = d
         d.task = self.spawn(self.run_dialer(d))
 
@@ -627,6 +629,27 @@ class Router:
             await self.end_dialers([old], "link changed")
         self._start_dialer(cfg)
 
+    def _renew_links(self) -> None:
+        """Renewal without a playbook run: a link whose next certificate became valid
+        is replaced by one made with it, make before break, well before the current
+        one expires (the issuing site lists both)."""
+        now = time.time()
+        for name, d in self.dialers.items():
+            due = d.successor_from is not None and now >= d.successor_from
+            up = d.state is DialerState.UP and not d.on_successor
+            if due and up and name not in self._renewing:
+                self._renewing.add(name)
+                self.spawn(self._renew_link(d))
+
+    async def _renew_link(self, d: Dialer) -> None:
+        try:
+            async with self._reload_lock:
+                if self.dialers.get(d.cfg.name) is d and d.state is DialerState.UP:
+                    llog.info("link %s: its next certificate is valid: renewing", d.cfg.name)
+                    await self._replace_dialer(d.cfg)
+        finally:
+            self._renewing.discard(d.cfg.name)
+
     def replaced_links(self, d: Dialer) -> tuple[int, ...]:
         """The links a new connection of dialer ``d`` replaces (core handles)."""
         if d.stopped or d.worker_socket is not None:
@@ -643,6 +666,12 @@ class Router:
                     return
                 d.endpoint = "worker socket" if d.worker_socket else f"{ep.host}:{ep.port}"
                 conn = LinkConn(self, d, cfg.name, Direction.OUTGOING, cfg.peer, cfg.cost)
+                # Its next certificate once that is valid (the same key; renewal).
+                successor = (
+                    d.worker_socket is None
+                    and d.successor_from is not None
+                    and time.time() >= d.successor_from
+                )
                 try:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                     # cancellation that races with a failed connect.
@@ -657,7 +686,7 @@ class Router:
                                 lambda c=conn: c,  # type: ignore[misc]
                                 ep.host,
                                 ep.port,
-                                ssl=tls.client_context(cfg),
+                                ssl=tls.client_context(cfg, successor),
                                 server_hostname=ep.server_name or ep.host,
                                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
                             )
@@ -666,6 +695,7 @@ class Router:
                     llog.warning("link %s: cannot connect to %s: %s", cfg.name, d.endpoint, d.error)
                     continue
                 d.conn = conn
+                d.on_successor = successor
                 started = loop.time()
                 try:
                     reason = await asyncio.shield(conn.closed)
@@ -1072,6 +1102,8 @@ class Router:
                     "source": self._source("links", d.cfg.name),
                     # Older links of this name a change replaced, still carrying flows.
                     "draining": len(self.replaced.get(d.cfg.name, ())),
+                    # Up with the certificate that follows the token's (renewed).
+                    "renewed": d.on_successor,
                 }
             )
         for lc in self.links.values():

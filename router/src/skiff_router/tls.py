@@ -20,16 +20,29 @@ def server_context(access: LinkAccess) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(link: LinkConfig) -> ssl.SSLContext:
-    """Dialing side: the token's client cert; the server must chain to the token's CA
-    and match the endpoint host name (or IP SAN)."""
+def client_context(link: LinkConfig, successor: bool = False) -> ssl.SSLContext:
+    """Dialing side: the token's client cert (its ``successor``, same key, once that
+    is valid); the server must chain to the token's CA and match the endpoint host
+    name (or IP SAN)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     ctx.load_verify_locations(cafile=link.ca)
-    ctx.load_cert_chain(link.cert, link.key)
+    cert = link.next_cert if successor and link.next_cert else link.cert
+    ctx.load_cert_chain(cert, link.key)
     return ctx
+
+
+def valid_from(path: str | None) -> int | None:
+    """notBefore of a certificate file in unix seconds; None without a readable one."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return validity(f.read())[0]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def app_server_context(t: ListenerTls) -> ssl.SSLContext:
@@ -100,8 +113,14 @@ def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
 
 def not_after(pem: bytes) -> int:
     """A PEM certificate's notAfter, in unix seconds (the first certificate of the
-    file). Read from the DER directly: the stdlib only decodes certificates of a
-    live connection."""
+    file)."""
+    return validity(pem)[1]
+
+
+def validity(pem: bytes) -> tuple[int, int]:
+    """A PEM certificate's notBefore and notAfter, in unix seconds (the first
+    certificate of the file). Read from the DER directly: the stdlib only decodes
+    certificates of a live connection."""
     der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii", "replace"))
     _tag, start, _end = _tlv(der, 0)  # Certificate
     _tag, pos, _end = _tlv(der, start)  # TBSCertificate
@@ -113,14 +132,19 @@ def not_after(pem: bytes) -> int:
     tag, start, _end = _tlv(der, pos)  # validity
     if tag != 0x30:
         raise ValueError("no validity")
-    _tag, _start, pos = _tlv(der, start)  # notBefore
-    tag, start, end = _tlv(der, pos)
-    text = der[start:end].decode("ascii")
+    tag, start, pos = _tlv(der, start)  # notBefore
+    before = _time(tag, der[start:pos])
+    tag, start, end = _tlv(der, pos)  # notAfter
+    return before, _time(tag, der[start:end])
+
+
+def _time(tag: int, value: bytes) -> int:
+    text = value.decode("ascii")
     if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ: 50-99 are 19xx (RFC 5280)
         year = int(text[:2])
         text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
     elif tag != 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
-        raise ValueError("notAfter is not a time")
+        raise ValueError("a certificate time is not a time")
     stamp = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.UTC)
     return int(stamp.timestamp())
 

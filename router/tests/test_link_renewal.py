@@ -1,0 +1,113 @@
+"""Renewal without a playbook run: a link carries the certificate that follows its
+token's (``next_cert``: the same key, valid from shortly before the first expires).
+When it becomes valid the dialer replaces its link with one made with it, make
+before break, and the open flow keeps every byte. Routers on loopback, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from router_testkit import Ca, Site, run, tcp_server, wait_for
+from test_link_clients import fingerprint
+from test_link_rotation import Stream, incoming_states, west_link
+from test_network import TIMEOUT, echo_roundtrip, reachable, routers
+
+from skiff_router import tls
+
+pytestmark = pytest.mark.integration
+
+
+def successor(ca: Ca, cert_pem: bytes, starts_in: float) -> bytes:
+    """What the issuing site pre-issues: the same subject, key and extensions, valid
+    from ``starts_in`` seconds from now."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=starts_in)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+    )
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_validity_reads_both_times() -> None:
+    ca = Ca.create("east")
+    cert, _key = ca.issue("west", server=False)
+    later = successor(ca, cert, 3600)
+    before, after = tls.validity(later)
+    loaded = x509.load_pem_x509_certificate(later)
+    assert before == int(loaded.not_valid_before_utc.timestamp())
+    assert after == int(loaded.not_valid_after_utc.timestamp())
+
+
+def test_the_link_renews_itself_when_its_next_certificate_is_valid(tmp_path: Path) -> None:
+    east = Site.create(tmp_path, "east", accept=True)
+    west = Site.create(tmp_path, "west")
+    west.link_to(east)
+    assert east.ca is not None
+    ld = west.dir / "links" / "east"
+    starts_in = 4.0
+    (ld / "tls.next.crt").write_bytes(successor(east.ca, (ld / "tls.crt").read_bytes(), starts_in))
+    west.links[0]["next_cert"] = "links/east/tls.next.crt"
+    current, following = fingerprint(ld / "tls.crt"), fingerprint(ld / "tls.next.crt")
+    east.extra["link_clients"] = [
+        {"name": "west", "sha256": current},
+        {"name": "west", "sha256": following},
+    ]
+    due = time.time() + starts_in
+
+    def incoming_fingerprints(e) -> list[str]:  # type: ignore[no-untyped-def]
+        return sorted(
+            (x.credential.fingerprint, "draining" if x.proto.draining else "up")
+            for x in e.core.topology.links.values()
+            if x.credential is not None
+        )
+
+    async def main() -> None:
+        async with tcp_server() as echo_port:
+            east.connect("backend", echo_port)
+            port = west.listen("backend")
+            async with routers(east, west) as rs:
+                e, w = rs["east"], rs["west"]
+                await wait_for(lambda: reachable(w, "backend"), TIMEOUT, "west linked")
+                assert west_link(w)["renewed"] is False
+                assert incoming_fingerprints(e) == [(current, "up")]
+                flow = await Stream.open(port)
+                await flow.roundtrip()
+                # Nothing reloads: the router's own clock makes the switch.
+                await wait_for(lambda: west_link(w)["renewed"], TIMEOUT + starts_in, "renewed")
+                assert time.time() >= due
+                await wait_for(
+                    lambda: incoming_states(e) == ["draining", "up"], TIMEOUT, "both links"
+                )
+                assert sorted(incoming_fingerprints(e)) == sorted(
+                    [(current, "draining"), (following, "up")]
+                )
+                # New flows take the renewed link; the open one keeps the old link.
+                assert await echo_roundtrip(port, b"r" * 200_000) == b"r" * 200_000
+                await flow.roundtrip()
+                await flow.finish()
+                await wait_for(lambda: incoming_states(e) == ["up"], TIMEOUT, "old link closed")
+                assert incoming_fingerprints(e) == [(following, "up")]
+                assert west_link(w)["draining"] == 0
+                # The old certificate is no longer needed: east may drop it.
+                east.extra["link_clients"] = [{"name": "west", "sha256": following}]
+                east.write()
+                assert await e.reload()
+                await asyncio.sleep(0.5)
+                assert incoming_states(e) == ["up"] and west_link(w)["renewed"]
+                assert await echo_roundtrip(port, b"s" * 50_000) == b"s" * 50_000
+
+    run(main())
