@@ -49,6 +49,7 @@ def link_entry(name: str, token: Token, cost: int, paths: dict[str, str]) -> dic
         "ca": paths["ca"],
         "cert": paths["cert"],
         "key": paths["key"],
+        **({"next_cert": paths["next_cert"]} if token.next_cert else {}),
     }
 
 
@@ -70,7 +71,8 @@ LINK = Kind(section="links", noun="link", normalize=_normalize, describe=_descri
 
 
 def credentials(token: Token) -> LinkCredentials:
-    return LinkCredentials(token.ca.encode(), token.cert.encode(), token.key.encode())
+    following = token.next_cert.encode() if token.next_cert else None
+    return LinkCredentials(token.ca.encode(), token.cert.encode(), token.key.encode(), following)
 
 
 class LinkSecrets:
@@ -302,8 +304,9 @@ def link_expiry_warnings(site: str, tokens: Mapping[str, Token]) -> list[str]:
     tokens of sites in the inventory before it links, so these come from elsewhere."""
     found = []
     for name, token in sorted(tokens.items()):
+        # With a next certificate the link renews itself: it lapses when that expires.
         warning = pki.expiry_warning(
-            token.cert,
+            token.next_cert or token.cert,
             f"site {site}: the credential of link {name} (a token of site {token.site})",
             f"get a new token from site {token.site} (skiff.fleet.token there) and run again",
         )

@@ -206,6 +206,48 @@ def issue_client_cert(
     return _issue_leaf(ca, name, ExtendedKeyUsageOID.CLIENT_AUTH, [], valid_days, key_kind)
 
 
+def issue_successor(ca: Issued, cert_pem: bytes, *, valid_days: int) -> bytes:
+    """The certificate that follows `cert_pem`: the same subject, key and extensions,
+    valid from RENEW_BEFORE before it expires (half its life, for a short one), for
+    `valid_days`. Its holder switches to it on its own, make before break, before
+    the first one expires (renewal without a playbook run); no private key is needed
+    to issue it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    life = _not_after(cert) - _not_before(cert)
+    start = _not_after(cert) - min(RENEW_BEFORE, life / 2)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=valid_days))
+    )
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return _cert_pem(builder.sign(ca.key, hashes.SHA256()))
+
+
+def successor_problem(cert_pem: bytes, successor_pem: bytes, ca_cert_pem: bytes) -> str | None:
+    """Why `successor_pem` cannot follow `cert_pem` (None: it can): signed by the same
+    CA, for the same key, and valid from a later time."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        successor = x509.load_pem_x509_certificate(successor_pem)
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    except ValueError:
+        return "unreadable"
+    if not is_signed_by(successor, ca_cert):
+        return "not signed by the CA"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if successor.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        return "not for the same key"
+    if _not_before(successor) <= _not_before(cert):
+        return "not valid from a later time"
+    return None
+
+
 def cert_sans(cert: x509.Certificate) -> set[str]:
     """The SANs as plain strings (IPs normalized), for comparing with endpoint hosts."""
     try:

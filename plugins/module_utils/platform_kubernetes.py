@@ -352,7 +352,10 @@ class KubeSecretStore(SecretStore):
     def link(self, name: str) -> LinkCredentials:
         data = self._data(km.SECRET_LINKS)
         return LinkCredentials(
-            data.get(f"{name}.ca.crt"), data.get(f"{name}.tls.crt"), data.get(f"{name}.tls.key")
+            data.get(f"{name}.ca.crt"),
+            data.get(f"{name}.tls.crt"),
+            data.get(f"{name}.tls.key"),
+            data.get(f"{name}.tls.next.crt"),
         )
 
     def put_link(self, name: str, credentials: LinkCredentials | None) -> None:
@@ -361,6 +364,7 @@ class KubeSecretStore(SecretStore):
             ("ca.crt", credentials.ca if credentials else None),
             ("tls.crt", credentials.cert if credentials else None),
             ("tls.key", credentials.key if credentials else None),
+            ("tls.next.crt", credentials.next_cert if credentials else None),
         ):
             if value is None:
                 data.pop(f"{name}.{suffix}", None)
@@ -373,6 +377,7 @@ class KubeSecretStore(SecretStore):
             "ca": f"{km.LINKS_DIR}/{name}.ca.crt",
             "cert": f"{km.LINKS_DIR}/{name}.tls.crt",
             "key": f"{km.LINKS_DIR}/{name}.tls.key",
+            "next_cert": f"{km.LINKS_DIR}/{name}.tls.next.crt",
         }
 
     def token(self, name: str) -> IssuedToken:

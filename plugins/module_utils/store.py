@@ -275,6 +275,8 @@ class LinkCredentials:
     ca: bytes | None
     cert: bytes | None
     key: bytes | None
+    # The certificate that follows `cert` (same key): the router renews the link with it.
+    next_cert: bytes | None = None
 
     @property
     def exists(self) -> bool:
@@ -472,6 +474,7 @@ class FileSecretStore(SecretStore):
             _read_optional(folder / "ca.crt"),
             _read_optional(folder / "tls.crt"),
             _read_optional(folder / "tls.key"),
+            _read_optional(folder / "tls.next.crt"),
         )
 
     def put_link(self, name: str, credentials: LinkCredentials | None) -> None:
@@ -485,6 +488,7 @@ class FileSecretStore(SecretStore):
             ("ca.crt", credentials.ca, PUBLIC_MODE),
             ("tls.key", credentials.key, KEY_MODE),
             ("tls.crt", credentials.cert, PUBLIC_MODE),
+            ("tls.next.crt", credentials.next_cert, PUBLIC_MODE),
         ):
             if data is None:
                 (folder / file_name).unlink(missing_ok=True)
@@ -496,6 +500,7 @@ class FileSecretStore(SecretStore):
             "ca": f"links/{name}/ca.crt",
             "cert": f"links/{name}/tls.crt",
             "key": f"links/{name}/tls.key",
+            "next_cert": f"links/{name}/tls.next.crt",
         }
 
     def token(self, name: str) -> IssuedToken:

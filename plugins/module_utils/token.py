@@ -221,16 +221,11 @@ class TokenRunner:
 
         before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
         routers = self._routers(params, stored.get("routers", 1))
+        issuer = pki.Issued(ca_pem, ca_key)
+        following = _successor(stored, cert_pem, ca_pem)
         if not reason and cert_pem and key_pem:  # reissue_reason() found both
-            token = Token(
-                params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
-                cert_pem.decode(), key_pem.decode(), grant=terms is not None,
-            )  # fmt: skip
             issued = (stored.get("grant") or {}).get("issued", 0)
             record = self._record(stored, routers, terms, issued)
-            after = self._info_of(record, cert_pem)
-            result.values = {"token": token.encode(), "token_info": after}
-            result.diff = {"before": before, "after": after}
             if record != stored:
                 result.act(
                     f"update grant '{params.name}': {terms.describe()}, {routers} router(s) "
@@ -238,16 +233,36 @@ class TokenRunner:
                     if terms
                     else f"let {routers} routers of site '{params.name}' hold its token at once"
                 )
+            if following is None:
+                # A token kept from before renewal existed: it gets its next certificate.
+                result.act(
+                    f"issue the next certificate of token '{params.name}' (the dialing "
+                    "router renews its link with it 30 days before the current one expires)"
+                )
                 if not self.check_mode:
-                    secrets.put_token(params.name, replace(kept, info=dump_json(record)))
+                    following = pki.issue_successor(issuer, cert_pem, valid_days=params.valid_days)
+                    record["successor"] = _successor_record(following)
+            token = Token(
+                params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
+                cert_pem.decode(), key_pem.decode(), grant=terms is not None,
+                next_cert=following.decode() if following else "",
+            )  # fmt: skip
+            after = self._info_of(record, cert_pem)
+            result.values = {"token": token.encode(), "token_info": after}
+            result.diff = {"before": before, "after": after}
+            if record != stored and not self.check_mode:
+                secrets.put_token(params.name, replace(kept, info=dump_json(record)))
             return result
 
+        renewing = _renews(reason, following, key_pem, self.now)
         result.act(
-            f"issue {'grant' if terms else 'token'} '{params.name}'"
+            f"{'renew' if renewing else 'issue'} {'grant' if terms else 'token'} '{params.name}'"
+            + (" with its next certificate" if renewing else "")
             + (f" to {terms.dest}, {terms.describe()}" if terms else "")
             + ("" if reason == "missing" else f" (the previous one: {reason})")
         )
-        if reason != "missing" and params.name in params.outside:
+        # A renewed token's holder switched (or will) to the next certificate itself.
+        if reason != "missing" and params.name in params.outside and not renewing:
             until = datetime.fromtimestamp((self._superseded(cert_pem, stored) or {}).get(
                 "not_after", 0), UTC).strftime("%Y-%m-%d %H:%M UTC")  # fmt: skip
             result.warnings.append(
@@ -263,10 +278,19 @@ class TokenRunner:
             result.values = {"token_info": {}}
             return result
 
-        issuer = pki.Issued(ca_pem, ca_key)
-        issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
+        if renewing:
+            # Its next certificate takes over (the dialer may use it already), and gets
+            # one of its own: the key stays, the old certificate links until it expires.
+            assert following is not None and key_pem is not None and cert_pem is not None
+            issued = pki.Issued(following, key_pem)
+            superseded = [self._superseded(cert_pem, stored, until_expiry=True)]
+        else:
+            issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
+            # The dialer may hold either of the previous certificates: both link a day.
+            superseded = [self._superseded(pem, stored) for pem in (cert_pem, following)]
+        superseded = [entry for entry in superseded if entry is not None]
+        next_cert = pki.issue_successor(issuer, issued.cert_pem, valid_days=params.valid_days)
         info = pki.describe(issued.cert_pem)
-        superseded = self._superseded(cert_pem, stored)
         stored = {
             "v": VERSION,
             "site": params.site,
@@ -274,13 +298,17 @@ class TokenRunner:
             "endpoints": metadata.link_endpoints,
             "serial": info["serial"],
             "not_after": info["not_after"],
+            "successor": _successor_record(next_cert),
             **({"superseded": superseded} if superseded else {}),
         }
         now = int((self.now or datetime.now(UTC)).timestamp())
-        stored = self._record(stored, routers, terms, now)
+        # A renewal keeps a grant's window (and so its redemptions).
+        issued_at = (stored.get("grant") or {}).get("issued", now) if renewing else now
+        stored = self._record(stored, routers, terms, issued_at)
         token = Token(
             params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
             issued.cert_pem.decode(), issued.key_pem.decode(), grant=terms is not None,
+            next_cert=next_cert.decode(),
         )  # fmt: skip
         if terms is not None:
             # The grant file first: a run that cannot write it keeps the previous token.
@@ -348,13 +376,18 @@ class TokenRunner:
         except OSError as exc:
             raise SkiffError(f"cannot write {dest}: {exc.strerror}", field="dest") from None
 
-    def _superseded(self, cert_pem: bytes | None, stored: dict[str, Any]) -> dict[str, Any] | None:
-        """The certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more (on
-        a grant's terms if it was one: the sites that redeemed it keep their link)."""
+    def _superseded(
+        self, cert_pem: bytes | None, stored: dict[str, Any], until_expiry: bool = False
+    ) -> dict[str, Any] | None:
+        """A certificate a re-issue replaces, accepted for SUPERSEDED_GRACE more, or
+        `until_expiry` (on a grant's terms if it was one: the sites that redeemed it
+        keep their link)."""
         fingerprint = _fingerprint(cert_pem)
-        if fingerprint is None:
+        if fingerprint is None or cert_pem is None:
             return None
         until = (self.now or datetime.now(UTC)) + SUPERSEDED_GRACE
+        if until_expiry:
+            until = datetime.fromisoformat(str(pki.describe(cert_pem)["not_after"]))
         grant = router_grant(stored.get("grant"))
         return {"sha256": fingerprint, "not_after": int(until.timestamp()),
                 **({"grant": grant} if grant else {})}  # fmt: skip
@@ -406,6 +439,30 @@ def _fingerprint(cert_pem: bytes | None) -> str | None:
         return None
 
 
+def _successor_record(cert_pem: bytes) -> dict[str, str]:
+    """token.json's record of a token's next certificate (public: no key)."""
+    return {"cert": cert_pem.decode(), "sha256": str(_fingerprint(cert_pem))}
+
+
+def _successor(stored: dict[str, Any], cert_pem: bytes | None, ca_pem: bytes) -> bytes | None:
+    """The next certificate kept for `cert_pem`, if it can follow it."""
+    record = stored.get("successor")
+    if not isinstance(record, dict) or not isinstance(record.get("cert"), str) or not cert_pem:
+        return None
+    following = record["cert"].encode()
+    return None if pki.successor_problem(cert_pem, following, ca_pem) else following
+
+
+def _renews(
+    reason: str | None, following: bytes | None, key_pem: bytes | None, now: datetime | None
+) -> bool:
+    """A token near its expiry whose next certificate is good for longer takes that
+    one as its own (the renewal the dialing router made already, or will)."""
+    if not reason or not reason.startswith("expires within") or not following or not key_pem:
+        return False
+    return pki.reissue_reason(following, key_pem, now=now) is None
+
+
 def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]]:
     """`link_clients` of the router config: the certificate of every token kept, and
     the superseded certificates still in their grace period."""
@@ -417,15 +474,19 @@ def accepted_clients(secrets: SecretStore, now: datetime) -> list[dict[str, Any]
         routers = info.get("routers", 1)
         count = {"routers": routers} if isinstance(routers, int) and routers > 1 else {}
         grant = router_grant(info.get("grant"))
-        if fingerprint is not None:
-            out.append({"name": name, "sha256": fingerprint, **count,
-                        **({"grant": grant} if grant else {})})  # fmt: skip
-        superseded = info.get("superseded") or {}
-        until = superseded.get("not_after")
-        if isinstance(until, int) and until > now.timestamp() and superseded.get("sha256"):
-            old = {"grant": superseded["grant"]} if superseded.get("grant") else {}
-            out.append({"name": name, "sha256": superseded["sha256"], "not_after": until,
-                        **count, **old})  # fmt: skip
+        terms = {"grant": grant} if grant else {}
+        following = (info.get("successor") or {}).get("sha256")
+        for current in (fingerprint, following):
+            if current is not None:
+                out.append({"name": name, "sha256": current, **count, **terms})
+        superseded = info.get("superseded") or []
+        # token.json of the previous release keeps one superseded certificate, not a list
+        for old in [superseded] if isinstance(superseded, dict) else superseded:
+            until = old.get("not_after")
+            if isinstance(until, int) and until > now.timestamp() and old.get("sha256"):
+                kept_terms = {"grant": old["grant"]} if old.get("grant") else {}
+                out.append({"name": name, "sha256": old["sha256"], "not_after": until,
+                            **count, **kept_terms})  # fmt: skip
     return out
 
 

@@ -34,6 +34,9 @@ class Token:
     # A one-time grant: its certificate names no site, the sites that redeem it by
     # linking first are recorded at the issuing router (so `name` is the grant's).
     grant: bool = False
+    # The certificate that follows `cert` (the same key, valid from 30 days before
+    # `cert` expires): the dialing router switches to it on its own.
+    next_cert: str = ""
 
     def encode(self) -> str:
         payload = {
@@ -45,6 +48,7 @@ class Token:
             "cert": self.cert,
             "key": self.key,
             **({"grant": True} if self.grant else {}),
+            **({"next_cert": self.next_cert} if self.next_cert else {}),
         }
         raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -89,6 +93,8 @@ def decode(text: Any) -> Token:
             raise _bad(f"field '{name}' is missing or not a string")
     if not isinstance(payload.get("grant", False), bool):
         raise _bad("field 'grant' is not true or false")
+    if not isinstance(payload.get("next_cert", ""), str):
+        raise _bad("field 'next_cert' is not a string")
     try:
         validate_site_name(payload["site"], field_name="site")
         endpoints = payload.get("endpoints")
@@ -109,6 +115,10 @@ def decode(text: Any) -> Token:
         raise _bad("it has expired")
     if problem:
         raise _bad(problem)
+    following = payload.get("next_cert", "")
+    problem = following and pki.successor_problem(cert, following.encode(), ca)
+    if problem:
+        raise _bad(f"its next certificate is {problem}")
     return Token(
         site=payload["site"],
         name=payload["name"],
@@ -117,4 +127,5 @@ def decode(text: Any) -> Token:
         cert=payload["cert"],
         key=payload["key"],
         grant=payload.get("grant", False),
+        next_cert=following,
     )

@@ -21,7 +21,7 @@ from test_link_clients import fingerprint, link_error
 from test_network import TIMEOUT, echo_roundtrip, link_up, routers
 
 from skiff_router.config import ConfigError, validate
-from skiff_router.grants import Grant, GrantLedger, refusal
+from skiff_router.grants import Grant, GrantLedger, grant_id, refusal
 
 FP = "ab" * 32
 
@@ -47,11 +47,11 @@ def test_the_rule_says_which_refusal() -> None:
 def test_the_ledger_records_once_and_survives_a_new_instance(tmp_path: Path) -> None:
     grant = Grant(int(time.time()) + 60, 1)
     ledger = GrantLedger(str(tmp_path / "state"))
-    assert ledger.redeem(FP, "partner", grant, "west", time.time()) is None
-    assert ledger.redeem(FP, "partner", grant, "west", time.time()) is None  # again: no change
+    assert ledger.redeem("partner", grant, "west", time.time()) is None
+    assert ledger.redeem("partner", grant, "west", time.time()) is None  # again: no change
     again = GrantLedger(str(tmp_path / "state"))  # a restarted router
-    assert again.redeemers() == {FP: ["west"]}
-    refused = again.redeem(FP, "partner", grant, "north", time.time())
+    assert again.redeemers() == {grant_id("partner", grant): ["west"]}
+    refused = again.redeem("partner", grant, "north", time.time())
     assert refused is not None and refused.public == "grant used" and again.refused == 1
     path = tmp_path / "state" / "grants.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -63,7 +63,7 @@ def test_a_damaged_ledger_refuses_instead_of_opening_the_grant(tmp_path: Path) -
     state.mkdir()
     (state / "grants.json").write_text("{not json")
     ledger = GrantLedger(str(state))
-    refused = ledger.redeem(FP, "partner", Grant(int(time.time()) + 60, 5), "west", time.time())
+    refused = ledger.redeem("partner", Grant(int(time.time()) + 60, 5), "west", time.time())
     assert refused is not None and refused.public == "grant unavailable"
     assert "not valid JSON" in refused.detail and str(state) in refused.detail
 
@@ -71,8 +71,11 @@ def test_a_damaged_ledger_refuses_instead_of_opening_the_grant(tmp_path: Path) -
 def _redeem(state: str, site: str, start: float) -> bool:
     while time.time() < start:  # all children ask at once
         time.sleep(0.001)
-    grant = Grant(int(start) + 60, 1)
-    return GrantLedger(state).redeem(FP, "partner", grant, site, time.time()) is None
+    return GrantLedger(state).redeem("partner", _racing(start), site, time.time()) is None
+
+
+def _racing(start: float) -> Grant:
+    return Grant(int(start) + 60, 1)
 
 
 def test_processes_racing_spend_the_last_redemption_once(tmp_path: Path) -> None:
@@ -83,7 +86,7 @@ def test_processes_racing_spend_the_last_redemption_once(tmp_path: Path) -> None
     with ctx.Pool(6) as pool:
         admitted = pool.starmap(_redeem, [(state, f"site{i}", start) for i in range(6)])
     assert sum(admitted) == 1
-    assert len(GrantLedger(state).redeemers()[FP]) == 1
+    assert len(GrantLedger(state).redeemers()[grant_id("partner", _racing(start))]) == 1
 
 
 def test_config_checks_grants(tmp_path: Path) -> None:
@@ -148,7 +151,8 @@ def test_a_grant_is_redeemed_once_and_kept_across_a_restart(tmp_path: Path) -> N
                 assert grants["partner"]["state"] == "redeemed"
                 assert grants["late"]["state"] == "expired"
             ledger = json.loads((east.dir / "state" / "grants.json").read_text())
-            assert ledger["grants"] == {east.extra["link_clients"][0]["sha256"]: ["west"]}
+            redeem_by = east.extra["link_clients"][0]["grant"]["redeem_by"]
+            assert ledger["grants"] == {f"partner@{redeem_by}": ["west"]}
             # A restarted east remembers: west links again, the copy and the late one not.
             async with routers(east, west, north, south) as rs:
                 await wait_for(lambda: link_up(rs["west"], "east"), TIMEOUT, "west again")

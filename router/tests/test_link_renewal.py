@@ -66,7 +66,7 @@ def test_the_link_renews_itself_when_its_next_certificate_is_valid(tmp_path: Pat
         {"name": "west", "sha256": current},
         {"name": "west", "sha256": following},
     ]
-    due = time.time() + starts_in
+    due = tls.validity((ld / "tls.next.crt").read_bytes())[0]  # its notBefore
 
     def incoming_fingerprints(e) -> list[str]:  # type: ignore[no-untyped-def]
         return sorted(
@@ -83,6 +83,9 @@ def test_the_link_renews_itself_when_its_next_certificate_is_valid(tmp_path: Pat
                 e, w = rs["east"], rs["west"]
                 await wait_for(lambda: reachable(w, "backend"), TIMEOUT, "west linked")
                 assert west_link(w)["renewed"] is False
+                # /metrics: the link lapses when its next certificate does.
+                lapses = tls.validity((ld / "tls.next.crt").read_bytes())[1]
+                assert ("link-client-next", "east", lapses) in w.certificates()
                 assert incoming_fingerprints(e) == [(current, "up")]
                 flow = await Stream.open(port)
                 await flow.roundtrip()

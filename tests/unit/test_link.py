@@ -64,6 +64,8 @@ def test_link_four_steps(pair, services, fleet):
         "ca": "links/east/ca.crt",
         "cert": "links/east/tls.crt",
         "key": "links/east/tls.key",
+        # The token's next certificate: the router renews the link with it on its own.
+        "next_cert": "links/east/tls.next.crt",
     }
     assert check.diff == {"before": {"links": []}, "after": {"links": [entry]}}
     applied = run_link(lparams(west, token=token), False, **services)
@@ -71,6 +73,8 @@ def test_link_four_steps(pair, services, fleet):
     assert json.loads(west.config.read_text())["links"] == [entry]
     assert stat.S_IMODE((west.link_dir("east") / "tls.key").stat().st_mode) == 0o600
     assert stat.S_IMODE(west.link_dir("east").stat().st_mode) == 0o700
+    following = (west.link_dir("east") / "tls.next.crt").read_text()
+    assert following == decode(token).next_cert and "PRIVATE" not in following
     assert fleet[west.root].calls[-1] == "reload"
     everything = json.dumps([applied.as_module_result(), check.as_module_result()])
     assert "PRIVATE KEY" not in everything and token not in everything
@@ -223,7 +227,7 @@ def short_lived(token: str, days: int, base_dir: Path) -> str:
     ca = pki.Issued((ca_dir / "ca.crt").read_bytes(), (ca_dir / "ca.key").read_bytes())
     client = pki.issue_client_cert(ca, decoded.name, valid_days=days)
     return dataclasses.replace(
-        decoded, cert=client.cert_pem.decode(), key=client.key_pem.decode()
+        decoded, cert=client.cert_pem.decode(), key=client.key_pem.decode(), next_cert=""
     ).encode()
 
 

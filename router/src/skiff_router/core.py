@@ -186,7 +186,7 @@ class RouterCore:
         if c.grant is not None:
             if self.grants is None:
                 return Refusal("grant unavailable", f"grant '{c.name}': no state_dir here")
-            refused = self.grants.redeem(c.fingerprint, c.name, c.grant, up.site, self._wall())
+            refused = self.grants.redeem(c.name, c.grant, up.site, self._wall())
             if refused is not None:
                 return refused
         in_use = self.credentials.admit(

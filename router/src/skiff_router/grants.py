@@ -71,8 +71,15 @@ def refusal(
     return None
 
 
+def grant_id(name: str, grant: Grant) -> str:
+    """What the ledger keeps a grant under: its name and window. A grant's next
+    certificate (renewal) has both, so it keeps the redemptions; a grant issued anew
+    under the same name has another window, so it starts with none."""
+    return f"{name}@{grant.redeem_by}"
+
+
 class GrantLedger:
-    """The grants redeemed at this router: certificate SHA-256 -> redeeming sites."""
+    """The grants redeemed at this router: grant id (``grant_id``) -> redeeming sites."""
 
     def __init__(self, state_dir: str) -> None:
         self.dir = Path(state_dir)
@@ -111,18 +118,17 @@ class GrantLedger:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def redeem(
-        self, fingerprint: str, name: str, grant: Grant, site: str, now: float
-    ) -> Refusal | None:
+    def redeem(self, name: str, grant: Grant, site: str, now: float) -> Refusal | None:
         """Admit a link of ``site`` made with a grant, recording a first redemption, or
         say why it is refused."""
+        key = grant_id(name, grant)
         try:
             with self._locked():
                 grants = self._read()
-                redeemers = grants.get(fingerprint, [])
+                redeemers = grants.get(key, [])
                 why = refusal(grant, name, redeemers, site, now)
                 if why is None and site not in redeemers:
-                    self._write({**grants, fingerprint: [*redeemers, site]})
+                    self._write({**grants, key: [*redeemers, site]})
                     log.info("grant '%s' redeemed by site %s", name, site)
         except OSError as exc:
             why = Refusal(
@@ -153,7 +159,7 @@ def status(ledger: GrantLedger | None, clients: Sequence[Any] | None, now: float
         grant: Grant | None = client.grant
         if grant is None:
             continue
-        sites = redeemed.get(client.sha256, [])
+        sites = redeemed.get(grant_id(client.name, grant), [])
         state = (
             "redeemed" if len(sites) >= grant.redemptions
             else "expired" if now >= grant.redeem_by and not sites

@@ -97,7 +97,8 @@ class RouterCollector:
         g = GaugeMetricFamily(
             "skiff_certificate_expiry_timestamp_seconds",
             "When each certificate the router uses expires (unix seconds); kind: server, "
-            "site-ca, sibling, link-client, link-ca, listener, connector-ca, connector-client",
+            "site-ca, sibling, link-client, link-client-next, link-ca, listener, "
+            "connector-ca, connector-client",
             labels=[*who, "kind", "name"],
         )
         for kind, name, expiry in self.view.certificates():

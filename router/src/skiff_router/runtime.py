@@ -1058,6 +1058,8 @@ class Router:
                 files += [("sibling", "link-access", cfg.link_access.sibling_cert)]
         for lk in cfg.links:
             files += [("link-client", lk.name, lk.cert), ("link-ca", lk.name, lk.ca)]
+            # The certificate the link renews itself with: the link lapses when it does.
+            files += [("link-client-next", lk.name, lk.next_cert)] if lk.next_cert else []
         for ls in cfg.listeners:
             if ls.tls is not None:
                 files.append(("listener", ls.name, ls.tls.cert))
