@@ -18,6 +18,9 @@ description:
   - Writes the token's CA, client certificate and key to
     C(<site_dir>/links/<name>/) (key mode 0600) and the link's entry (paths
     only, no secrets) to C(router.json), then reloads the router.
+  - The token's next certificate (C(tls.next.crt), same key) lets the router
+    renew the link on its own, make before break, 30 days before the client
+    certificate expires; no run is needed for that.
   - The token is checked before anything is written. A damaged, expired or
     foreign string fails with a message that never quotes it.
   - When only the credentials change (a new token with the same endpoints),

@@ -18,6 +18,11 @@ description:
     C(changed=false) while the certificate is still valid for more than 30
     days, is signed by the current site CA and the site's link endpoints are
     unchanged. Otherwise a new client certificate is issued (C(changed=true)).
+  - Every token carries its next certificate, for the same key, valid from 30
+    days before the client certificate expires; the site's router accepts both.
+    The dialing router switches to it on its own, make before break, so a link
+    renews without a playbook run. A run within 30 days of expiry makes the next
+    certificate the token's own and issues the one after (the key stays).
   - With O(names), one token per name in one run (for example every site
     that links to a hub), returned as RV(tokens).
   - Fails when the site does not exist or does not accept links.
