@@ -19,6 +19,7 @@ returned, never in a diff (the config entry names paths only).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, validation, vocabulary
@@ -58,7 +59,9 @@ class ListenerCertificates:
         self.site = site
         self.wanted = {str(item["name"]): item for item in wanted.present if issued(item)}
         self.new_ca: pki.Issued | None = None
-        self.stale: dict[str, list[str]] = {}  # listener -> its certificate's names
+        # listener -> its certificate's names, and what to issue: "new" (a pair and its
+        # next certificate), "next" (only that) or "renew" (the next becomes the pair's)
+        self.stale: dict[str, tuple[list[str], str]] = {}
         self.removed: list[str] = []
         self.backup: dict[str, CertPair] = {}
         self.ca_backup: CertPair | None = None
@@ -99,8 +102,28 @@ class ListenerCertificates:
             reason = pki.reissue_reason(
                 pair.cert_pem, pair.key_pem, ca_cert_pem=self.ca_pem, hosts=names
             )
-            if reason is not None:
-                self.stale[name] = names
+            following = pair.next_pem
+            if following and pair.cert_pem and self.ca_pem:
+                problem = pki.successor_problem(pair.cert_pem, following, self.ca_pem)
+                following = None if problem else following
+            if reason is None and following is None:
+                self.stale[name] = (names, "next")
+                actions.append(
+                    f"issue the next certificate of listener '{name}' (the router loads it "
+                    "30 days before the current one expires)"
+                )
+            elif (
+                (reason or "").startswith("expires within")
+                and following
+                and (pki.reissue_reason(following, pair.key_pem, hosts=names) is None)
+            ):
+                self.stale[name] = (names, "renew")
+                actions.append(
+                    f"renew the certificate of listener '{name}' with its next certificate "
+                    f"({reason})"
+                )
+            elif reason is not None:
+                self.stale[name] = (names, "new")
                 reason = reason.replace("the link endpoints", "the listener's names")
                 actions.append(
                     f"issue the certificate of listener '{name}' for {', '.join(names)} "
@@ -119,10 +142,19 @@ class ListenerCertificates:
             return
         current = self.secrets.service_ca()
         ca = pki.Issued(current.cert_pem or b"", current.key_pem or b"")
-        for name, names in self.stale.items():
-            self.backup[name] = self.secrets.listener_tls(name)
-            cert = pki.issue_server_cert(ca, name, names, valid_days=LISTENER_VALID_DAYS)
-            self.secrets.put_listener_tls(name, CertPair(cert.cert_pem, cert.key_pem))
+        for name, (names, what) in self.stale.items():
+            kept = self.backup[name] = self.secrets.listener_tls(name)
+            if what == "next" and kept.cert_pem:
+                pair = CertPair(kept.cert_pem, kept.key_pem)
+            elif what == "renew" and kept.next_pem:
+                pair = CertPair(kept.next_pem, kept.key_pem)
+            else:
+                cert = pki.issue_server_cert(ca, name, names, valid_days=LISTENER_VALID_DAYS)
+                pair = CertPair(cert.cert_pem, cert.key_pem)
+            following = pki.issue_successor(
+                ca, pair.cert_pem or b"", valid_days=LISTENER_VALID_DAYS
+            )
+            self.secrets.put_listener_tls(name, replace(pair, next_pem=following))
 
     def restore(self) -> None:
         for name, previous in self.backup.items():

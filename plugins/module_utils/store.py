@@ -266,6 +266,9 @@ class CertPair:
 
     cert_pem: bytes | None
     key_pem: bytes | None
+    # The certificate that follows `cert_pem` for the same key (a listener's issued
+    # certificate has one: the router loads it on its own before the first expires).
+    next_pem: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -403,7 +406,11 @@ def admin_token_text_problem(token: bytes) -> str | None:
 def issued_listener_tls_paths(name: str) -> dict[str, str]:
     """`cert` and `key` of a listener's issued certificate, as the router config names
     them (relative to the config's directory)."""
-    return {"cert": f"listeners/{name}/tls.crt", "key": f"listeners/{name}/tls.key"}
+    return {
+        "cert": f"listeners/{name}/tls.crt",
+        "key": f"listeners/{name}/tls.key",
+        "next_cert": f"listeners/{name}/tls.next.crt",
+    }
 
 
 def _no_issued_tls() -> SkiffError:
@@ -582,7 +589,11 @@ class FileSecretStore(SecretStore):
 
     def listener_tls(self, name: str) -> CertPair:
         folder = self.paths.listener_dir(name)
-        return CertPair(_read_optional(folder / "tls.crt"), _read_optional(folder / "tls.key"))
+        return CertPair(
+            _read_optional(folder / "tls.crt"),
+            _read_optional(folder / "tls.key"),
+            _read_optional(folder / "tls.next.crt"),
+        )
 
     def put_listener_tls(self, name: str, pair: CertPair | None) -> None:
         folder = self.paths.listener_dir(name)
@@ -591,6 +602,10 @@ class FileSecretStore(SecretStore):
             return
         ensure_dir(folder.parent)
         self._put_pair(folder / "tls.crt", folder / "tls.key", pair)
+        if pair.next_pem is None:
+            (folder / "tls.next.crt").unlink(missing_ok=True)
+        else:
+            atomic_write(folder / "tls.next.crt", pair.next_pem, PUBLIC_MODE)
 
 
 class SiteStore:

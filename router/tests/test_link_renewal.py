@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ssl
 import time
 from pathlib import Path
 
@@ -112,5 +113,47 @@ def test_the_link_renews_itself_when_its_next_certificate_is_valid(tmp_path: Pat
                 await asyncio.sleep(0.5)
                 assert incoming_states(e) == ["up"] and west_link(w)["renewed"]
                 assert await echo_roundtrip(port, b"s" * 50_000) == b"s" * 50_000
+
+    run(main())
+
+
+def test_a_listener_serves_its_next_certificate_once_valid(tmp_path: Path) -> None:
+    """An issued listener certificate carries its successor too: once valid, new
+    handshakes get it without a rebind or a reload; a flow open before keeps going."""
+    from test_app_tls import _der, _write, presented_certificate, server_files, two_sites
+
+    async def main() -> None:
+        west, east, service_ca, _backend_ca = two_sites(tmp_path)
+        files = tmp_path / "files"
+        lcert, lkey = server_files(service_ca, files, "listener")
+        later = successor(service_ca, Path(lcert).read_bytes(), 3.0)
+        lnext = _write(files / "listener.next.crt", later)
+        ca_file = _write(files / "service-ca.crt", service_ca.pem)
+        async with tcp_server() as echo_port:
+            east.connect("db", echo_port)
+            lport = west.listen("db")
+            west.listeners[0]["tls"] = {"cert": lcert, "key": lkey, "next_cert": lnext}
+            async with routers(east, west) as rs:
+                w = rs["west"]
+                await wait_for(lambda: reachable(w, "db"), TIMEOUT, "db served")
+                assert await presented_certificate(lport, ca_file) == _der(Path(lcert).read_bytes())
+                assert w.status()["listeners"][0]["renewed"] is False
+                lapses = tls.validity(later)[1]
+                assert ("listener-next", "db", lapses) in w.certificates()
+                ctx = ssl.create_default_context(cafile=ca_file)
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", lport, ssl=ctx, server_hostname="localhost"
+                )
+                writer.write(b"before")
+                await writer.drain()
+                assert await asyncio.wait_for(reader.readexactly(6), 10) == b"before"
+                await wait_for(lambda: w.status()["listeners"][0]["renewed"], TIMEOUT, "renewed")
+                assert time.time() >= tls.validity(later)[0]
+                assert await presented_certificate(lport, ca_file) == _der(later)
+                writer.write(b"after")
+                await writer.drain()
+                assert await asyncio.wait_for(reader.readexactly(5), 10) == b"after"
+                writer.close()
+                assert w.status()["listeners"][0]["state"] == "listening"
 
     run(main())

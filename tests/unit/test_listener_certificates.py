@@ -72,13 +72,22 @@ def test_four_steps_and_what_the_certificate_says(site, services):
     applied = run_service(LISTENER, web(site), False, **services)
     assert applied.changed
     written = json.loads(site.config.read_text())
-    paths = {"cert": "listeners/web/tls.crt", "key": "listeners/web/tls.key"}
+    paths = {
+        "cert": "listeners/web/tls.crt",
+        "key": "listeners/web/tls.key",
+        "next_cert": "listeners/web/tls.next.crt",
+    }
     assert written["listeners"][0]["tls"] == paths
     # The router reads it as the listener's TLS files (relative to its config).
     lc = router_config.validate(written, str(site.root)).listeners[0]
     assert lc.tls == router_config.ListenerTls(
-        str(site.root / paths["cert"]), str(site.root / paths["key"])
+        *(str(site.root / paths[k]) for k in ("cert", "key", "next_cert"))
     )
+    # The next certificate: the same key, loaded by the router 30 days before expiry.
+    following = (site.listener_dir("web") / "tls.next.crt").read_bytes()
+    current = (site.listener_dir("web") / "tls.crt").read_bytes()
+    ca_pem = (site.service_ca_dir / "ca.crt").read_bytes()
+    assert pki.successor_problem(current, following, ca_pem) is None
     cert = certificate(site)
     assert sans(cert) == {"web", "127.0.0.1", "web.example.internal"}
     assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == (
@@ -130,6 +139,39 @@ def test_renewed_when_names_change_or_expiry_nears_never_the_ca(site, services):
     renewed = certificate(site)
     assert pki._not_after(renewed) - pki._now() > datetime.timedelta(days=300)
     assert (site.service_ca_dir / "ca.crt").read_bytes() == ca_pem
+
+    # Expiring with a good next certificate (the router serves it already): that one
+    # becomes the pair's, with the same key, and gets a next one of its own.
+    short = pki.issue_server_cert(
+        ca, "web", ["web", "127.0.0.1", "web.example.internal", "10.0.0.7"], valid_days=10
+    )
+    following = pki.issue_successor(ca, short.cert_pem, valid_days=365)
+    folder = site.listener_dir("web")
+    (folder / "tls.key").write_bytes(short.key_pem)
+    (folder / "tls.crt").write_bytes(short.cert_pem)
+    (folder / "tls.next.crt").write_bytes(following)
+    promoted = run_service(LISTENER, renamed, False, **services)
+    assert promoted.actions[0] == (
+        "renew the certificate of listener 'web' with its next certificate (expires within 30 days)"
+    )
+    assert (folder / "tls.crt").read_bytes() == following
+    assert (folder / "tls.key").read_bytes() == short.key_pem
+    assert pki.successor_problem(following, (folder / "tls.next.crt").read_bytes(), ca_pem) is None
+    assert not run_service(LISTENER, renamed, False, **services).changed
+
+
+def test_a_pair_kept_from_before_gets_its_next_certificate(site, services):
+    run_service(LISTENER, web(site), False, **services)
+    folder = site.listener_dir("web")
+    pair = ((folder / "tls.crt").read_bytes(), (folder / "tls.key").read_bytes())
+    (folder / "tls.next.crt").unlink()
+    check = run_service(LISTENER, web(site), True, **services)
+    assert check.actions[0].startswith("issue the next certificate of listener 'web'")
+    assert not (folder / "tls.next.crt").exists()
+    run_service(LISTENER, web(site), False, **services)
+    assert ((folder / "tls.crt").read_bytes(), (folder / "tls.key").read_bytes()) == pair
+    assert (folder / "tls.next.crt").exists()
+    assert not run_service(LISTENER, web(site), False, **services).changed
 
 
 def test_removed_listener_takes_its_certificate_along(site, services):

@@ -210,6 +210,8 @@ class ListenerTls:
 
     cert: str
     key: str
+    # The certificate that follows ``cert`` (same key): loaded in its place once valid.
+    next_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -692,13 +694,17 @@ def _listener_tls(c: _Checker, d: dict, path: str) -> ListenerTls | None:
     if d.get("tls") is None:
         return None
     tpath = f"{path}.tls"
-    t = c.obj(d["tls"], tpath, {"cert", "key"}, set())
+    t = c.obj(d["tls"], tpath, {"cert", "key"}, {"next_cert"})
     if t is None:
         return None
     owner = f"listener {d.get('name')!r}"
+    following = (
+        _pem_file(c, t, "next_cert", tpath, "CERTIFICATE", owner) if "next_cert" in t else ""
+    )
     return ListenerTls(
         cert=_pem_file(c, t, "cert", tpath, "CERTIFICATE", owner),
         key=_pem_file(c, t, "key", tpath, "PRIVATE KEY", owner),
+        next_cert=following or None,
     )
 
 

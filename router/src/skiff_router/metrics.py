@@ -98,7 +98,7 @@ class RouterCollector:
             "skiff_certificate_expiry_timestamp_seconds",
             "When each certificate the router uses expires (unix seconds); kind: server, "
             "site-ca, sibling, link-client, link-client-next, link-ca, listener, "
-            "connector-ca, connector-client",
+            "listener-next, connector-ca, connector-client",
             labels=[*who, "kind", "name"],
         )
         for kind, name, expiry in self.view.certificates():

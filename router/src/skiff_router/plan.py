@@ -170,7 +170,9 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     ops += [
         ReloadListenerTls(n)
         for n, x in want.items()
-        if was.get(n) == x and x.tls is not None and changed_files & {x.tls.cert, x.tls.key}
+        if was.get(n) == x
+        and x.tls is not None
+        and changed_files & {x.tls.cert, x.tls.key, x.tls.next_cert}
     ]
     if new.connectors != old.connectors:
         ops.append(SetConnectors(new.connectors))

@@ -124,6 +124,13 @@ class ListenerRt:
     state: BindState = BindState.STARTING
     error: str | None = None
     keys: KeyChoice = field(default_factory=KeyChoice)
+    # When the certificate that follows the configured one becomes valid (read when
+    # the context is made), and whether the context holds it.
+    successor_from: int | None = None
+    on_successor: bool = False
+
+    def successor_due(self, now: float) -> bool:
+        return self.successor_from is not None and now >= self.successor_from
 
 
 @dataclass
@@ -196,7 +203,7 @@ def _tls_files(cfg: Config) -> list[str]:
         out += [lk.ca, lk.cert, lk.key, *([lk.next_cert] if lk.next_cert else [])]
     for ls in cfg.listeners:
         if ls.tls is not None:
-            out += [ls.tls.cert, ls.tls.key]
+            out += [ls.tls.cert, ls.tls.key, *([ls.tls.next_cert] if ls.tls.next_cert else [])]
     for c in cfg.connectors:
         if c.tls is not None:
             out += [p for p in (c.tls.ca, c.tls.cert, c.tls.key) if p]
@@ -249,7 +256,7 @@ class Router:
         self._ticker: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._renewing: set[str] = set()  # links being renewed (_renew_links)
+        self._renewing: set[str] = set()  # links being renewed (_renew)
         self._pumping = False
         self._write_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -422,7 +429,7 @@ class Router:
             await asyncio.sleep(TICK)
             self.core.tick(loop.time())
             self.pump()
-            self._renew_links()
+            self._renew()
             if loop.time() >= retry_at:
                 retry_at = loop.time() + RETRY_BIND
                 await self._retry_binds()
@@ -629,11 +636,15 @@ class Router:
             await self.end_dialers([old], "link changed")
         self._start_dialer(cfg)
 
-    def _renew_links(self) -> None:
-        """Renewal without a playbook run: a link whose next certificate became valid
-        is replaced by one made with it, make before break, well before the current
-        one expires (the issuing site lists both)."""
+    def _renew(self) -> None:
+        """Renewal without a playbook run, 30 days before a certificate expires: a
+        listener whose next certificate became valid loads it (new handshakes use
+        it); a link is replaced by one made with it, make before break (the issuing
+        site lists both)."""
         now = time.time()
+        for rt in self.listeners.values():
+            if rt.tls is not None and not rt.on_successor and rt.successor_due(now):
+                self._reload_listener_tls(rt.cfg.name)  # loads the next certificate
         for name, d in self.dialers.items():
             due = d.successor_from is not None and now >= d.successor_from
             up = d.state is DialerState.UP and not d.on_successor
@@ -830,7 +841,10 @@ class Router:
     async def _bind_listener(self, rt: ListenerRt) -> None:
         cfg = rt.cfg
         try:
-            ctx = rt.tls = tls.app_server_context(cfg.tls) if cfg.tls is not None else None
+            rt.successor_from = tls.valid_from(cfg.tls.next_cert) if cfg.tls else None
+            successor = rt.successor_due(time.time())
+            ctx = rt.tls = tls.app_server_context(cfg.tls, successor) if cfg.tls else None
+            rt.on_successor = successor
             rt.server = await self._serve(
                 lambda: LocalConn(self, listener=rt), cfg.host, cfg.port, backlog=1024, ssl=ctx
             )
@@ -850,15 +864,19 @@ class Router:
         if rt is None or rt.cfg.tls is None or rt.server is None or rt.tls is None:
             return  # not bound: binding again builds a fresh context
         t = rt.cfg.tls
+        rt.successor_from = tls.valid_from(t.next_cert)
+        successor = rt.successor_due(time.time())
         try:
             # Checked on a scratch context first: a half-renewed pair (new cert, old
             # key) must not leave the live context with a mismatched pair.
-            tls.app_server_context(t)
-            rt.tls.load_cert_chain(t.cert, t.key)
+            tls.app_server_context(t, successor)
+            rt.tls.load_cert_chain(tls.listener_cert(t, successor), t.key)
         except (OSError, ssl.SSLError) as exc:
             # The previous pair stays in use; the next change on disk is tried again.
             log.error("listener %s: keeping the previous certificate: %s", name, tls.describe(exc))
+            rt.successor_from = None if successor else rt.successor_from
             return
+        rt.on_successor = successor
         log.info("listener %s: certificate reloaded: new handshakes use it", name)
 
     async def _stop_listener(self, name: str) -> None:
@@ -1063,6 +1081,7 @@ class Router:
         for ls in cfg.listeners:
             if ls.tls is not None:
                 files.append(("listener", ls.name, ls.tls.cert))
+                files += [("listener-next", ls.name, ls.tls.next_cert)] if ls.tls.next_cert else []
         for c in cfg.connectors:
             if c.tls is not None:
                 files += [("connector-ca", c.name, c.tls.ca)]
@@ -1211,6 +1230,8 @@ class Router:
                     "state": rt.state.value,
                     "error": rt.error,
                     "distribution": rt.cfg.distribution.value,
+                    # Serving the certificate that follows the configured one (renewed).
+                    "renewed": rt.on_successor,
                     "source": self._source("listeners", rt.cfg.name),
                     **self._listener_keys_status(rt),
                 }

@@ -45,13 +45,17 @@ def valid_from(path: str | None) -> int | None:
         return None
 
 
-def app_server_context(t: ListenerTls) -> ssl.SSLContext:
+def app_server_context(t: ListenerTls, successor: bool = False) -> ssl.SSLContext:
     """A listener terminating its clients' TLS (TLS 1.2 or later: clients are
-    applications, not routers)."""
+    applications, not routers), with its next certificate once that is valid."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(t.cert, t.key)
+    ctx.load_cert_chain(listener_cert(t, successor), t.key)
     return ctx
+
+
+def listener_cert(t: ListenerTls, successor: bool) -> str:
+    return t.next_cert if successor and t.next_cert else t.cert
 
 
 def app_client_context(t: ConnectorTls) -> ssl.SSLContext:
