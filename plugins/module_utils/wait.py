@@ -1,8 +1,9 @@
 """Logic of skiff.fleet.wait (private to skiff.fleet; not a public API).
 
-Converged means: every router named in `routers` is reachable, every listener
-of the site is listening, and every listener's routing key has a reachable
-connector. `problems()` answers that for one `/v1/status` document, so it is
+Converged means: every router named in `routers` is reachable, every link the
+site dials is up, every listener of the site is listening, and every listener's
+routing key has a reachable connector. A link whose peer refused its grant for
+good (used up, or past its window) fails the wait at once: no retry can help. `problems()` answers that for one `/v1/status` document, so it is
 tested with canned documents; `run_wait()` polls until it is empty.
 """
 
@@ -30,6 +31,9 @@ from ansible_collections.skiff.fleet.plugins.module_utils.store import (
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
 POLL_SECONDS = 0.5
+# What a link's error says when the peer refused a grant for good (the router's codes).
+GRANT_REFUSALS = ("grant used", "grant expired")
+REFUSED = "links refused for good"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ def problems(status: dict[str, Any] | None, routers: list[str]) -> dict[str, lis
     missing = [r for r in routers if r not in reachable]
     if missing:
         found["routers not reachable"] = missing
+    for link in status.get("links") or []:
+        if link.get("direction") != "outgoing" or link.get("state") == "up":
+            continue
+        error = str(link.get("error") or "")
+        kind = REFUSED if any(code in error for code in GRANT_REFUSALS) else "links not up"
+        found.setdefault(kind, []).append(f"{link.get('name')} ({error or link.get('state')})")
     keys = status.get("routing_keys") or {}
     for listener in status.get("listeners") or []:
         name = listener.get("name")
@@ -117,6 +127,15 @@ def run_wait(
         found = problems(status, params.routers)
         if not found:
             return Result(values={"status": status, "elapsed": round(clock() - started, 2)})
+        if REFUSED in found:
+            raise SkiffError(
+                f"{describe({REFUSED: found[REFUSED]})}: the issuing site refused the "
+                "grant this link was made from; ask it for a new one (skiff.fleet.token "
+                "with dest there) and run again",
+                site=site,
+                field="links",
+                details={"status": status, "problems": found},
+            )
         if clock() >= deadline:
             raise SkiffError(
                 f"not converged after {params.timeout:g} s: {describe(found)}",

@@ -11,11 +11,15 @@ short_description: Wait until a site sees its network and serves its listeners
 version_added: 0.1.0
 description:
   - Polls the router's admin C(/v1/status) until every router in O(routers) is
-    reachable, every listener of the site is listening, and every listener's
-    routing key has a reachable connector (on this or another site).
+    reachable, every link the site dials is up, every listener of the site is
+    listening, and every listener's routing key has a reachable connector (on
+    this or another site).
   - Fails after O(timeout) seconds naming what did not converge. These are
-    routers not reachable, listeners with no reachable connector, and
-    listeners in error (for example a port in use).
+    routers not reachable, links not up, listeners with no reachable connector,
+    and listeners in error (for example a port in use).
+  - Fails at once when the peer of a link refused the grant it was made from for
+    good (C(grant used), C(grant expired)), naming the link; the router keeps
+    running.
   - Never changes anything.
 author:
   - skiff developers (@skiff-fleet)

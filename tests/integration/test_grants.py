@@ -104,10 +104,17 @@ def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path)
         assert grants["partner"]["redeemed_by"] == ["globex"]
         assert grants["partner"]["state"] == "redeemed"
 
-        # The copy links nowhere: its run writes the link, east refuses it and says why.
+        # The copy links nowhere: east refuses it, and initech's run fails at once
+        # naming the site, the link and why; its router keeps running.
         copied = run_playbook(inventories["initech"], "site.yml")
-        assert copied.returncode == 0, copied.output[-4000:]
+        assert copied.returncode != 0, copied.output[-4000:]
+        assert (
+            "site 'initech': links: links refused for good: east (closed by peer: "
+            "grant used)" in copied.output
+        ), copied.output[-4000:]
+        assert "PRIVATE KEY" not in copied.output
         initech_base = tmp_path / "initech" / "sites"
+        assert router_pids(initech_base)
 
         def refused() -> bool:
             links = _status(initech_base, "initech", admin_i)["links"]

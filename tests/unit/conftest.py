@@ -37,6 +37,7 @@ class FakePlatform(Platform):
         self.check_problems: list[str] = []
         self.calls: list[str] = []
         self.routers: list[dict[str, Any]] = []
+        self.links: list[dict[str, Any]] = []  # as /v1/status lists them
         self.routing_keys: dict[str, Any] = {}
         # A config containing this text makes the router die at start.
         self.dies_on: str | None = None
@@ -130,7 +131,7 @@ class FakePlatform(Platform):
                 "sha256": sha256_bytes(self.in_force or b""),
                 "error": self.config_error,
             },
-            "links": [],
+            "links": self.links,
             "routers": self.routers or [{"id": config.get("site"), "reachable": True, "cost": 0}],
             "listeners": listeners,
             "connectors": config.get("connectors", []),

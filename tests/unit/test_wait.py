@@ -137,3 +137,26 @@ def test_bad_router_name(tmp_path, west, fleet):
     params = WaitParams(site="west", base_dir=str(tmp_path), routers=["East"])
     with pytest.raises(SkiffError, match="site 'west': routers: 'East' is not a valid site name"):
         run_wait(params, False, platform_factory=fleet.factory)
+
+
+def test_links_must_be_up_and_a_refused_grant_fails_at_once(tmp_path, west, fleet):
+    up = {"name": "east", "direction": "outgoing", "state": "up", "error": None}
+    incoming = {"name": "north", "direction": "incoming", "state": "draining", "error": None}
+    assert problems(status(links=[up, incoming]), ["east"]) == {}
+    connecting = dict(up, state="connecting", error="connection refused")
+    assert problems(status(links=[connecting]), ["east"]) == {
+        "links not up": ["east (connection refused)"]
+    }
+    used = dict(up, state="down", error="closed by peer: grant used")
+    assert problems(status(links=[used]), ["east"]) == {
+        "links refused for good": ["east (closed by peer: grant used)"]
+    }
+    west.links = [used]
+    clock = Clock()
+    params = WaitParams(site="west", base_dir=str(tmp_path), routers=["east"], timeout=30)
+    with pytest.raises(SkiffError) as err:
+        run_wait(params, False, platform_factory=fleet.factory, clock=clock, sleep=clock.sleep)
+    assert clock.now == 0  # no waiting: no retry can help
+    assert err.value.site == "west" and err.value.field == "links"
+    assert "east (closed by peer: grant used)" in err.value.message
+    assert "ask it for a new one" in err.value.message
