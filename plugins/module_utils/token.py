@@ -134,6 +134,18 @@ def router_grant(record: Any) -> dict[str, int] | None:
 
 
 PlatformFactory = Callable[[str, SitePaths, SiteMetadata], Platform]
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A token as the secret store keeps it: its files, token.json, and its next
+    certificate when that can follow it."""
+
+    files: IssuedToken
+    stored: dict[str, Any]
+    following: bytes | None
+
+
 # A re-issued token's previous certificate still links for this long: the dialing
 # site keeps its link until it has the new token (the same playbook run, normally).
 SUPERSEDED_GRACE = timedelta(days=1)
@@ -187,7 +199,7 @@ class TokenRunner:
             raise SkiffError(str(exc), field="rotate_before") from None
 
     def present(self) -> Result:
-        params, result = self.params, Result()
+        params = self.params
         if params.valid_days < 2:
             raise SkiffError(f"{params.valid_days} must be at least 2", field="valid_days")
         metadata = self.store.require()
@@ -219,41 +231,72 @@ class TokenRunner:
         if not reason and (stored.get("grant") is None) != (terms is None):
             reason = "it becomes a grant" if terms else "it is no longer a grant"
 
-        before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
+        kept_token = _Kept(kept, stored, following=_successor(stored, cert_pem, ca_pem))
         routers = self._routers(params, stored.get("routers", 1))
         issuer = pki.Issued(ca_pem, ca_key)
-        following = _successor(stored, cert_pem, ca_pem)
         if not reason and cert_pem and key_pem:  # reissue_reason() found both
-            issued = (stored.get("grant") or {}).get("issued", 0)
-            record = self._record(stored, routers, terms, issued)
-            if record != stored:
-                result.act(
-                    f"update grant '{params.name}': {terms.describe()}, {routers} router(s) "
-                    "of each site at once"
-                    if terms
-                    else f"let {routers} routers of site '{params.name}' hold its token at once"
-                )
-            if following is None:
-                # A token kept from before renewal existed: it gets its next certificate.
-                result.act(
-                    f"issue the next certificate of token '{params.name}' (the dialing "
-                    "router renews its link with it 30 days before the current one expires)"
-                )
-                if not self.check_mode:
-                    following = pki.issue_successor(issuer, cert_pem, valid_days=params.valid_days)
-                    record["successor"] = _successor_record(following)
-            token = Token(
-                params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
-                cert_pem.decode(), key_pem.decode(), grant=terms is not None,
-                next_cert=following.decode() if following else "",
-            )  # fmt: skip
-            after = self._info_of(record, cert_pem)
-            result.values = {"token": token.encode(), "token_info": after}
-            result.diff = {"before": before, "after": after}
-            if record != stored and not self.check_mode:
-                secrets.put_token(params.name, replace(kept, info=dump_json(record)))
-            return result
+            return self._read_back(kept_token, routers, terms, issuer, metadata, secrets)
+        return self._issue(
+            kept_token, reason or "missing", routers, terms, issuer, metadata, secrets
+        )
 
+    def _read_back(
+        self,
+        kept: _Kept,
+        routers: int,
+        terms: GrantTerms | None,
+        issuer: pki.Issued,
+        metadata: SiteMetadata,
+        secrets: SecretStore,
+    ) -> Result:
+        """The token kept stays: its record follows `routers` and the grant's terms, and
+        a token from before renewal existed gets its next certificate."""
+        params, result, stored = self.params, Result(), kept.stored
+        cert_pem, key_pem = kept.files.cert or b"", kept.files.key or b""
+        record = self._record(stored, routers, terms, (stored.get("grant") or {}).get("issued", 0))
+        if record != stored:
+            result.act(
+                f"update grant '{params.name}': {terms.describe()}, {routers} router(s) "
+                "of each site at once"
+                if terms
+                else f"let {routers} routers of site '{params.name}' hold its token at once"
+            )
+        following = kept.following
+        if following is None:
+            result.act(
+                f"issue the next certificate of token '{params.name}' (the dialing "
+                "router renews its link with it 30 days before the current one expires)"
+            )
+            if not self.check_mode:
+                following = pki.issue_successor(issuer, cert_pem, valid_days=params.valid_days)
+                record["successor"] = _successor_record(following)
+        token = Token(
+            params.site, params.name, metadata.link_endpoints, issuer.cert_pem.decode(),
+            cert_pem.decode(), key_pem.decode(), grant=terms is not None,
+            next_cert=following.decode() if following else "",
+        )  # fmt: skip
+        before = self._info_of(stored, cert_pem)
+        after = self._info_of(record, cert_pem)
+        result.values = {"token": token.encode(), "token_info": after}
+        result.diff = {"before": before, "after": after}
+        if record != stored and not self.check_mode:
+            secrets.put_token(params.name, replace(kept.files, info=dump_json(record)))
+        return result
+
+    def _issue(
+        self,
+        kept: _Kept,
+        reason: str,
+        routers: int,
+        terms: GrantTerms | None,
+        issuer: pki.Issued,
+        metadata: SiteMetadata,
+        secrets: SecretStore,
+    ) -> Result:
+        """A new certificate (or, near expiry, the next one kept) and its next one."""
+        params, result, stored = self.params, Result(), kept.stored
+        cert_pem, key_pem, following = kept.files.cert, kept.files.key, kept.following
+        before = self._info_of(stored, cert_pem) if cert_pem and stored else {}
         renewing = _renews(reason, following, key_pem, self.now)
         result.act(
             f"{'renew' if renewing else 'issue'} {'grant' if terms else 'token'} '{params.name}'"
@@ -278,20 +321,23 @@ class TokenRunner:
             result.values = {"token_info": {}}
             return result
 
-        if renewing:
+        now = int((self.now or datetime.now(UTC)).timestamp())
+        if renewing and following and key_pem:
             # Its next certificate takes over (the dialer may use it already), and gets
-            # one of its own: the key stays, the old certificate links until it expires.
-            assert following is not None and key_pem is not None and cert_pem is not None
+            # one of its own: the key stays, the old certificate links until it expires,
+            # and a grant keeps its window (so its redemptions).
             issued = pki.Issued(following, key_pem)
             superseded = [self._superseded(cert_pem, stored, until_expiry=True)]
+            issued_at = (stored.get("grant") or {}).get("issued", now)
         else:
             issued = pki.issue_client_cert(issuer, params.name, valid_days=params.valid_days)
             # The dialer may hold either of the previous certificates: both link a day.
             superseded = [self._superseded(pem, stored) for pem in (cert_pem, following)]
-        superseded = [entry for entry in superseded if entry is not None]
+            issued_at = now
         next_cert = pki.issue_successor(issuer, issued.cert_pem, valid_days=params.valid_days)
         info = pki.describe(issued.cert_pem)
-        stored = {
+        old = [entry for entry in superseded if entry is not None]
+        record = {
             "v": VERSION,
             "site": params.site,
             "name": params.name,
@@ -299,14 +345,11 @@ class TokenRunner:
             "serial": info["serial"],
             "not_after": info["not_after"],
             "successor": _successor_record(next_cert),
-            **({"superseded": superseded} if superseded else {}),
+            **({"superseded": old} if old else {}),
         }
-        now = int((self.now or datetime.now(UTC)).timestamp())
-        # A renewal keeps a grant's window (and so its redemptions).
-        issued_at = (stored.get("grant") or {}).get("issued", now) if renewing else now
-        stored = self._record(stored, routers, terms, issued_at)
+        record = self._record(record, routers, terms, issued_at)
         token = Token(
-            params.site, params.name, metadata.link_endpoints, ca_pem.decode(),
+            params.site, params.name, metadata.link_endpoints, issuer.cert_pem.decode(),
             issued.cert_pem.decode(), issued.key_pem.decode(), grant=terms is not None,
             next_cert=next_cert.decode(),
         )  # fmt: skip
@@ -314,9 +357,9 @@ class TokenRunner:
             # The grant file first: a run that cannot write it keeps the previous token.
             self._write_grant(terms, token)
         secrets.put_token(
-            params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(stored))
+            params.name, IssuedToken(issued.cert_pem, issued.key_pem, dump_json(record))
         )
-        after = self._info_of(stored, issued.cert_pem)
+        after = self._info_of(record, issued.cert_pem)
         result.values = {"token": token.encode(), "token_info": after}
         result.diff = {"before": before, "after": after}
         return result

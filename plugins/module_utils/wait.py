@@ -67,9 +67,9 @@ def problems(status: dict[str, Any] | None, routers: list[str]) -> dict[str, lis
     for link in status.get("links") or []:
         if link.get("direction") != "outgoing" or link.get("state") == "up":
             continue
-        error = str(link.get("error") or "")
-        kind = REFUSED if any(code in error for code in GRANT_REFUSALS) else "links not up"
-        found.setdefault(kind, []).append(f"{link.get('name')} ({error or link.get('state')})")
+        why = str(link.get("error") or "")
+        kind = REFUSED if any(code in why for code in GRANT_REFUSALS) else "links not up"
+        found.setdefault(kind, []).append(f"{link.get('name')} ({why or link.get('state')})")
     keys = status.get("routing_keys") or {}
     for listener in status.get("listeners") or []:
         name = listener.get("name")

@@ -207,3 +207,16 @@ def test_a_grant_links_from_any_site_a_token_only_from_its_own(east, tmp_path, s
             "acme", [{"token": token, "token_file": dest}], prune=False, check_mode=False,
             link_paths=paths,
         )  # fmt: skip
+
+
+def test_a_renewed_grant_keeps_its_window_and_so_its_redemptions(east, tmp_path, services):
+    """The router keeps redemptions by grant name and window: a renewal near expiry
+    (the next certificate becomes the grant's) must keep the window."""
+    first = decode(run_token(grant(east, tmp_path), False, now=NOW, **services).values["token"])
+    window = clients(east)[0]["grant"]
+    late = NOW + datetime.timedelta(days=345)
+    renewed = run_token(grant(east, tmp_path), False, now=late, **services)
+    assert renewed.actions[0].startswith("renew grant 'partner' with its next certificate")
+    token = decode(renewed.values["token"])
+    assert token.cert == first.next_cert and token.grant
+    assert [c["grant"] for c in clients(east)] == [window] * 3  # current, next, superseded
