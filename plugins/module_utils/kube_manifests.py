@@ -66,6 +66,8 @@ ROUTER_ID_SUFFIX_ENV = "SKIFF_ROUTER_ID_SUFFIX"
 POD_NAME_ENV = "SKIFF_POD_NAME"
 # The client certificate the replicas of a site link to each other with (skiff-server).
 SIBLING_CERT, SIBLING_KEY = "sibling.crt", "sibling.key"
+# The replicas' next certificate (same key): their links renew themselves with it.
+SIBLING_NEXT_CERT = "sibling.next.crt"
 AGENT_OWNED_LABEL = "skiff.io/owned-by-agent"
 
 LINK_SERVICE_TYPES = {
@@ -232,6 +234,7 @@ def agent_config(spec: KubeSite) -> dict[str, Any]:
             "ca": f"{SERVER_DIR}/ca.crt",
             "cert": f"{SERVER_DIR}/{SIBLING_CERT}",
             "key": f"{SERVER_DIR}/{SIBLING_KEY}",
+            "next_cert": f"{SERVER_DIR}/{SIBLING_NEXT_CERT}",
         }
     return config
 

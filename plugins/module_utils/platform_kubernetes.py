@@ -306,9 +306,9 @@ class KubeSecretStore(SecretStore):
         # The router verifies dialing routers against the site CA: it is mounted beside.
         # The replicas' client certificate is issued with it (same CA, same lifetime).
         ca = self.ca()
-        sibling = pki.issue_client_cert(
-            pki.Issued(ca.cert_pem or b"", ca.key_pem or b""), self.platform.metadata.name
-        )
+        issuer = pki.Issued(ca.cert_pem or b"", ca.key_pem or b"")
+        sibling = pki.issue_client_cert(issuer, self.platform.metadata.name)
+        following = pki.issue_successor(issuer, sibling.cert_pem, valid_days=pki.CLIENT_VALID_DAYS)
         self._put(
             km.SECRET_SERVER,
             {
@@ -317,6 +317,7 @@ class KubeSecretStore(SecretStore):
                 "tls.key": pair.key_pem or b"",
                 km.SIBLING_CERT: sibling.cert_pem,
                 km.SIBLING_KEY: sibling.key_pem,
+                km.SIBLING_NEXT_CERT: following,
             },
         )
 
@@ -334,13 +335,18 @@ class KubeSecretStore(SecretStore):
         self._put(km.SECRET_ADMIN, {km.ADMIN_TOKEN_KEY: new_admin_token()})
 
     def sibling_reason(self) -> str | None:
-        """Why the replicas' certificate must be issued (a site made before it existed)."""
+        """Why the replicas' certificate must be issued (a site made before it existed,
+        or before it had a next certificate)."""
         data = self._data(km.SECRET_SERVER)
-        return pki.reissue_reason(
-            data.get(km.SIBLING_CERT),
-            data.get(km.SIBLING_KEY),
-            ca_cert_pem=self._data(km.SECRET_CA).get("ca.crt"),
-        )
+        ca_pem = self._data(km.SECRET_CA).get("ca.crt")
+        cert = data.get(km.SIBLING_CERT)
+        reason = pki.reissue_reason(cert, data.get(km.SIBLING_KEY), ca_cert_pem=ca_pem)
+        following = data.get(km.SIBLING_NEXT_CERT)
+        if reason is None and (
+            not following or pki.successor_problem(cert or b"", following, ca_pem or b"")
+        ):
+            return "no next certificate to renew with"
+        return reason
 
     def server_paths(self) -> dict[str, str]:
         return {
@@ -524,6 +530,7 @@ class KubernetesPlatform(Platform):
                 host="0.0.0.0",
                 port=km.LINK_PORT,
                 sibling_cert=f"{km.SERVER_DIR}/{km.SIBLING_CERT}",
+                sibling_next_cert=f"{km.SERVER_DIR}/{km.SIBLING_NEXT_CERT}",
             )
         out["overlay"] = km.OVERLAY_PATH
         return out

@@ -157,3 +157,51 @@ def test_a_listener_serves_its_next_certificate_once_valid(tmp_path: Path) -> No
                 assert w.status()["listeners"][0]["state"] == "listening"
 
     run(main())
+
+
+def test_replicas_renew_their_links_with_the_next_sibling_certificate(tmp_path: Path) -> None:
+    """A kubernetes site's replicas link to each other with the site's sibling
+    certificate; the one that follows it is accepted too (``sibling_next_cert``),
+    so the replicas' links renew themselves like any other."""
+    east_a = Site.create(tmp_path, "east", router_id="east.a", accept=True)
+    east_b = Site.create(tmp_path, "east", router_id="east.b", ca=east_a.ca)
+    assert east_a.ca is not None
+    cert, key = east_a.ca.issue("east", server=False)
+    tls_dir = east_b.dir / "tls"
+    (tls_dir / "sibling.crt").write_bytes(cert)
+    (tls_dir / "sibling.key").write_bytes(key)
+    (tls_dir / "sibling.key").chmod(0o600)
+    (tls_dir / "sibling.next.crt").write_bytes(successor(east_a.ca, cert, 3.0))
+    for name in ("sibling.crt", "sibling.next.crt"):
+        (east_a.dir / "tls" / name).write_bytes((tls_dir / name).read_bytes())
+    east_a.extra["link_clients"] = []  # no token: only the replicas' certificates
+    east_a.access_extra.update(
+        sibling_cert="tls/sibling.crt", sibling_next_cert="tls/sibling.next.crt"
+    )
+    east_b.links.append(
+        {
+            "name": "sibling-a",
+            "peer": "east",
+            "endpoints": [{"host": "127.0.0.1", "port": east_a.link_port}],
+            "ca": "ca/ca.crt",
+            "cert": "tls/sibling.crt",
+            "key": "tls/sibling.key",
+            "next_cert": "tls/sibling.next.crt",
+        }
+    )
+
+    def sibling(b) -> dict:  # type: ignore[no-untyped-def]
+        (lk,) = [x for x in b.status()["links"] if x["name"] == "sibling-a"]
+        return lk
+
+    async def main() -> None:
+        async with routers(east_a, east_b) as rs:
+            a, b = rs["east.a"], rs["east.b"]
+            await wait_for(lambda: sibling(b)["state"] == "up", TIMEOUT, "replicas linked")
+            assert sibling(b)["renewed"] is False
+            await wait_for(lambda: sibling(b)["renewed"], TIMEOUT, "renewed")
+            await wait_for(lambda: sibling(b)["draining"] == 0, TIMEOUT, "old link gone")
+            assert sibling(b)["state"] == "up"
+            assert a.status()["link_access"]["refused_credentials"] == 0
+
+    run(main())

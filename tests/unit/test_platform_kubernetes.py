@@ -18,6 +18,7 @@ from cryptography import x509
 from kube_api_emulator import KubeApiServer
 
 from ansible_collections.skiff.fleet.plugins.module_utils import kube_manifests as km
+from ansible_collections.skiff.fleet.plugins.module_utils import pki
 from ansible_collections.skiff.fleet.plugins.module_utils import platform as platform_module
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.link import LinkParams, run_link
@@ -619,13 +620,17 @@ def test_replicas_are_routers_of_their_own_linked_by_the_sites_sibling_certifica
     assert sibling.issuer == ca.subject
     # The CN is the site, as a token names the dialing site.
     assert sibling.subject.rfc4514_string() == "CN=east,O=skiff"
+    # Its next certificate (same key): the replicas renew their links with it.
+    ca_pem = km.secret_data(api.get("Secret", "east", "skiff-ca"))["ca.crt"]
+    assert pki.successor_problem(server["sibling.crt"], server["sibling.next.crt"], ca_pem) is None
     data = api.get("ConfigMap", "east", "skiff-router")["data"]
-    assert json.loads(data["router.json"])["link_access"]["sibling_cert"] == (
-        "/etc/skiff/server/sibling.crt"
-    )
+    access = json.loads(data["router.json"])["link_access"]
+    assert access["sibling_cert"] == "/etc/skiff/server/sibling.crt"
+    assert access["sibling_next_cert"] == "/etc/skiff/server/sibling.next.crt"
     siblings = json.loads(data["agent.json"])["siblings"]
     assert siblings["server_name"] == "skiff-link.east.svc"
     assert siblings["cert"] == "/etc/skiff/server/sibling.crt"
+    assert siblings["next_cert"] == "/etc/skiff/server/sibling.next.crt"
     platform_module._INSTANCES.clear()
     meta = json.loads((tmp_path / "base" / "east" / "site.json").read_text())
     platform = platform_module.get_platform(
@@ -654,6 +659,20 @@ def test_a_site_made_before_the_sibling_certificate_gets_one(api, tmp_path, kube
     server = km.secret_data(api.get("Secret", "east", "skiff-server"))
     assert server["tls.crt"] == old["tls.crt"]  # the server certificate stays
     assert "sibling.crt" in server and "sibling.key" in server
+    assert not run(site(tmp_path, kubeconfig)).changed
+    # One made before the next certificate existed gets a pair with one.
+    without = km.secret_data(api.get("Secret", "east", "skiff-server"))
+    without.pop("sibling.next.crt")
+    with api.lock:
+        stored = api.objects[("Secret", "east", "skiff-server")]
+        stored["data"] = km.secret(km.KubeSite("east", "east", IMAGE), "skiff-server", without)[
+            "data"
+        ]
+    renewed = run(site(tmp_path, kubeconfig))
+    assert "issue the replicas' link certificate (no next certificate to renew with)" in (
+        renewed.actions
+    )
+    assert "sibling.next.crt" in km.secret_data(api.get("Secret", "east", "skiff-server"))
     assert not run(site(tmp_path, kubeconfig)).changed
 
 

@@ -161,8 +161,10 @@ class LinkAccess:
     cert: str
     key: str
     # The client certificate the site's own replicas link to each other with: it
-    # is accepted beside ``link_clients`` (every replica holds it already).
+    # is accepted beside ``link_clients`` (every replica holds it already), and so
+    # is the one that follows it (the replicas renew their links with it).
     sibling_cert: str | None = None
+    sibling_next_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -476,7 +478,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
     link_access = None
     if top.get("link_access") is not None:
         keys = {"host", "port", "ca", "cert", "key"}
-        d = c.obj(top["link_access"], "link_access", keys, {"sibling_cert"})
+        d = c.obj(top["link_access"], "link_access", keys, {"sibling_cert", "sibling_next_cert"})
         if d is not None:
             link_access = LinkAccess(
                 host=c.string(d, "host", "link_access"),
@@ -485,6 +487,7 @@ def validate(data: Any, base_dir: str | Path = ".", router_id_suffix: str | None
                 cert=c.file(d, "cert", "link_access"),
                 key=c.file(d, "key", "link_access"),
                 sibling_cert=c.file(d, "sibling_cert", "link_access") or None,
+                sibling_next_cert=c.file(d, "sibling_next_cert", "link_access") or None,
             )
 
     workers = None

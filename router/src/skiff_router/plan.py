@@ -186,8 +186,9 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
     elif acc is not None and changed_files & {acc.ca, acc.cert, acc.key}:
         ops.append(ReloadAccessTls())
     # Who may link is read at each accept; links made before are checked once more.
-    siblings_changed = acc is not None and acc.sibling_cert != getattr(
-        old.link_access, "sibling_cert", None
+    siblings_changed = acc is not None and (acc.sibling_cert, acc.sibling_next_cert) != (
+        getattr(old.link_access, "sibling_cert", None),
+        getattr(old.link_access, "sibling_next_cert", None),
     )
     if new.link_clients is not None and (new.link_clients != old.link_clients or siblings_changed):
         ops.append(CheckLinkClients())
@@ -210,4 +211,4 @@ def reload_plan(old: Config, new: Config, changed_files: Set[str]) -> list[Opera
 
 def _socket_of(access: LinkAccess | None) -> LinkAccess | None:
     """What the link port's socket and TLS context are made of (not who is accepted)."""
-    return None if access is None else replace(access, sibling_cert=None)
+    return None if access is None else replace(access, sibling_cert=None, sibling_next_cert=None)

@@ -763,11 +763,9 @@ class Router:
         if fingerprint is not None and any(c.accepts(fingerprint, now) for c in clients):
             return None
         access = self.cfg.link_access
-        if (
-            fingerprint is not None
-            and access is not None
-            and access.sibling_cert
-            and fingerprint == tls.file_fingerprint(access.sibling_cert)
+        siblings = (access.sibling_cert, access.sibling_next_cert) if access else ()
+        if fingerprint is not None and any(
+            path and fingerprint == tls.file_fingerprint(path) for path in siblings
         ):
             return None  # a replica of this site (read at each accept: it may be renewed)
         short = (fingerprint or "none")[:16]
@@ -1124,7 +1122,7 @@ class Router:
                     # Older links of this name a change replaced, still carrying flows.
                     "draining": len(self.replaced.get(d.cfg.name, ())),
                     # Up with the certificate that follows the token's (renewed).
-                    "renewed": d.on_successor,
+                    "renewed": d.on_successor and d.state is DialerState.UP,
                 }
             )
         for lc in self.links.values():

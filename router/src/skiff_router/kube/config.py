@@ -56,6 +56,7 @@ class Siblings:
     ca: str
     cert: str
     key: str
+    next_cert: str = ""  # the certificate that follows ``cert`` (same key), if any
 
 
 @dataclass(frozen=True)
@@ -259,15 +260,17 @@ def _siblings(value: Any, errors: list[tuple[str, str]]) -> Siblings | None:
     if value is None:
         return None
     keys = {"port", "server_name", "ca", "cert", "key"}
-    if not isinstance(value, dict) or set(value) != keys:
-        errors.append(("siblings", f"must be a mapping with {', '.join(sorted(keys))}"))
+    if not isinstance(value, dict) or not keys <= set(value) <= keys | {"next_cert"}:
+        errors.append(
+            ("siblings", f"must be a mapping with {', '.join(sorted(keys))} (and next_cert)")
+        )
         return None
     found = len(errors)
     if not _port(value["port"]):
         errors.append(("siblings.port", "must be an integer 1..65535"))
     if not isinstance(value["server_name"], str) or not value["server_name"]:
         errors.append(("siblings.server_name", "must be a non-empty string"))
-    for key in ("ca", "cert", "key"):
+    for key in ("ca", "cert", "key", *(["next_cert"] if "next_cert" in value else [])):
         if not isinstance(value[key], str) or not value[key].startswith("/"):
             errors.append((f"siblings.{key}", "must be an absolute path in the router container"))
     if len(errors) > found:

@@ -155,6 +155,7 @@ def sibling_links(
             "ca": siblings.ca,
             "cert": siblings.cert,
             "key": siblings.key,
+            **({"next_cert": siblings.next_cert} if siblings.next_cert else {}),
         }
         for name, pod in sorted(routers.items())
         if name > own_pod and pod.ip
