@@ -75,7 +75,7 @@ def test_render_only_site_in_a_fleet(tmp_path):
         links = km.secret_data(
             km.from_yaml((manifests / "shop.secrets" / "skiff-links.yaml").read_bytes())[0]
         )
-        assert sorted(links) == ["east.ca.crt", "east.tls.crt", "east.tls.key"]
+        assert sorted(links) == ["east.ca.crt", "east.tls.crt", "east.tls.key", "east.tls.next.crt"]
         assert "PRIVATE KEY" not in first.output
 
         second = run_playbook(inventory, "site.yml")
