@@ -109,6 +109,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "peer_router": "east",
                         "source": "config",
                         "draining": 0,
+                        "renewed": False,
                     }
                 ]
                 assert st["routers"] == [
@@ -138,6 +139,7 @@ def test_two_router_flow_bytes_and_status(tmp_path: Path) -> None:
                         "state": "listening",
                         "error": None,
                         "distribution": "balanced",
+                        "renewed": False,
                         "source": "config",
                         "routing_keys": [{"key": "backend", "weight": 1, "flows": 1}],
                         "strategy": None,
