@@ -647,7 +647,7 @@ class Router:
                 self._reload_listener_tls(rt.cfg.name)  # loads the next certificate
         for name, d in self.dialers.items():
             due = d.successor_from is not None and now >= d.successor_from
-            up = d.state is DialerState.UP and not d.on_successor
+            up = d.state is DialerState.UP and not d.on_successor and d.worker_socket is None
             if due and up and name not in self._renewing:
                 self._renewing.add(name)
                 self.spawn(self._renew_link(d))
