@@ -21,7 +21,10 @@ from ansible_collections.skiff.fleet.plugins.module_utils.topology import NetSit
 # Site module actions about certificates (the site module says why in parentheses).
 CA_REPLACED = re.compile(r"^replace the site CA \((?P<why>.*)\)$")
 SERVER_CERT = re.compile(r"^issue the server certificate for (?P<hosts>.*) \((?P<why>.*)\)$")
-TOKEN_REISSUED = re.compile(r"^issue token '(?P<name>[^']+)' \(the previous one: (?P<why>.*)\)$")
+TOKEN_REISSUED = re.compile(
+    r"^(?P<verb>issue|renew) (?P<kind>token|grant) '(?P<name>[^']+)'[^(]* "
+    r"\(the previous one: (?P<why>.*)\)$"
+)
 CREDENTIALS = re.compile(r"^write the credentials of link '(?P<name>[^']+)' from the token$")
 # Notes, not changes a user decides on.
 NOTES = ("reload the router", "router not running")
@@ -158,12 +161,14 @@ def _token_changes(plan: dict[str, Any], report: SiteReport) -> None:
     for result in report.tokens:
         for action in result.get("actions") or []:
             if match := TOKEN_REISSUED.match(action):
+                what = (
+                    f"grant '{match['name']}' for a peer outside the inventory"
+                    if match["kind"] == "grant"
+                    else f"token for site '{match['name']}' (its link's client certificate)"
+                )
+                renewal = "; its next certificate takes over" if match["verb"] == "renew" else ""
                 plan["certificates"].append(
-                    {
-                        "site": report.name,
-                        "what": f"token for site '{match['name']}' (its link's client certificate)",
-                        "why": match["why"],
-                    }
+                    {"site": report.name, "what": what, "why": match["why"] + renewal}
                 )
 
 

@@ -221,7 +221,13 @@ def test_certificates_to_renew_say_why():
     reports[0].tokens = [
         {
             "changed": True,
-            "actions": ["issue token 'west' (the previous one: expires within 30 days)"],
+            "actions": [
+                "issue token 'west' (the previous one: expires within 30 days)",
+                "renew token 'north' with its next certificate (the previous one: expires "
+                "within 30 days)",
+                "issue grant 'acme' to /root/acme.grant, 1 redemption within 15 minutes "
+                "(the previous one: issued before the rotation time 2026-12-04 09:00:00 UTC)",
+            ],
         }
     ]
     reports[1].config = config_result(
@@ -241,6 +247,16 @@ def test_certificates_to_renew_say_why():
             "why": "expires within 30 days",
         },
         {
+            "site": "east",
+            "what": "token for site 'north' (its link's client certificate)",
+            "why": "expires within 30 days; its next certificate takes over",
+        },
+        {
+            "site": "east",
+            "what": "grant 'acme' for a peer outside the inventory",
+            "why": "issued before the rotation time 2026-12-04 09:00:00 UTC",
+        },
+        {
             "site": "west",
             "what": "credentials of link 'east'",
             "why": "a new token was issued for it",
@@ -250,7 +266,7 @@ def test_certificates_to_renew_say_why():
     assert plan["sites"]["change"] == {}
     assert plan["changed"]
     assert (
-        "Certificates to renew (4):\n  east: server certificate for 127.0.0.1 (expires within 30 days)"
+        "Certificates to renew (6):\n  east: server certificate for 127.0.0.1 (expires within 30 days)"
         in render_plan(plan, sites=3)
     )
 
