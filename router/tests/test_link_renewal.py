@@ -20,6 +20,7 @@ from test_link_rotation import Stream, incoming_states, west_link
 from test_network import TIMEOUT, echo_roundtrip, reachable, routers
 
 from skiff_router import tls
+from skiff_router.cli import format_status
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +94,7 @@ def test_the_link_renews_itself_when_its_next_certificate_is_valid(tmp_path: Pat
                 # Nothing reloads: the router's own clock makes the switch.
                 await wait_for(lambda: west_link(w)["renewed"], TIMEOUT + starts_in, "renewed")
                 assert time.time() >= due
+                assert "up (renewed)" in format_status(w.status())
                 await wait_for(
                     lambda: incoming_states(e) == ["draining", "up"], TIMEOUT, "both links"
                 )

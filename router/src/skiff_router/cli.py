@@ -237,7 +237,9 @@ def format_status(s: dict[str, Any]) -> str:
                 lk["direction"],
                 lk["peer"],
                 str(lk["cost"]),
-                lk["state"] + (f" (+{lk['draining']} draining)" if lk.get("draining") else ""),
+                lk["state"]
+                + (" (renewed)" if lk.get("renewed") else "")
+                + (f" (+{lk['draining']} draining)" if lk.get("draining") else ""),
                 dash(lk["endpoint"]),
                 dash(lk["error"]),
             ]
