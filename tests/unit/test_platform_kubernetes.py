@@ -697,3 +697,32 @@ def test_a_worker_count_rolls_out_new_pods_instead_of_a_restart(api, tmp_path, k
     data = api.get("ConfigMap", "east", "skiff-router")["data"]
     assert json.loads(data["router.json"])["workers"] == 4
     assert not run(site(tmp_path, kubeconfig, workers=4)).changed
+
+
+def test_a_kubernetes_site_redeems_a_grant_from_a_file(api, tmp_path, kubeconfig, services):
+    """A grant another site issued (here a local site, as a fake router) is handed over
+    as a 0600 file; the kubernetes site's link reads it and keeps it in its Secret."""
+    hub = SiteParams(
+        name="hub",
+        base_dir=str(tmp_path / "hub"),
+        router_python="py",
+        link_access=True,
+        link_endpoint={"host": "hub.example.internal", "port": 55671},
+    )
+    run_site(hub, False, **services)
+    dest = tmp_path / "hub.grant"
+    params = TokenParams(
+        site="hub", name="partner", base_dir=hub.base_dir, grants={"partner": {"dest": str(dest)}}
+    )
+    run_token(params, False, **services)
+    west = site(tmp_path, kubeconfig, name="west", link_access=False)
+    run(west)
+    platform_module._INSTANCES.clear()
+    link = run_link(LinkParams(site="west", base_dir=west.base_dir, token_file=str(dest)), False)
+    assert link.changed and link.values["link"]["peer"] == "hub"
+    links = km.secret_data(api.get("Secret", "west", "skiff-links"))
+    assert links["hub.tls.crt"].decode() == decode(dest.read_text()).cert
+    platform_module._INSTANCES.clear()
+    assert not run_link(
+        LinkParams(site="west", base_dir=west.base_dir, token_file=str(dest)), False
+    ).changed
