@@ -87,14 +87,18 @@ def skiff_links_leaving(hosts: list[str], hostvars: Any, in_run: list[str]) -> l
 
 def skiff_external_tokens(entries: list[Any]) -> dict[str, Any]:
     """skiff_external_tokens as skiff.fleet.token takes them: every name (`names`,
-    `outside`), and the grants' terms by name (`grants`)."""
-    names = [str(e["name"] if isinstance(e, dict) else e) for e in entries or []]
-    grants = {
-        str(e["name"]): {k: v for k, v in e.items() if k != "name"}
-        for e in entries or []
-        if isinstance(e, dict)
+    `outside`), the grants' terms by name (`grants`: entries with a `dest`), and the
+    routers of the entries that give them (`routers`)."""
+    dicts = [e for e in entries or [] if isinstance(e, dict)]
+    return {
+        "names": [str(e["name"] if isinstance(e, dict) else e) for e in entries or []],
+        "grants": {
+            str(e["name"]): {k: v for k, v in e.items() if k not in ("name", "routers")}
+            for e in dicts
+            if "dest" in e
+        },
+        "routers": {str(e["name"]): e["routers"] for e in dicts if "routers" in e},
     }
-    return {"names": names, "grants": grants}
 
 
 # Results that say a step changed something on a host.

@@ -23,7 +23,7 @@ from typing import Any
 from ansible_collections.skiff.fleet.plugins.module_utils import pki, vocabulary
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.platform import PLATFORMS
-from ansible_collections.skiff.fleet.plugins.module_utils.token import GrantTerms
+from ansible_collections.skiff.fleet.plugins.module_utils.token import MAX_ROUTERS, GrantTerms
 
 
 def _implemented(platform: str) -> bool:
@@ -141,14 +141,28 @@ def _check_external(site: SiteVars, sites: dict[str, SiteVars]) -> None:
         seen.add(str(name))
         if not isinstance(entry, dict):
             continue
+        routers = entry.get("routers", 1)
+        if (
+            isinstance(routers, bool)
+            or not isinstance(routers, int)
+            or not 1 <= routers <= (MAX_ROUTERS)
+        ):
+            site.problem(
+                f"{where}.routers",
+                f"must be an integer 1..{MAX_ROUTERS} (routers of the peer that may hold "
+                f"a link with it at once: a kubernetes peer's replicas and one), got {routers!r}",
+            )
+        terms = {k: v for k, v in entry.items() if k not in ("name", "routers")}
+        if not terms:
+            continue  # a token, with its routers
         if site.get("skiff_platform") == "kubernetes":
             site.problem(
                 where, "a kubernetes site cannot issue grants yet (its pods keep no state); "
-                "give the name alone for a token",
+                "give no dest for a token",
             )  # fmt: skip
             continue
         try:
-            GrantTerms.parse({k: v for k, v in entry.items() if k != "name"})
+            GrantTerms.parse(terms)
         except SkiffError as exc:
             site.problem(where if exc.field == "grants" else f"{where}.{exc.field}", exc.message)
     links = site.get("skiff_external_links", [])

@@ -58,7 +58,8 @@ def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path)
             "skiff_link_access": True,
             "skiff_link_endpoint": {"host": "127.0.0.1", "port": link_e},
             "skiff_connectors": [{"name": "echo", "host": "127.0.0.1", "port": backend}],
-            "skiff_external_tokens": [{"name": "partner", "dest": str(grant_file)}],
+            # routers: the partner may link from two routers at once (replicas, say).
+            "skiff_external_tokens": [{"name": "partner", "dest": str(grant_file), "routers": 2}],
         }
     }
     globex_file = tmp_path / "globex" / "east.grant"
@@ -88,6 +89,8 @@ def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path)
         issued = run_playbook(inventories["east"], "site.yml")
         assert issued.returncode == 0, issued.output[-4000:]
         assert stat.S_IMODE(grant_file.stat().st_mode) == 0o600
+        config = json.loads((tmp_path / "east" / "sites" / "east" / "router.json").read_text())
+        assert {(c["name"], c["routers"]) for c in config["link_clients"]} == {("partner", 2)}
         # Handed over: each partner keeps the file readable by its owner only.
         for copy in (globex_file, initech_file):
             copy.parent.mkdir()

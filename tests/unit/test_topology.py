@@ -490,6 +490,8 @@ def test_credential_routers_count_a_kubernetes_sites_pods_and_its_rollout() -> N
          "skiff_external_tokens[0].redemptions: must be an integer 1..100, got 0"),
         ("east", "skiff_external_tokens", [{"name": "acme", "dest": "/x", "ttl": 5}],
          "skiff_external_tokens[0]: must be a mapping of dest, redemptions, redeem_within"),
+        ("east", "skiff_external_tokens", [{"name": "acme", "routers": 18}],
+         "skiff_external_tokens[0].routers: must be an integer 1..17 (routers of the peer"),
         ("north", "skiff_external_links", [{"name": "acme"}],
          "skiff_external_links[0].token_file: must be the absolute path"),
         ("north", "skiff_external_links", [{"name": "west", "token_file": "/t"}],
@@ -510,7 +512,11 @@ def test_external_tokens_and_links_are_checked_before_anything_runs(
 def test_good_external_tokens_and_links_pass_and_split_for_the_token_module() -> None:
     from ansible_collections.skiff.fleet.plugins.filter.topology import skiff_external_tokens
 
-    tokens = ["acme", {"name": "globex", "dest": "/root/globex.grant", "redemptions": 2}]
+    tokens = [
+        "acme",
+        {"name": "globex", "dest": "/root/globex.grant", "redemptions": 2, "routers": 3},
+        {"name": "initech", "routers": 2},  # a token for a peer with a replica
+    ]
     links = [{"name": "initech", "token_file": "/etc/skiff/initech.token", "cost": 3}]
 
     def change(fleet):
@@ -519,8 +525,9 @@ def test_good_external_tokens_and_links_pass_and_split_for_the_token_module() ->
 
     assert problems_after(change) == []
     assert skiff_external_tokens(tokens) == {
-        "names": ["acme", "globex"],
+        "names": ["acme", "globex", "initech"],
         "grants": {"globex": {"dest": "/root/globex.grant", "redemptions": 2}},
+        "routers": {"globex": 3, "initech": 2},
     }
 
     def kube(fleet):
