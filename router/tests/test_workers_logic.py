@@ -114,6 +114,15 @@ def test_one_router_adds_up_its_workers() -> None:
     assert [(w["index"], w["state"]) for w in st["workers"]] == [(0, "up"), (1, "up"), (2, "down")]
     assert st["workers"][2]["error"] == "Connection refused"
     assert st["workers"][1]["router_id"] == "east/w1"
+    # Refusals counted by each worker add up (a refused link lands on either).
+    own["link_access"] = {"port": 1, "refused_credentials": 1, "grants_refused": 0}
+    other["link_access"] = {"port": 1, "refused_credentials": 2, "grants_refused": 3,
+                            "credentials_in_use": 1}  # fmt: skip
+    summed = whole_router(own, [], [WorkerReport(1, status=other)])["link_access"]
+    assert summed == {"port": 1, "refused_credentials": 3, "grants_refused": 3,
+                      "credentials_in_use": 1}  # fmt: skip
+    assert own["link_access"]["refused_credentials"] == 1  # not changed in place
+    del own["link_access"], other["link_access"]
     # The worker's own document is not changed in place.
     assert own["flows"]["total"] == 10 and own["routing_keys"]["k"]["bytes"]["out"] == 100
     assert st["ready"] and st["routing_keys"]["k"]["reachable"]

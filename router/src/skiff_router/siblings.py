@@ -150,6 +150,10 @@ async def _get(path: str, target: str, token: str | None) -> Any:
     return json.loads(body)
 
 
+# Counters of /v1/status link_access that each worker keeps for its own links.
+ACCESS_COUNTERS = ("refused_credentials", "credentials_in_use", "grants_refused")
+
+
 def whole_router(
     own: dict[str, Any], own_worker_links: list[dict[str, Any]], reports: list[WorkerReport]
 ) -> dict[str, Any]:
@@ -166,6 +170,8 @@ def whole_router(
     flows = dict(own["flows"])
     keys = {k: {**v, "bytes": dict(v["bytes"])} for k, v in own["routing_keys"].items()}
     connectors = {c["name"]: dict(c) for c in own["connectors"]}
+    # Each worker counts the links it refused itself: the router's count is their sum.
+    access = dict(own["link_access"]) if own.get("link_access") else None
     workers = [_worker_entry(0, own, own_worker_links)]
     for rep in reports:
         other = rep.status
@@ -196,10 +202,16 @@ def whole_router(
         for c in other["connectors"]:
             if c["name"] in connectors:
                 connectors[c["name"]]["flows"] += c["flows"]
+        theirs = other.get("link_access")
+        if access is not None and theirs:
+            for name in ACCESS_COUNTERS:
+                access[name] = access.get(name, 0) + theirs.get(name, 0)
     st["flows"] = flows
     st["routing_keys"] = keys
     st["routers"] = list(routers.values())
     st["connectors"] = list(connectors.values())
+    if access is not None:
+        st["link_access"] = access
     st["workers"] = workers
     return st
 
