@@ -270,11 +270,7 @@ class TokenRunner:
             if not self.check_mode:
                 following = pki.issue_successor(issuer, cert_pem, valid_days=params.valid_days)
                 record["successor"] = _successor_record(following)
-        token = Token(
-            params.site, params.name, metadata.link_endpoints, issuer.cert_pem.decode(),
-            cert_pem.decode(), key_pem.decode(), grant=terms is not None,
-            next_cert=following.decode() if following else "",
-        )  # fmt: skip
+        token = self._token(metadata, issuer, pki.Issued(cert_pem, key_pem), following, terms)
         before = self._info_of(stored, cert_pem)
         after = self._info_of(record, cert_pem)
         result.values = {"token": token.encode(), "token_info": after}
@@ -348,11 +344,7 @@ class TokenRunner:
             **({"superseded": old} if old else {}),
         }
         record = self._record(record, routers, terms, issued_at)
-        token = Token(
-            params.site, params.name, metadata.link_endpoints, issuer.cert_pem.decode(),
-            issued.cert_pem.decode(), issued.key_pem.decode(), grant=terms is not None,
-            next_cert=next_cert.decode(),
-        )  # fmt: skip
+        token = self._token(metadata, issuer, issued, next_cert, terms)
         if terms is not None:
             # The grant file first: a run that cannot write it keeps the previous token.
             self._write_grant(terms, token)
@@ -363,6 +355,22 @@ class TokenRunner:
         result.values = {"token": token.encode(), "token_info": after}
         result.diff = {"before": before, "after": after}
         return result
+
+    def _token(
+        self,
+        metadata: SiteMetadata,
+        issuer: pki.Issued,
+        client: pki.Issued,
+        following: bytes | None,
+        terms: GrantTerms | None,
+    ) -> Token:
+        """The token this site hands out: its endpoints and CA, the client pair and its
+        next certificate (none only in check mode, before it is issued)."""
+        return Token(
+            self.params.site, self.params.name, metadata.link_endpoints,
+            issuer.cert_pem.decode(), client.cert_pem.decode(), client.key_pem.decode(),
+            grant=terms is not None, next_cert=following.decode() if following else "",
+        )  # fmt: skip
 
     @staticmethod
     def _routers(params: TokenParams, kept: Any) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,3 +161,24 @@ def router_pids(base_dir: Path) -> list[int]:
         except (OSError, ValueError):
             pass
     return pids
+
+
+def admin_status(base_dir: Path, site: str, port: int) -> dict:
+    """GET /v1/status of a local site's router, with its admin token."""
+    token = (base_dir / site / "admin" / "token").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return json.load(answer)
+
+
+def until(condition, what: str, timeout: float = 20):
+    """Poll ``condition`` (bounded) until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

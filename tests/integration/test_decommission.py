@@ -7,34 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from fleet_harness import free_ports, router_pids, run_playbook, write_inventory
+from fleet_harness import admin_status as status
+from fleet_harness import free_ports, router_pids, run_playbook, until, write_inventory
 from test_fleet import fleet_hosts
 
 pytestmark = pytest.mark.integration
-
-
-def status(base_dir: Path, site: str, port: int) -> dict:
-    token = (base_dir / site / "admin" / "token").read_text().strip()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/status", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        return json.load(answer)
-
-
-def until(condition, what: str, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def accepted(base_dir: Path, site: str) -> list[str]:

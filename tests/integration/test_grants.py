@@ -16,37 +16,20 @@ import os
 import shutil
 import signal
 import stat
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from fleet_harness import (
     EchoServer,
+    admin_status,
     echo_through,
     free_ports,
     router_pids,
     run_playbook,
+    until,
     write_inventory,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _status(base_dir: Path, site: str, admin_port: int) -> dict:
-    token = (base_dir / site / "admin" / "token").read_text().strip()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{admin_port}/v1/status", headers={"Authorization": f"Bearer {token}"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.load(response)
-
-
-def _wait(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path) -> None:
@@ -103,7 +86,7 @@ def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path)
         answer = echo_through(lis_g, payload)
         assert hashlib.sha256(answer).digest() == hashlib.sha256(payload).digest()
         east_base = tmp_path / "east" / "sites"
-        grants = _status(east_base, "east", admin_e)["link_access"]["grants"]
+        grants = admin_status(east_base, "east", admin_e)["link_access"]["grants"]
         assert grants["partner"]["redeemed_by"] == ["globex"]
         assert grants["partner"]["state"] == "redeemed"
 
@@ -120,11 +103,11 @@ def test_a_grant_is_redeemed_by_one_outside_site_and_refused_to_a_copy(tmp_path)
         assert router_pids(initech_base)
 
         def refused() -> bool:
-            links = _status(initech_base, "initech", admin_i)["links"]
+            links = admin_status(initech_base, "initech", admin_i)["links"]
             return any(lk["error"] == "closed by peer: grant used" for lk in links)
 
-        _wait(refused, "initech told the grant is used")
-        east_status = _status(east_base, "east", admin_e)
+        until(refused, "initech told the grant is used", timeout=30)
+        east_status = admin_status(east_base, "east", admin_e)
         assert {lk["peer"] for lk in east_status["links"]} == {"globex"}
         assert east_status["link_access"]["grants_refused"] >= 1
 

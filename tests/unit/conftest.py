@@ -13,6 +13,7 @@ from ansible_collections.skiff.fleet.plugins.module_utils.platform import (
     Platform,
     wait_for_config,
 )
+from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
 from ansible_collections.skiff.fleet.plugins.module_utils.store import (
     ConfigStore,
     FileConfigStore,
@@ -166,3 +167,17 @@ def services(fleet):
     """Keyword arguments injecting the fake platform and a wait that never sleeps long."""
     wait = functools.partial(wait_for_config, timeout=0.5, sleep=lambda _s: None)
     return {"platform_factory": fleet.factory, "wait": wait}
+
+
+@pytest.fixture
+def east(tmp_path, services):
+    """A site that accepts links, on the fake platform (the token tests issue from it)."""
+    site = SiteParams(
+        name="east",
+        base_dir=str(tmp_path),
+        router_python="py",
+        link_access=True,
+        link_endpoint={"host": "127.0.0.1", "port": 55671},
+    )
+    run_site(site, False, **services)
+    return site

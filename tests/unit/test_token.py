@@ -101,19 +101,6 @@ def test_key_of_another_cert_is_refused(material):
 # -- the token module's logic ------------------------------------------------
 
 
-@pytest.fixture
-def east(tmp_path, services):
-    site = SiteParams(
-        name="east",
-        base_dir=str(tmp_path),
-        router_python="py",
-        link_access=True,
-        link_endpoint={"host": "127.0.0.1", "port": 55671},
-    )
-    run_site(site, False, **services)
-    return site
-
-
 def tparams(east, **kw) -> TokenParams:
     return TokenParams(**dict(dict(site="east", name="west", base_dir=east.base_dir), **kw))
 

@@ -15,7 +15,6 @@ import pytest
 from ansible_collections.skiff.fleet.plugins.module_utils import pki
 from ansible_collections.skiff.fleet.plugins.module_utils.errors import SkiffError
 from ansible_collections.skiff.fleet.plugins.module_utils.link import link_set, read_token_file
-from ansible_collections.skiff.fleet.plugins.module_utils.site import SiteParams, run_site
 from ansible_collections.skiff.fleet.plugins.module_utils.store import SiteMetadata, SitePaths
 from ansible_collections.skiff.fleet.plugins.module_utils.token import (
     TokenParams,
@@ -25,19 +24,6 @@ from ansible_collections.skiff.fleet.plugins.module_utils.token import (
 from ansible_collections.skiff.fleet.plugins.module_utils.token_codec import decode
 
 NOW = datetime.datetime(2026, 12, 4, 9, 0, tzinfo=datetime.UTC)
-
-
-@pytest.fixture
-def east(tmp_path, services):
-    site = SiteParams(
-        name="east",
-        base_dir=str(tmp_path),
-        router_python="py",
-        link_access=True,
-        link_endpoint={"host": "127.0.0.1", "port": 55671},
-    )
-    run_site(site, False, **services)
-    return site
 
 
 def grant(east, tmp_path, **terms) -> TokenParams:
